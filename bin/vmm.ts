@@ -1,0 +1,129 @@
+#!/usr/bin/env bun
+/**
+ * The vmm command line: `vmm boot`, `vmm run -- CMD...`, `vmm --help`.
+ * Every error is one line on stderr and a non-zero exit; no stack traces.
+ */
+import { parseArgs } from "node:util";
+import process from "node:process";
+import { ConfigError, Machine, type MachineOptions } from "../mod.ts";
+import { kvmKind } from "../vm/host.ts";
+import { ensureDefaultGuest } from "../guest/build.ts";
+
+const HELP = `vmm: a KVM virtual machine monitor for Deno and Bun
+
+Usage:
+  vmm boot [options]            boot a guest with its console on this terminal
+  vmm run [options] -- CMD...   boot the default guest, run CMD in it, exit with CMD's status
+  vmm --help | --version
+
+Options:
+  --kernel PATH     bzImage to boot (default: the default guest's Debian kernel)
+  --initrd PATH     initramfs (default: the default guest's, when --kernel is not given)
+  --cmdline TEXT    kernel command line (replaces the default)
+  --append TEXT     added to the kernel command line
+  --cpus N          vCPUs (default 1)
+  --memory SIZE     guest RAM: MiB, or with a suffix M or G (default 512M)
+  -v, --verbose     report boot timing and why the VM ended
+
+Exit status: 0 when the guest powers off or reboots; CMD's status for vmm run;
+101 when the guest kernel panics; 130/143 on SIGINT/SIGTERM; 1 on errors; 2 on bad usage.
+Console: Ctrl-A x quits.`;
+
+const EXIT_USAGE = 2;
+
+class UsageError extends Error {}
+
+/** Parse `--memory`: plain MiB, or with an M/G suffix. */
+export function parseMemory(s: string): number {
+  const m = /^(\d+)([MmGg]i?[Bb]?)?$/.exec(s.trim());
+  if (!m) throw new UsageError(`--memory ${s}: expected a size such as 512, 512M or 2G`);
+  const n = Number(m[1]) * (m[2] && /^[Gg]/.test(m[2]) ? 1024 : 1);
+  return n;
+}
+
+function parseCpus(s: string): number {
+  if (!/^\d+$/.test(s)) throw new UsageError(`--cpus ${s}: expected a whole number`);
+  return Number(s);
+}
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      kernel: { type: "string" },
+      initrd: { type: "string" },
+      cmdline: { type: "string" },
+      append: { type: "string" },
+      cpus: { type: "string" },
+      memory: { type: "string" },
+      verbose: { type: "boolean", short: "v" },
+      help: { type: "boolean", short: "h" },
+      version: { type: "boolean" },
+    },
+  });
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  if (values.version) {
+    console.log("vmm 0.1.0");
+    return 0;
+  }
+  const [cmd, ...rest] = positionals;
+  if (cmd !== "boot" && cmd !== "run") {
+    throw new UsageError(cmd ? `Unknown command '${cmd}' (try vmm --help)` : "No command given (try vmm --help)");
+  }
+  if (cmd === "boot" && rest.length > 0) throw new UsageError(`vmm boot takes no arguments, got '${rest[0]}'`);
+  if (cmd === "run" && rest.length === 0) throw new UsageError("vmm run needs a command: vmm run -- CMD...");
+
+  const kind = kvmKind();
+  if (kind === "none") throw new ConfigError("/dev/kvm: not found (is KVM enabled on this host?)");
+  if (kind === "pvm" && !process.env.VMM_ALLOW_PVM) {
+    throw new ConfigError(
+      "/dev/kvm is PVM (kvm_pvm), which emulates guest kernel code and cannot boot a stock Linux kernel; use a host with hardware KVM",
+    );
+  }
+
+  const opts: MachineOptions = {
+    kernel: values.kernel ?? "",
+    initrd: values.initrd,
+    cmdline: values.cmdline,
+    append: values.append,
+    cpus: values.cpus !== undefined ? parseCpus(values.cpus) : 1,
+    memMiB: values.memory !== undefined ? parseMemory(values.memory) : 512,
+    command: cmd === "run" ? rest : undefined,
+  };
+  if (!values.kernel) {
+    const img = await ensureDefaultGuest({ log: values.verbose ? (s) => console.error(`vmm: ${s}`) : undefined });
+    opts.kernel = img.kernel;
+    opts.initrd ??= img.initrd;
+  } else if (cmd === "run" && !values.initrd) {
+    const img = await ensureDefaultGuest();
+    opts.initrd = img.initrd;
+  }
+  const machine = await Machine.create(opts);
+  const r = await machine.run();
+  if (values.verbose) {
+    if (r.readyMs !== undefined) console.error(`vmm: guest init ready after ${r.readyMs} ms`);
+    console.error(`vmm: ${r.reason || r.kind.toLowerCase()} (exit ${r.code})`);
+  } else if (r.kind === "PANIC") {
+    console.error(`vmm: guest kernel panic: ${r.reason}`);
+  } else if (r.kind === "ERROR") {
+    console.error(`vmm: ${r.reason}`);
+  }
+  return r.code;
+}
+
+if (import.meta.main) {
+  let code: number;
+  try {
+    code = await main(process.argv.slice(2));
+  } catch (e) {
+    const err = e as Error;
+    const known = err instanceof UsageError || err.name === "TypeError" && /option|argument/i.test(err.message);
+    console.error(`vmm: ${err.message.split("\n")[0]}`);
+    code = err instanceof UsageError || (known && !(err instanceof ConfigError)) ? EXIT_USAGE : 1;
+  }
+  process.exit(code);
+}

@@ -1,0 +1,215 @@
+/**
+ * libc, through the runtime's FFI: the system calls a VMM needs.
+ *
+ * Each thread (the main thread and every Worker) imports this module and so
+ * opens libc itself: FFI functions cannot be posted between threads.
+ * The raw functions return -1 on failure like C; the `check*` helpers turn
+ * that into a SysError naming the call and errno.
+ */
+import { runtime } from "./runtime.ts";
+import { SysError } from "./errno.ts";
+
+const u64 = "u64" as const, i32 = "i32" as const, i64 = "i64" as const, u32 = "u32" as const;
+
+/** The raw libc functions. Pointers are bigint addresses. */
+export const libc = runtime.dlopen("libc.so.6", {
+  open: { args: [u64, i32, u32], result: i32 },
+  close: { args: [i32], result: i32 },
+  read: { args: [i32, u64, u64], result: i64 },
+  write: { args: [i32, u64, u64], result: i64 },
+  pread: { args: [i32, u64, u64, i64], result: i64 },
+  pwrite: { args: [i32, u64, u64, i64], result: i64 },
+  preadv: { args: [i32, u64, i32, i64], result: i64 },
+  pwritev: { args: [i32, u64, i32, i64], result: i64 },
+  ioctl: { args: [i32, u64, u64], result: i32 },
+  mmap: { args: [u64, u64, i32, i32, i32, i64], result: u64 },
+  munmap: { args: [u64, u64], result: i32 },
+  mprotect: { args: [u64, u64, i32], result: i32 },
+  eventfd: { args: [u32, i32], result: i32 },
+  pipe2: { args: [u64, i32], result: i32 },
+  poll: { args: [u64, u64, i32], result: i32 },
+  fcntl: { args: [i32, i32, u64], result: i32 },
+  sigaction: { args: [i32, u64, u64], result: i32 },
+  pthread_sigmask: { args: [i32, u64, u64], result: i32 },
+  pthread_self: { args: [], result: u64 },
+  pthread_kill: { args: [u64, i32], result: i32 },
+  syscall: { args: [i64, i64, i64, i64], result: i64 },
+  isatty: { args: [i32], result: i32 },
+  tcgetattr: { args: [i32, u64], result: i32 },
+  tcsetattr: { args: [i32, i32, u64], result: i32 },
+  cfmakeraw: { args: [u64], result: "void" },
+  fsync: { args: [i32], result: i32 },
+  fdatasync: { args: [i32], result: i32 },
+  flock: { args: [i32, i32], result: i32 },
+  fallocate: { args: [i32, i32, i64, i64], result: i32 },
+  getrandom: { args: [u64, u64, u32], result: i64 },
+  malloc: { args: [u64], result: u64 },
+  getpid: { args: [], result: i32 },
+  gettid: { args: [], result: i32 },
+  __errno_location: { args: [], result: u64 },
+});
+
+// errno lives at a per-thread address that never changes for this thread.
+const errnoView = new Int32Array(runtime.view(BigInt(libc.__errno_location()), 4));
+
+/** errno of the last failed call on this thread. Read it right after the call. */
+export function errno(): number {
+  return errnoView[0];
+}
+
+/** Throw SysError(call, errno) when `r` is negative; return `r` as a number. */
+export function check(call: string, r: number | bigint): number {
+  const n = Number(r);
+  if (n < 0) throw new SysError(call, errno());
+  return n;
+}
+
+/** Host memory that never moves: safe to hand to the kernel by address. */
+export class NativeBuf {
+  readonly addr: bigint;
+  readonly bytes: Uint8Array;
+  readonly view: DataView;
+  constructor(addr: bigint, len: number) {
+    this.addr = addr;
+    this.bytes = new Uint8Array(runtime.view(addr, len));
+    this.view = new DataView(this.bytes.buffer, this.bytes.byteOffset, len);
+  }
+  /** Allocate `len` zeroed bytes (never freed: vmm allocates scratch once per thread). */
+  static alloc(len: number): NativeBuf {
+    const n = Math.max(16, (len + 15) & ~15);
+    const addr = BigInt(libc.malloc(BigInt(n)));
+    if (addr === 0n) throw new SysError("malloc", 12);
+    const b = new NativeBuf(addr, len);
+    b.bytes.fill(0);
+    return b;
+  }
+  /** A NUL-terminated copy of `s`. */
+  static cstring(s: string): NativeBuf {
+    const enc = new TextEncoder().encode(s);
+    const b = NativeBuf.alloc(enc.length + 1);
+    b.bytes.set(enc);
+    return b;
+  }
+}
+
+/** View `len` bytes of host memory at `addr` (for memory mapped by another thread). */
+export function hostView(addr: bigint, len: number): Uint8Array {
+  return new Uint8Array(runtime.view(addr, len));
+}
+
+export const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2, O_CREAT = 0o100, O_CLOEXEC = 0o2000000,
+  O_NONBLOCK = 0o4000;
+export const PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4;
+export const MAP_SHARED = 1, MAP_PRIVATE = 2, MAP_ANONYMOUS = 0x20, MAP_NORESERVE = 0x4000;
+export const EFD_CLOEXEC = 0o2000000, EFD_NONBLOCK = 0o4000;
+export const POLLIN = 1, POLLOUT = 4, POLLERR = 8, POLLHUP = 16;
+export const SIGINT = 2, SIGKILL = 9, SIGUSR1 = 10, SIGTERM = 15, SIGCHLD = 17;
+export const LOCK_EX = 2, LOCK_NB = 4;
+export const EINTR = 4, EAGAIN = 11;
+const SYS_pidfd_open = 434;
+
+const scratch = NativeBuf.alloc(64);
+
+/** open(2); throws SysError naming `what` (usually the path). */
+export function open(path: string, flags: number, mode = 0o644, what = `open ${path}`): number {
+  const p = NativeBuf.cstring(path);
+  return check(what, libc.open(p.addr, flags | O_CLOEXEC, mode));
+}
+
+export function close(fd: number): void {
+  libc.close(fd);
+}
+
+/** read(2) into a NativeBuf; returns bytes read (0 at end of file). */
+export function read(fd: number, buf: NativeBuf, len = buf.bytes.length, call = "read"): number {
+  return check(call, libc.read(fd, buf.addr, BigInt(len)));
+}
+
+/** write(2) all of `data` (copied through a native buffer), retrying short writes. */
+export function writeAll(fd: number, data: Uint8Array, call = "write"): void {
+  const buf = data.length <= 64 ? scratch : NativeBuf.alloc(data.length);
+  buf.bytes.set(data);
+  let off = 0;
+  while (off < data.length) {
+    const r = Number(libc.write(fd, buf.addr + BigInt(off), BigInt(data.length - off)));
+    if (r < 0) {
+      if (errno() === EINTR) continue;
+      throw new SysError(call, errno());
+    }
+    off += r;
+  }
+}
+
+/** An eventfd: a counter threads use to wake each other. */
+export function eventfd(flags = EFD_CLOEXEC): number {
+  return check("eventfd", libc.eventfd(0, flags));
+}
+
+/** Add 1 to an eventfd's counter, waking whoever polls it. */
+export function eventfdSignal(fd: number): void {
+  scratch.view.setBigUint64(0, 1n, true);
+  libc.write(fd, scratch.addr, 8n);
+}
+
+/** Read and reset an eventfd's counter (blocks unless the fd is non-blocking). */
+export function eventfdRead(fd: number): bigint {
+  const r = Number(libc.read(fd, scratch.addr, 8n));
+  if (r < 0) {
+    if (errno() === EAGAIN) return 0n;
+    throw new SysError("read eventfd", errno());
+  }
+  return scratch.view.getBigUint64(0, true);
+}
+
+/** pipe2(2): returns [readFd, writeFd]. */
+export function pipe(flags = O_CLOEXEC): [number, number] {
+  check("pipe2", libc.pipe2(scratch.addr, flags));
+  return [scratch.view.getInt32(0, true), scratch.view.getInt32(4, true)];
+}
+
+/**
+ * poll(2) on fds for POLLIN; returns the revents of each, in order.
+ * `timeoutMs` -1 waits forever. EINTR returns all zeros.
+ */
+export class Poller {
+  readonly #buf: NativeBuf;
+  readonly #fds: number[];
+  constructor(fds: number[], events: number[] = fds.map(() => POLLIN)) {
+    this.#fds = fds;
+    this.#buf = NativeBuf.alloc(8 * fds.length);
+    fds.forEach((fd, i) => {
+      this.#buf.view.setInt32(i * 8, fd, true);
+      this.#buf.view.setInt16(i * 8 + 4, events[i], true);
+    });
+  }
+  wait(timeoutMs: number): number[] {
+    for (let i = 0; i < this.#fds.length; i++) this.#buf.view.setInt16(i * 8 + 6, 0, true);
+    const r = libc.poll(this.#buf.addr, BigInt(this.#fds.length), timeoutMs);
+    if (r < 0 && errno() !== EINTR) throw new SysError("poll", errno());
+    return this.#fds.map((_, i) => this.#buf.view.getInt16(i * 8 + 6, true));
+  }
+}
+
+/** mmap(2) anonymous memory; returns its address. */
+export function mmapAnon(len: number, prot = PROT_READ | PROT_WRITE, flags = MAP_PRIVATE | MAP_ANONYMOUS, call = "mmap"): bigint {
+  const a = BigInt.asIntN(64, BigInt(libc.mmap(0n, BigInt(len), prot, flags, -1, 0n)));
+  if (a === -1n) throw new SysError(call, errno());
+  return a;
+}
+
+/** mmap(2) of a file descriptor (for example a vCPU's kvm_run). */
+export function mmapFd(fd: number, len: number, call = "mmap"): bigint {
+  const a = BigInt.asIntN(64, BigInt(libc.mmap(0n, BigInt(len), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0n)));
+  if (a === -1n) throw new SysError(call, errno());
+  return a;
+}
+
+/** pidfd_open(2): an fd that polls readable when the process exits. */
+export function pidfdOpen(pid: number): number {
+  return check("pidfd_open", libc.syscall(BigInt(SYS_pidfd_open), BigInt(pid), 0n, 0n));
+}
+
+/** Fill `len` bytes at `addr` from the kernel's random source. */
+export function getrandom(addr: bigint, len: number): number {
+  return check("getrandom", libc.getrandom(addr, BigInt(len), 0));
+}

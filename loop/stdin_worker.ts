@@ -1,0 +1,65 @@
+/**
+ * The stdin Worker: blocks in read(2) on the host's stdin and feeds what it
+ * reads to the guest's UART, raising the UART interrupt itself. The main
+ * thread never touches console data.
+ *
+ * Ctrl-A then x ends the VM, as in QEMU's `-nographic` console, since in
+ * raw mode Ctrl-C belongs to the guest.
+ */
+import { eventfdSignal, hostView, libc, NativeBuf, Poller, errno, EINTR } from "../ffi/libc.ts";
+import { irqLine } from "../ffi/kvm.ts";
+import { COM1_IRQ, Serial } from "../devices/serial.ts";
+import { EXIT_KIND, recordExit, SERIAL_OFFSET, SHARED_BYTES } from "./shared.ts";
+import type { StdinInit } from "./messages.ts";
+
+// deno-lint-ignore no-explicit-any
+const self_ = globalThis as any;
+const CTRL_A = 0x01;
+
+self_.onmessage = (ev: MessageEvent<StdinInit>) => {
+  self_.postMessage({ ok: true });
+  try {
+    pump(ev.data);
+  } catch {
+    // stdin went away: the guest simply gets no more input.
+  }
+};
+
+function pump(init: StdinInit): void {
+  const shared = hostView(init.shared, SHARED_BYTES);
+  const ctl = new Int32Array(shared.buffer, shared.byteOffset, SHARED_BYTES / 4);
+  const scratch = NativeBuf.alloc(16);
+  const serial = new Serial(new Int32Array(shared.buffer, shared.byteOffset + SERIAL_OFFSET, 16384 / 4), {
+    output: () => {},
+    irq: (level) => irqLine(init.vmFd, COM1_IRQ, level, scratch),
+  });
+  const buf = NativeBuf.alloc(256);
+  const wait = new Poller([]);
+  let escape = false;
+  for (;;) {
+    const n = Number(libc.read(init.inFd, buf.addr, 256n));
+    if (n < 0 && errno() === EINTR) continue;
+    if (n <= 0) return;
+    const keep: number[] = [];
+    for (const b of buf.bytes.subarray(0, n)) {
+      if (escape) {
+        escape = false;
+        if (b === 0x78 /* x */) {
+          recordExit(ctl, shared, EXIT_KIND.QUIT, 0, "console escape Ctrl-A x");
+          eventfdSignal(init.ctlFd);
+          return;
+        }
+        if (b !== CTRL_A) keep.push(CTRL_A);
+        keep.push(b);
+      } else if (b === CTRL_A) escape = true;
+      else keep.push(b);
+    }
+    let data = Uint8Array.from(keep);
+    // The guest drains the UART at its own pace; wait while its buffer is full.
+    while (data.length > 0) {
+      const took = serial.receive(data);
+      data = data.subarray(took);
+      if (data.length > 0) wait.wait(5);
+    }
+  }
+}

@@ -1,0 +1,211 @@
+/**
+ * A vCPU Worker: one thread blocking in KVM_RUN, handling the exits of the
+ * few registers vmm emulates in user space.
+ *
+ * Timers and interrupt controllers live in the kernel (KVM irqchip, PIT), so
+ * an idle guest leaves this thread asleep inside KVM_RUN: no polling.
+ * The main thread stops it by setting STOP, then `immediate_exit` in
+ * kvm_run, then sending SIGUSR1 to this thread: whichever moment the signal
+ * lands, KVM_RUN returns EINTR, before or during the guest's run.
+ */
+import { errno, EINTR, EAGAIN, hostView, libc, NativeBuf, eventfdSignal } from "../ffi/libc.ts";
+import { EXIT, EXIT_NAMES, irqLine, KVM, KVM_EXIT_IO_OUT, VcpuFd } from "../ffi/kvm.ts";
+import { RUN } from "../ffi/structs.ts";
+import { errnoName } from "../ffi/errno.ts";
+import { Bus } from "../devices/bus.ts";
+import { COM1_BASE, COM1_IRQ, Serial } from "../devices/serial.ts";
+import { I8042_COMMAND, I8042_DATA, I8042 } from "../devices/i8042.ts";
+import { GuestPorts } from "../devices/guest_ports.ts";
+import { PanicWatch } from "../devices/panic_watch.ts";
+import { ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_SLEEP_PORT, decodeSleepWrite } from "../boot/acpi.ts";
+import { CTL, CTL_READY_TIME, CTL_TIDS, EXIT_KIND, recordExit, SERIAL_OFFSET, SHARED_BYTES } from "./shared.ts";
+import type { VcpuInit } from "./messages.ts";
+
+// deno-lint-ignore no-explicit-any
+const self_ = globalThis as any;
+
+self_.onmessage = (ev: MessageEvent<VcpuInit>) => {
+  try {
+    const vcpu = new VcpuThread(ev.data);
+    self_.postMessage({ ok: true });
+    vcpu.run();
+  } catch (e) {
+    self_.postMessage({ ok: false, error: (e as Error).message });
+  }
+};
+
+const KVM_RUN = BigInt(KVM.RUN);
+const KVM_SYSTEM_EVENT_SHUTDOWN = 1, KVM_SYSTEM_EVENT_RESET = 2, KVM_SYSTEM_EVENT_CRASH = 3;
+
+class VcpuThread {
+  readonly init: VcpuInit;
+  readonly run_: Uint8Array;
+  readonly runView: DataView;
+  readonly sharedBytes: Uint8Array;
+  readonly ctl: Int32Array;
+  readonly pio = new Bus();
+  readonly mmio = new Bus();
+  readonly out = NativeBuf.alloc(64);
+  readonly panic = new PanicWatch();
+  done = false;
+
+  constructor(init: VcpuInit) {
+    this.init = init;
+    this.run_ = hostView(init.runAddr, init.runSize);
+    this.runView = new DataView(this.run_.buffer, this.run_.byteOffset, init.runSize);
+    this.sharedBytes = hostView(init.shared, SHARED_BYTES);
+    this.ctl = new Int32Array(this.sharedBytes.buffer, this.sharedBytes.byteOffset, SHARED_BYTES / 4);
+    new DataView(this.sharedBytes.buffer, this.sharedBytes.byteOffset).setBigUint64(
+      CTL_TIDS + init.id * 8, BigInt(libc.pthread_self()), true,
+    );
+
+    const irqScratch = NativeBuf.alloc(16);
+    const serial = new Serial(new Int32Array(this.sharedBytes.buffer, this.sharedBytes.byteOffset + SERIAL_OFFSET, 16384 / 4), {
+      output: (b) => this.#console(b),
+      irq: (level) => irqLine(init.vmFd, COM1_IRQ, level, irqScratch),
+    });
+    this.pio.add(COM1_BASE, 8, { read: (o) => serial.read(o), write: (o, _s, v) => serial.write(o, v) });
+    const kbd = new I8042(() => this.#end(EXIT_KIND.RESET, 0, "guest reset (keyboard controller)"));
+    this.pio.add(I8042_DATA, 1, { read: () => kbd.read(I8042_DATA), write: (_o, _s, v) => kbd.write(I8042_DATA, v) });
+    this.pio.add(I8042_COMMAND, 1, { read: () => kbd.read(I8042_COMMAND), write: (_o, _s, v) => kbd.write(I8042_COMMAND, v) });
+    const ports = new GuestPorts({
+      exit: (code) => this.#end(EXIT_KIND.EXIT_CODE, code, `guest command exited with ${code}`),
+      ready: () => {
+        new DataView(this.sharedBytes.buffer, this.sharedBytes.byteOffset).setFloat64(CTL_READY_TIME, Date.now(), true);
+        Atomics.store(this.ctl, CTL.READY, 1);
+        eventfdSignal(init.ctlFd);
+      },
+    });
+    this.pio.add(ports.base, ports.len, ports);
+    this.pio.add(ACPI_SLEEP_PORT, 1, {
+      read: () => 0,
+      write: (_o, _s, v) => {
+        if (decodeSleepWrite(v) === "poweroff") this.#end(EXIT_KIND.POWEROFF, 0, "guest powered off");
+      },
+    });
+    this.pio.add(ACPI_RESET_PORT, 1, {
+      read: () => 0,
+      write: (_o, _s, v) => {
+        if (v === ACPI_RESET_VALUE) this.#end(EXIT_KIND.RESET, 0, "guest reset (ACPI)");
+      },
+    });
+  }
+
+  /** Output one console byte, watching the text for a kernel panic. */
+  #console(b: number): void {
+    this.out.bytes[0] = b;
+    libc.write(this.init.outFd, this.out.addr, 1n);
+    const verdict = this.panic.push(b);
+    if (verdict === "ended") this.#end(EXIT_KIND.PANIC, 0, this.panic.reason);
+  }
+
+  /** Record why the VM ends, wake the main thread and leave the run loop. */
+  #end(kind: number, code: number, reason: string): void {
+    // A reset right after a panic message is the panic's reboot (panic=-1).
+    if (kind === EXIT_KIND.RESET && this.panic.reason) {
+      kind = EXIT_KIND.PANIC;
+      reason = this.panic.reason;
+    }
+    recordExit(this.ctl, this.sharedBytes, kind, code, reason);
+    eventfdSignal(this.init.ctlFd);
+    this.done = true;
+  }
+
+  run(): void {
+    const { ctl, runView, run_ } = this;
+    const fd = this.init.vcpuFd;
+    Atomics.store(ctl, CTL.VCPU_STATE + this.init.id, 1);
+    try {
+      while (!this.done && Atomics.load(ctl, CTL.STOP) === 0) {
+        const r = libc.ioctl(fd, KVM_RUN, 0n);
+        if (r < 0) {
+          const e = errno();
+          if (e === EINTR || e === EAGAIN) {
+            Atomics.store(run_, RUN.IMMEDIATE_EXIT, 0);
+            continue;
+          }
+          this.#end(EXIT_KIND.ERROR, 1, `vCPU ${this.init.id}: KVM_RUN: ${errnoName(e)}`);
+          break;
+        }
+        this.#exit(runView.getUint32(RUN.EXIT_REASON, true));
+      }
+    } catch (e) {
+      this.#end(EXIT_KIND.ERROR, 1, `vCPU ${this.init.id}: ${(e as Error).message}`);
+    }
+    Atomics.store(ctl, CTL.VCPU_STATE + this.init.id, 2);
+    eventfdSignal(this.init.ctlFd);
+  }
+
+  #exit(reason: number): void {
+    const v = this.runView;
+    switch (reason) {
+      case EXIT.IO: {
+        const out = v.getUint8(RUN.IO_DIRECTION) === KVM_EXIT_IO_OUT;
+        const size = v.getUint8(RUN.IO_SIZE), port = v.getUint16(RUN.IO_PORT, true);
+        const count = v.getUint32(RUN.IO_COUNT, true);
+        const off = Number(v.getBigUint64(RUN.IO_DATA_OFFSET, true));
+        // The data area lies inside the kvm_run mapping; KVM sets the offset.
+        if (off + size * count > this.init.runSize || ![1, 2, 4].includes(size)) return;
+        for (let i = 0; i < count && !this.done; i++) {
+          const at = off + i * size;
+          if (out) this.pio.write(port, size, readN(v, at, size));
+          else writeN(v, at, size, this.pio.read(port, size));
+        }
+        return;
+      }
+      case EXIT.MMIO: {
+        const gpa = Number(v.getBigUint64(RUN.MMIO_PHYS_ADDR, true));
+        const len = v.getUint32(RUN.MMIO_LEN, true);
+        if (![1, 2, 4, 8].includes(len)) return;
+        const n = Math.min(len, 4);
+        if (v.getUint8(RUN.MMIO_IS_WRITE)) this.mmio.write(gpa, n, readN(v, RUN.MMIO_DATA, n));
+        else {
+          writeN(v, RUN.MMIO_DATA, n, this.mmio.read(gpa, n));
+          if (len === 8) writeN(v, RUN.MMIO_DATA + 4, 4, 0);
+        }
+        return;
+      }
+      case EXIT.HLT:
+      case EXIT.IRQ_WINDOW_OPEN:
+      case EXIT.INTR:
+        return;
+      case EXIT.SHUTDOWN:
+        this.#end(EXIT_KIND.RESET, 0, "guest reset (triple fault)");
+        return;
+      case EXIT.SYSTEM_EVENT: {
+        const t = v.getUint32(RUN.SYSTEM_EVENT_TYPE, true);
+        if (t === KVM_SYSTEM_EVENT_SHUTDOWN) this.#end(EXIT_KIND.POWEROFF, 0, "guest powered off");
+        else if (t === KVM_SYSTEM_EVENT_RESET) this.#end(EXIT_KIND.RESET, 0, "guest reset");
+        else if (t === KVM_SYSTEM_EVENT_CRASH) this.#end(EXIT_KIND.PANIC, 0, "guest crashed (KVM system event)");
+        return;
+      }
+      case EXIT.INTERNAL_ERROR: {
+        const sub = v.getUint32(RUN.INTERNAL_SUBERROR, true);
+        this.#end(EXIT_KIND.ERROR, 1, `vCPU ${this.init.id}: KVM internal error ${sub}${sub === 1 ? " (emulation failure)" : ""} at rip 0x${this.#rip()}`);
+        return;
+      }
+      case EXIT.FAIL_ENTRY:
+        this.#end(EXIT_KIND.ERROR, 1, `vCPU ${this.init.id}: KVM could not enter the guest (hardware reason 0x${v.getBigUint64(RUN.FAIL_ENTRY_REASON, true).toString(16)})`);
+        return;
+      default:
+        this.#end(EXIT_KIND.ERROR, 1, `vCPU ${this.init.id}: unexpected exit ${EXIT_NAMES[reason] ?? reason} at rip 0x${this.#rip()}`);
+    }
+  }
+
+  #rip(): string {
+    try {
+      return new VcpuFd(this.init.vcpuFd).getRegs().rip.toString(16);
+    } catch {
+      return "?";
+    }
+  }
+}
+
+function readN(v: DataView, at: number, size: number): number {
+  return size === 1 ? v.getUint8(at) : size === 2 ? v.getUint16(at, true) : v.getUint32(at, true);
+}
+function writeN(v: DataView, at: number, size: number, value: number): void {
+  if (size === 1) v.setUint8(at, value & 0xff);
+  else if (size === 2) v.setUint16(at, value & 0xffff, true);
+  else v.setUint32(at, value >>> 0, true);
+}
