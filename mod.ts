@@ -24,11 +24,12 @@ export { EXIT_PANIC, EXIT_VMM_ERROR, type RunResult } from "./loop/control.ts";
 /** The command line vmm gives a kernel unless told otherwise. */
 export const DEFAULT_CMDLINE = [
   "console=ttyS0",
-  "quiet",
+  // Only critical kernel messages (panics, oopses) reach the console, so
+  // `vmm run` prints what the command prints; --append loglevel=7 shows all.
+  "loglevel=3",
   "reboot=k", // reboot through the i8042 reset line, which ends the VM
   "panic=-1", // reboot at once on panic: vmm reports it and exits
   "pci=off", // no PCI bus: skip probing it
-  "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd",
 ].join(" ");
 
 export interface MachineOptions {

@@ -62,10 +62,16 @@ export function startWorker(url: URL, init: unknown): Promise<Worker> {
   });
 }
 
-/** Where the Worker scripts are (overridden by the single-executable build). */
+/**
+ * Where the Worker scripts are. In a `bun build --compile` executable every
+ * module is bundled into the entry file at the root of Bun's embedded file
+ * system, and each Worker entry point keeps its path from the repository
+ * root (scripts/build-exe.ts lists them).
+ */
+const compiled = import.meta.url.includes("/$bunfs/");
 export const workerUrls = {
-  vcpu: new URL("./vcpu_worker.ts", import.meta.url),
-  stdin: new URL("./stdin_worker.ts", import.meta.url),
+  vcpu: new URL(compiled ? "./loop/vcpu_worker.ts" : "./vcpu_worker.ts", import.meta.url),
+  stdin: new URL(compiled ? "./loop/stdin_worker.ts" : "./stdin_worker.ts", import.meta.url),
 };
 
 /** Run `vm` until the guest or a signal ends it. */
