@@ -1,0 +1,186 @@
+/**
+ * The vmm command line (bin/vmm.ts) run as a child process under the
+ * runtime running the test: every error is one line on stderr with the
+ * documented exit status (1 for errors, 2 for bad usage) and no stack
+ * trace; a tiny guest's status becomes vmm's; SIGTERM and SIGINT stop a
+ * spinning guest with 143 and 130, also when vmm is PID 1 of a pid namespace.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import process from "node:process";
+import { asm, makeBzImage, printAndExit } from "../test/support/tiny_kernel.ts";
+import { requireKvm } from "../test/support/tiny_run.ts";
+import { childPids, type VmmChild, vmmSpawn, vmmSync, withFile } from "../test/support/vmm_cli.ts";
+import { kvmKind } from "../vm/host.ts";
+
+const TINY = printAndExit("hi from vmm\n", 7);
+const SPINNING = makeBzImage(new Uint8Array([...asm.print("spinning\n"), ...asm.spin]));
+const GARBAGE = new Uint8Array(4096).map((_, i) => (i * 37 + 11) & 0xff);
+
+/** stderr is exactly one `vmm: ...` line, with no stack trace. */
+function oneLine(stderr: string, expected?: string | RegExp): void {
+  assert.match(stderr, /^vmm: [^\n]+\n$/, `stderr is one line: ${JSON.stringify(stderr)}`);
+  assert.doesNotMatch(stderr, /\bat .*:\d+:\d+|Error:/, "no stack trace or error class name");
+  if (typeof expected === "string") assert.equal(stderr, `vmm: ${expected}\n`);
+  else if (expected) assert.match(stderr, expected);
+}
+
+test("vmm boot --kernel /nope says there is no such file, in one line, exit 1", () => {
+  const r = vmmSync(["boot", "--kernel", "/nope"]);
+  oneLine(r.stderr, "--kernel /nope: no such file");
+  assert.equal(r.status, 1);
+});
+
+test("vmm boot --kernel DIR says it is a directory, exit 1", () => {
+  const r = vmmSync(["boot", "--kernel", "/tmp"]);
+  oneLine(r.stderr, "--kernel /tmp: is a directory");
+  assert.equal(r.status, 1);
+});
+
+test("vmm boot --memory abc is a usage error, exit 2", async () => {
+  const r = await withFile(TINY, (k) => vmmSync(["boot", "--memory", "abc", "--kernel", k]));
+  oneLine(r.stderr, "--memory abc: expected a size such as 512, 512M or 2G");
+  assert.equal(r.status, 2);
+});
+
+test("vmm boot --memory 8 is refused as below the minimum, exit 1", async () => {
+  const r = await withFile(TINY, (k) => vmmSync(["boot", "--memory", "8", "--kernel", k]));
+  oneLine(r.stderr, "--memory 8: must be a whole number of MiB from 16 to 1048576");
+  assert.equal(r.status, 1);
+});
+
+test("vmm boot --cpus 0 says how many CPUs are allowed, in one line, exit 1", async () => {
+  const r = await withFile(TINY, (k) => vmmSync(["boot", "--cpus", "0", "--kernel", k]));
+  oneLine(r.stderr, /^vmm: --cpus 0: must be a whole number from 1 to \d+\n$/);
+  assert.equal(r.status, 1);
+});
+
+test("vmm with an unknown command, no command or an unknown option is a usage error, exit 2", () => {
+  const unknown = vmmSync(["frob"]);
+  oneLine(unknown.stderr, "Unknown command 'frob' (try vmm --help)");
+  assert.equal(unknown.status, 2);
+  const none = vmmSync([]);
+  oneLine(none.stderr, "No command given (try vmm --help)");
+  assert.equal(none.status, 2);
+  const option = vmmSync(["boot", "--frob"]);
+  oneLine(option.stderr, /^vmm: Unknown option '--frob'/);
+  assert.equal(option.status, 2);
+});
+
+test("vmm --help prints the usage and exits 0", () => {
+  const r = vmmSync(["--help"]);
+  assert.equal(r.status, 0);
+  assert.match(r.stdout, /^vmm: a KVM virtual machine monitor/);
+  assert.match(r.stdout, /vmm boot \[options\]/);
+  assert.equal(r.stderr, "");
+});
+
+test("vmm boot with a kernel file that is not a bzImage says what is wrong, in one line, exit 1", async () => {
+  const r = await withFile(GARBAGE, (k) => vmmSync(["boot", "--kernel", k]));
+  oneLine(r.stderr, "Not a bzImage: no boot signature 0xAA55 and 'HdrS' header");
+  assert.equal(r.status, 1);
+});
+
+test("vmm boot with a 32-bit-only kernel names the missing 64-bit entry, exit 1", async () => {
+  const k32 = makeBzImage(new Uint8Array([0xf4]), { xloadflags: 0 });
+  const r = await withFile(k32, (k) => vmmSync(["boot", "--kernel", k]));
+  oneLine(r.stderr, "Kernel has no 64-bit entry point (XLF_KERNEL_64 unset): is it a 32-bit kernel?");
+  assert.equal(r.status, 1);
+});
+
+test("without VMM_ALLOW_PVM, vmm refuses a PVM /dev/kvm with a clear message, and only PVM", async () => {
+  requireKvm();
+  const r = await withFile(TINY, (k) => vmmSync(["boot", "--kernel", k], { allowPvm: false }));
+  if (kvmKind() === "pvm") {
+    oneLine(r.stderr, /^vmm: \/dev\/kvm is PVM \(kvm_pvm\), which emulates guest kernel code and cannot boot a stock Linux kernel/);
+    assert.equal(r.status, 1);
+    assert.equal(r.stdout, "");
+  } else {
+    assert.equal(r.stderr, "", "hardware KVM needs no opt-in");
+    assert.equal(r.status, 7);
+  }
+});
+
+test("vmm reports a usage error before looking at the host's KVM", {
+  todo: "bug: bin/vmm.ts parses --memory/--cpus after the /dev/kvm check, so on PVM `--memory abc` exits 1 with the PVM message",
+}, async () => {
+  const r = await withFile(TINY, (k) => vmmSync(["boot", "--memory", "abc", "--kernel", k], { allowPvm: false }));
+  oneLine(r.stderr, "--memory abc: expected a size such as 512, 512M or 2G");
+  assert.equal(r.status, 2);
+});
+
+test("vmm boot prints the guest's console on stdout and exits with the guest's status", async () => {
+  requireKvm();
+  const r = await withFile(TINY, (k) => vmmSync(["boot", "--kernel", k]));
+  assert.equal(r.stdout, "hi from vmm\n");
+  assert.equal(r.stderr, "");
+  assert.equal(r.status, 7);
+});
+
+test("vmm boot -v says why the VM ended", async () => {
+  requireKvm();
+  const r = await withFile(TINY, (k) => vmmSync(["boot", "-v", "--kernel", k]));
+  oneLine(r.stderr, "guest command exited with 7 (exit 7)");
+  assert.equal(r.status, 7);
+});
+
+test("vmm boot reports a guest kernel panic in one line and exits 101", async () => {
+  requireKvm();
+  const panicky = printAndExit("Kernel panic - not syncing: test\n---[ end Kernel panic - not syncing: test ]---\n", 0);
+  const r = await withFile(panicky, (k) => vmmSync(["boot", "--kernel", k]));
+  oneLine(r.stderr, "guest kernel panic: Kernel panic - not syncing: test");
+  assert.equal(r.status, 101);
+});
+
+/** Start vmm on the spinning guest, wait for its output, send `signal` to vmm, return the exit status. */
+function signalSpinningGuest(signal: "SIGTERM" | "SIGINT", o: { unshare?: boolean } = {}): Promise<{ status: number | null; vmm: VmmChild }> {
+  requireKvm();
+  return withFile(SPINNING, async (kernel) => {
+    const vmm = vmmSpawn(["boot", "--kernel", kernel], o);
+    let target: number | undefined;
+    try {
+      await vmm.waitForStdout("spinning\n");
+      if (o.unshare) {
+        // vmm is unshare's only child, PID 1 inside the namespace; unshare itself only waits.
+        const kids = childPids(vmm.child.pid!);
+        assert.equal(kids.length, 1, `unshare has one child: ${kids}`);
+        target = kids[0];
+      } else {
+        target = vmm.child.pid!;
+      }
+      process.kill(target, signal);
+      const timer = setTimeout(() => vmm.child.kill("SIGKILL"), 10_000);
+      const status = await vmm.exited;
+      clearTimeout(timer);
+      return { status, vmm };
+    } finally {
+      // Never leave a spinning guest behind, also when an assertion failed.
+      for (const pid of [target, vmm.child.pid]) {
+        try {
+          if (pid !== undefined) process.kill(pid, "SIGKILL");
+        } catch {
+          // already gone
+        }
+      }
+    }
+  });
+}
+
+test("SIGTERM stops vmm running a spinning guest with status 143", async () => {
+  const { status, vmm } = await signalSpinningGuest("SIGTERM");
+  assert.equal(status, 143, `stderr ${vmm.stderr()}`);
+  assert.equal(vmm.stderr(), "");
+  assert.equal(vmm.stdout(), "spinning\n");
+});
+
+test("SIGINT stops vmm running a spinning guest with status 130", async () => {
+  const { status, vmm } = await signalSpinningGuest("SIGINT");
+  assert.equal(status, 130, `stderr ${vmm.stderr()}`);
+  assert.equal(vmm.stderr(), "");
+});
+
+test("SIGTERM stops vmm as PID 1 of a new pid namespace (unshare --pid --fork) with status 143", async () => {
+  const { status, vmm } = await signalSpinningGuest("SIGTERM", { unshare: true });
+  assert.equal(status, 143, `stderr ${vmm.stderr()}`);
+  assert.equal(vmm.stderr(), "");
+});

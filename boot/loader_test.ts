@@ -1,0 +1,140 @@
+/**
+ * loadLinux() (boot/loader.ts) into plain guest memory: where the kernel,
+ * command line, initrd and boot_params land (x86 boot.rst, "64-bit BOOT
+ * PROTOCOL"), and the errors for a command line too long and RAM too small.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { loadLinux } from "./loader.ts";
+import { HDR, KernelImageError } from "./bzimage.ts";
+import { BP } from "./params.ts";
+import { ACPI_START, CMDLINE, CMDLINE_MAX, KERNEL_START, ZERO_PAGE } from "./layout.ts";
+import { GuestMemory } from "../vm/memory.ts";
+import { makeBzImage } from "../test/support/tiny_kernel.ts";
+
+const MiB = 1024 * 1024;
+const CODE = new Uint8Array([0xf4, 0xeb, 0xfd]);
+
+function memory(mib = 4): GuestMemory {
+  return new GuestMemory(new Uint8Array(mib * MiB));
+}
+
+/** A tiny bzImage with one setup-header field changed. */
+function kernel(edit: (v: DataView) => void = () => {}): Uint8Array {
+  const img = makeBzImage(CODE);
+  edit(new DataView(img.buffer));
+  return img;
+}
+
+function rejects(fn: () => unknown, message: string): void {
+  assert.throws(fn, (e: unknown) => {
+    assert.ok(e instanceof KernelImageError, `expected a KernelImageError, got ${e}`);
+    assert.equal(e.message, message);
+    return true;
+  });
+}
+
+const dec = (b: Uint8Array) => new TextDecoder().decode(b);
+
+test("loadLinux() loads the kernel at 1 MiB and starts it at the 64-bit entry with RSI = boot_params", () => {
+  const mem = memory();
+  const boot = loadLinux(mem, mem.size, { kernel: kernel(), cmdline: "console=ttyS0", acpiRsdpAddr: 0xe0000 });
+  assert.deepEqual(boot, { entry: KERNEL_START + 0x200, bootParams: ZERO_PAGE });
+  assert.deepEqual(mem.slice(KERNEL_START + 0x200, 3), CODE);
+  assert.equal(mem.readU32(ZERO_PAGE + HDR.HEADER), 0x53726448, "boot_params carries the setup header");
+  assert.equal(mem.readU64(ZERO_PAGE + BP.ACPI_RSDP_ADDR), 0xe0000n);
+  assert.equal(mem.readU8(ZERO_PAGE + BP.E820_ENTRIES), 4);
+});
+
+test("loadLinux() writes the command line NUL-terminated at CMDLINE and points boot_params at it", () => {
+  const mem = memory();
+  mem.write(CMDLINE, new Uint8Array(64).fill(0x78)); // stale bytes must not extend the string
+  loadLinux(mem, mem.size, { kernel: kernel(), cmdline: "console=ttyS0 panic=-1", acpiRsdpAddr: 0 });
+  assert.equal(dec(mem.slice(CMDLINE, 22)), "console=ttyS0 panic=-1");
+  assert.equal(mem.readU8(CMDLINE + 22), 0);
+  assert.equal(mem.readU32(ZERO_PAGE + HDR.CMD_LINE_PTR), CMDLINE);
+});
+
+test("loadLinux() accepts a command line of exactly cmdline_size bytes and refuses one more", () => {
+  const mem = memory();
+  loadLinux(mem, mem.size, { kernel: kernel(), cmdline: "a".repeat(2047), acpiRsdpAddr: 0 });
+  assert.equal(mem.readU8(CMDLINE + 2047), 0);
+  rejects(
+    () => loadLinux(mem, mem.size, { kernel: kernel(), cmdline: "a".repeat(2048), acpiRsdpAddr: 0 }),
+    "Command line is 2048 bytes; this kernel accepts at most 2047",
+  );
+  rejects(
+    () => loadLinux(mem, mem.size, { kernel: kernel((v) => v.setUint32(HDR.CMDLINE_SIZE, 0, true)), cmdline: "b".repeat(256), acpiRsdpAddr: 0 }),
+    "Command line is 256 bytes; this kernel accepts at most 255", // cmdline_size 0: the old 255-byte limit
+  );
+});
+
+test("loadLinux() keeps the command line inside its CMDLINE_MAX area whatever cmdline_size claims", {
+  todo: "bug: loader.ts trusts cmdline_size; a long command line runs over the ACPI tables and the kernel",
+}, () => {
+  const mem = memory();
+  const big = kernel((v) => v.setUint32(HDR.CMDLINE_SIZE, 0x100000, true));
+  rejects(
+    () => loadLinux(mem, mem.size, { kernel: big, cmdline: "c".repeat(ACPI_START), acpiRsdpAddr: 0 }),
+    `Command line is ${ACPI_START} bytes; this kernel accepts at most ${CMDLINE_MAX - 1}`,
+  );
+});
+
+test("loadLinux() places the initrd page-aligned at the top of RAM, clear of the kernel", () => {
+  const mem = memory(4);
+  const initrd = new Uint8Array(100_000).map((_, i) => (i * 7) & 0xff);
+  loadLinux(mem, mem.size, { kernel: kernel(), initrd, cmdline: "", acpiRsdpAddr: 0 });
+  const addr = mem.readU32(ZERO_PAGE + HDR.RAMDISK_IMAGE);
+  assert.equal(mem.readU32(ZERO_PAGE + HDR.RAMDISK_SIZE), initrd.length);
+  assert.equal(addr % 4096, 0, "page-aligned");
+  assert.ok(addr + initrd.length <= 4 * MiB, "inside RAM");
+  assert.ok(4 * MiB - (addr + initrd.length) < 4096, "as high as it goes");
+  assert.ok(addr >= KERNEL_START + 0x10000, "above the kernel's init_size");
+  assert.deepEqual(mem.slice(addr, initrd.length), initrd);
+});
+
+test("loadLinux() keeps the initrd below the kernel's initrd_addr_max", () => {
+  const mem = memory(8);
+  const initrd = new Uint8Array(8192).fill(1);
+  loadLinux(mem, mem.size, {
+    kernel: kernel((v) => v.setUint32(HDR.INITRD_ADDR_MAX, 0x2f_ffff, true)), // last byte 3 MiB − 1
+    initrd,
+    cmdline: "",
+    acpiRsdpAddr: 0,
+  });
+  const addr = mem.readU32(ZERO_PAGE + HDR.RAMDISK_IMAGE);
+  assert.equal(addr, 0x30_0000 - 8192);
+  assert.equal(mem.readU8(addr + 8191), 1);
+});
+
+test("loadLinux() leaves the ramdisk fields zero without an initrd or with an empty one", () => {
+  const mem = memory();
+  loadLinux(mem, mem.size, { kernel: kernel(), initrd: new Uint8Array(0), cmdline: "", acpiRsdpAddr: 0 });
+  assert.equal(mem.readU32(ZERO_PAGE + HDR.RAMDISK_IMAGE), 0);
+  assert.equal(mem.readU32(ZERO_PAGE + HDR.RAMDISK_SIZE), 0);
+});
+
+test("loadLinux() refuses an initrd that would overlap the kernel's decompression area", () => {
+  const mem = memory(4);
+  rejects(
+    () => loadLinux(mem, mem.size, { kernel: kernel(), initrd: new Uint8Array(3 * MiB), cmdline: "", acpiRsdpAddr: 0 }),
+    "Initrd of 3 MiB does not fit in guest RAM beside the kernel; give the guest more memory",
+  );
+});
+
+test("loadLinux() refuses a kernel whose init_size does not fit in RAM", () => {
+  const mem = memory(4);
+  rejects(
+    () => loadLinux(mem, mem.size, { kernel: kernel((v) => v.setUint32(HDR.INIT_SIZE, 8 * MiB, true)), cmdline: "", acpiRsdpAddr: 0 }),
+    "Kernel needs 9 MiB of RAM to decompress but the guest has 4 MiB",
+  );
+});
+
+test("loadLinux() reports a broken image before writing anything", () => {
+  const mem = memory();
+  rejects(
+    () => loadLinux(mem, mem.size, { kernel: kernel((v) => v.setUint16(HDR.BOOT_FLAG, 0, true)), cmdline: "", acpiRsdpAddr: 0 }),
+    "Not a bzImage: no boot signature 0xAA55 and 'HdrS' header",
+  );
+  assert.ok(mem.bytes.every((b) => b === 0));
+});

@@ -1,0 +1,157 @@
+/**
+ * libc through the runtime's FFI (ffi/libc.ts): files, eventfds, pipes,
+ * poll, memory mappings and pidfds as vmm's threads use them, and the
+ * SysError every failed call becomes (ffi/errno.ts).
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import {
+  check, close, EFD_CLOEXEC, EFD_NONBLOCK, errno, eventfd, eventfdRead, eventfdSignal, getrandom, hostView, libc,
+  MAP_ANONYMOUS, MAP_SHARED, mmapAnon, NativeBuf, O_CREAT, O_RDONLY, O_RDWR, O_WRONLY, open, pidfdOpen, pipe, POLLIN,
+  Poller, read, writeAll,
+} from "./libc.ts";
+import { errnoName, SysError } from "./errno.ts";
+
+function tempDir(): string {
+  return mkdtempSync(join(tmpdir(), "vmm-libc-"));
+}
+
+test("open() + writeAll() write a file that read() and node:fs read back", () => {
+  const dir = tempDir();
+  try {
+    const path = join(dir, "f");
+    const data = new Uint8Array(1000).map((_, i) => i & 0xff); // more than the 64-byte scratch
+    const w = open(path, O_WRONLY | O_CREAT, 0o600);
+    writeAll(w, data);
+    writeAll(w, new TextEncoder().encode("end"));
+    close(w);
+    assert.deepEqual(new Uint8Array(readFileSync(path)), new Uint8Array([...data, 0x65, 0x6e, 0x64]));
+
+    const r = open(path, O_RDONLY);
+    const buf = NativeBuf.alloc(2048);
+    assert.equal(read(r, buf), 1003);
+    assert.equal(read(r, buf), 0, "end of file");
+    assert.deepEqual(buf.bytes.subarray(0, 1000), data);
+    close(r);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("open() of a missing file throws SysError naming the path and errno", () => {
+  assert.throws(() => open("/nonexistent-dir/file", O_RDONLY), (e: unknown) => {
+    assert.ok(e instanceof SysError);
+    assert.equal(e.message, "open /nonexistent-dir/file: ENOENT (no such file or directory)");
+    assert.equal(e.call, "open /nonexistent-dir/file");
+    assert.equal(e.code, "ENOENT");
+    return true;
+  });
+  assert.throws(() => open("/nonexistent-dir/file", O_RDONLY, 0, "--disk /nonexistent-dir/file"), {
+    message: "--disk /nonexistent-dir/file: ENOENT (no such file or directory)",
+  });
+});
+
+test("check() passes results through and turns -1 into SysError with errno", () => {
+  assert.equal(check("getpid", libc.getpid()), Number(libc.getpid()));
+  assert.equal(check("read", 5n), 5);
+  assert.throws(() => check("close", libc.close(-1)), {
+    name: "SysError",
+    message: "close: EBADF (bad file descriptor)",
+  });
+  libc.close(-1);
+  assert.equal(errno(), 9, "errno() is EBADF right after the failed call");
+});
+
+test("SysError names an errno it does not know by number", () => {
+  assert.equal(new SysError("KVM_RUN", 4).message, "KVM_RUN: EINTR (interrupted system call)");
+  assert.equal(new SysError("frob", 999).message, "frob: errno 999");
+  assert.equal(errnoName(999), "errno 999");
+});
+
+test("eventfd: signals add up until eventfdRead() takes and resets the count", () => {
+  const fd = eventfd(EFD_CLOEXEC | EFD_NONBLOCK);
+  try {
+    eventfdSignal(fd);
+    eventfdSignal(fd);
+    assert.equal(eventfdRead(fd), 2n);
+    assert.equal(eventfdRead(fd), 0n, "a non-blocking read of an idle eventfd returns 0, not EAGAIN");
+  } finally {
+    close(fd);
+  }
+});
+
+test("Poller reports POLLIN only for the fds that have data", () => {
+  const [r, w] = pipe();
+  const efd = eventfd(EFD_CLOEXEC | EFD_NONBLOCK);
+  try {
+    const poller = new Poller([r, efd]);
+    assert.deepEqual(poller.wait(0), [0, 0]);
+    writeAll(w, new Uint8Array([15]));
+    assert.deepEqual(poller.wait(0), [POLLIN, 0]);
+    eventfdSignal(efd);
+    assert.deepEqual(poller.wait(-1), [POLLIN, POLLIN]);
+    const buf = NativeBuf.alloc(4);
+    assert.equal(read(r, buf), 1);
+    assert.equal(buf.bytes[0], 15);
+  } finally {
+    close(r);
+    close(w);
+    close(efd);
+  }
+});
+
+test("mmapAnon() memory is shared by every view of its address", () => {
+  const addr = mmapAnon(8192, undefined, MAP_SHARED | MAP_ANONYMOUS);
+  const a = hostView(addr, 8192);
+  const b = new NativeBuf(addr + 4096n, 4096);
+  a[4096] = 0x5a;
+  assert.equal(b.bytes[0], 0x5a);
+  b.view.setUint32(4, 0xdeadbeef, true);
+  assert.deepEqual([...a.subarray(4100, 4104)], [0xef, 0xbe, 0xad, 0xde]);
+  assert.equal(Number(libc.munmap(addr, 8192n)), 0);
+});
+
+test("NativeBuf.cstring() copies a string NUL-terminated; alloc() zeroes", () => {
+  const s = NativeBuf.cstring("/dev/kvm");
+  assert.deepEqual([...s.bytes], [...new TextEncoder().encode("/dev/kvm"), 0]);
+  assert.ok(NativeBuf.alloc(100).bytes.every((b) => b === 0));
+});
+
+test("pidfdOpen() gives an fd that polls readable once the child exits", async () => {
+  const child = spawn("sleep", ["0.2"]);
+  const exited = new Promise((resolve) => child.on("exit", resolve));
+  const fd = pidfdOpen(child.pid!);
+  try {
+    const poller = new Poller([fd]);
+    assert.deepEqual(poller.wait(0), [0], "still running");
+    await exited;
+    const [revents] = poller.wait(2000);
+    assert.equal(revents & POLLIN, POLLIN, "readable (POLLHUP too, once the child is reaped)");
+  } finally {
+    close(fd);
+  }
+});
+
+test("getrandom() fills the buffer", () => {
+  const b = NativeBuf.alloc(64);
+  assert.equal(getrandom(b.addr, 64), 64);
+  assert.ok(b.bytes.some((x) => x !== 0));
+});
+
+test("open() with O_RDWR | O_CREAT makes a file another reader sees as it is written", () => {
+  const dir = tempDir();
+  try {
+    const path = join(dir, "console.txt");
+    writeFileSync(path, "");
+    const fd = open(path, O_RDWR | O_CREAT);
+    writeAll(fd, new TextEncoder().encode("hello\n"));
+    assert.equal(readFileSync(path, "utf8"), "hello\n");
+    close(fd);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});

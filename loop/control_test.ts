@@ -1,0 +1,161 @@
+/**
+ * The control loop (loop/control.ts) and the vCPU Workers it runs, on the
+ * real /dev/kvm: tiny guests (test/support/tiny_kernel.ts) print on COM1 and
+ * end the VM each way a guest can, through `Machine` from mod.ts as a
+ * library user would. On PVM each guest instruction is emulated (~1.5 µs),
+ * so every guest here is a few dozen instructions.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { EXIT_PANIC } from "../mod.ts";
+import { asm, makeBzImage, printAndExit } from "../test/support/tiny_kernel.ts";
+import { requireKvm, runTiny } from "../test/support/tiny_run.ts";
+import { scriptCommand, vmmEnv } from "../test/support/vmm_cli.ts";
+import { ACPI_RESET_PORT, ACPI_SLEEP_PORT, SLP_EN, SLP_TYP_S5, SLP_TYP_SHIFT, WAK_STS } from "../boot/acpi.ts";
+import { VIRTIO_MMIO_START } from "../boot/layout.ts";
+
+/** mov dx, 0xf4; out dx, al: end the VM with the low byte of EAX as the exit code. */
+const EXIT_WITH_AL = [0x66, 0xba, 0xf4, 0x00, 0xee];
+const le32 = (x: number) => [x & 0xff, (x >> 8) & 0xff, (x >> 16) & 0xff, (x >>> 24) & 0xff];
+/*
+ * Absolute loads and stores carry the address-size prefix 0x67: without it,
+ * 64-bit mode sign-extends a disp32 of 2 GiB or more to 0xffffffff_xxxxxxxx,
+ * which the boot page tables do not map.
+ */
+/** mov eax, [addr32] */
+const loadU32 = (addr: number) => [0x67, 0x8b, 0x04, 0x25, ...le32(addr)];
+/** mov rax, [addr32] (REX.W right before the opcode) */
+const loadU64 = (addr: number) => [0x67, 0x48, 0x8b, 0x04, 0x25, ...le32(addr)];
+/** mov dword [addr32], imm32 */
+const storeU32 = (addr: number, v: number) => [0x67, 0xc7, 0x04, 0x25, ...le32(addr), ...le32(v)];
+/** shr rax, 32 */
+const SHR_RAX_32 = [0x48, 0xc1, 0xe8, 0x20];
+
+function guest(...code: number[][]): Uint8Array {
+  return makeBzImage(new Uint8Array(code.flat()));
+}
+
+test("a guest's serial output arrives and its exit-port status comes back", async () => {
+  const { result, output } = await runTiny(printAndExit("hello from the guest\n", 42));
+  assert.equal(output, "hello from the guest\n");
+  assert.deepEqual({ ...result }, { code: 42, kind: "EXIT_CODE", reason: "guest command exited with 42", readyMs: undefined });
+});
+
+test("exit status 0 is a success like any other", async () => {
+  const { result, output } = await runTiny(printAndExit("", 0));
+  assert.equal(output, "");
+  assert.equal(result.code, 0);
+  assert.equal(result.kind, "EXIT_CODE");
+});
+
+test("with 2 vCPUs the idle application processor is kicked out of KVM_RUN and the VM stops promptly", async () => {
+  const { result, output, runMs } = await runTiny(printAndExit("two\n", 3), { cpus: 2 });
+  assert.equal(output, "two\n");
+  assert.equal(result.code, 3);
+  assert.equal(result.kind, "EXIT_CODE");
+  // stopVcpus() gives up after 3 s; a kick that works takes well under that.
+  assert.ok(runMs < 2000, `run took ${runMs.toFixed(0)} ms: the second vCPU did not stop when kicked`);
+});
+
+test("an i8042 reset (0xFE to port 0x64) ends the VM as RESET with status 0", async () => {
+  const { result, output } = await runTiny(guest(asm.print("bye\n"), asm.outb(0x64, 0xfe), asm.halt));
+  assert.equal(output, "bye\n");
+  assert.deepEqual([result.kind, result.code, result.reason], ["RESET", 0, "guest reset (keyboard controller)"]);
+});
+
+test("other i8042 commands do not reset the guest", async () => {
+  const { result } = await runTiny(guest(asm.outb(0x64, 0xaa), asm.outb(0x60, 0xfe), asm.outb(0xf4, 5), asm.halt));
+  assert.deepEqual([result.kind, result.code], ["EXIT_CODE", 5]);
+});
+
+test("writing S5 to the ACPI sleep port powers off, after Linux's WAK_STS clear is ignored", async () => {
+  const s5 = (SLP_TYP_S5 << SLP_TYP_SHIFT) | SLP_EN; // 0x34, what Linux writes for poweroff
+  const { result } = await runTiny(guest(asm.outb(ACPI_SLEEP_PORT, WAK_STS), asm.outb(ACPI_SLEEP_PORT, s5), asm.halt));
+  assert.deepEqual([result.kind, result.code, result.reason], ["POWEROFF", 0, "guest powered off"]);
+});
+
+test("writing 1 to the ACPI reset register resets the guest", async () => {
+  const { result } = await runTiny(guest(asm.outb(ACPI_RESET_PORT, 1), asm.halt));
+  assert.deepEqual([result.kind, result.code, result.reason], ["RESET", 0, "guest reset (ACPI)"]);
+});
+
+test("a kernel panic on the console ends the VM with EXIT_PANIC and the panic line", async () => {
+  const panic = "Kernel panic - not syncing: test\n---[ end Kernel panic - not syncing: test ]---\n";
+  const { result, output } = await runTiny(printAndExit(panic, 0));
+  assert.equal(EXIT_PANIC, 101);
+  assert.deepEqual([result.kind, result.code, result.reason], ["PANIC", 101, "Kernel panic - not syncing: test"]);
+  assert.equal(output, panic);
+});
+
+test("a reset right after a panic line (panic=-1) counts as the panic", async () => {
+  const { result } = await runTiny(guest(asm.print("Kernel panic - not syncing: oops\n"), asm.outb(0x64, 0xfe), asm.halt));
+  assert.deepEqual([result.kind, result.code, result.reason], ["PANIC", 101, "Kernel panic - not syncing: oops"]);
+});
+
+test("a triple fault ends the VM as a reset", async () => {
+  const { result } = await runTiny(guest([0x0f, 0x0b])); // ud2 with an empty IDT
+  assert.deepEqual([result.kind, result.code, result.reason], ["RESET", 0, "guest reset (triple fault)"]);
+});
+
+test("an MMIO read in the device hole reads all ones, and the guest then exits", async () => {
+  const { result } = await runTiny(guest(loadU32(VIRTIO_MMIO_START), EXIT_WITH_AL, asm.halt));
+  assert.deepEqual([result.kind, result.code], ["EXIT_CODE", 0xff]);
+});
+
+test("an MMIO write in the device hole vanishes and the guest carries on", async () => {
+  const { result } = await runTiny(guest(storeU32(0xd000_0010, 0x1234_5678), asm.outb(0xf4, 9), asm.halt));
+  assert.deepEqual([result.kind, result.code], ["EXIT_CODE", 9]);
+});
+
+test("a port nobody claims reads as 0xff", async () => {
+  const { result } = await runTiny(guest(asm.inb(0x2f8), EXIT_WITH_AL, asm.halt)); // COM2 is absent
+  assert.deepEqual([result.kind, result.code], ["EXIT_CODE", 0xff]);
+});
+
+test("an 8-byte MMIO read in the device hole reads all ones in both halves", {
+  todo: "bug: vcpu_worker.ts fills the upper 4 bytes of an 8-byte MMIO read with 0",
+}, async () => {
+  // Exit with the low byte of the upper half.
+  const { result } = await runTiny(guest(loadU64(VIRTIO_MMIO_START), SHR_RAX_32, EXIT_WITH_AL, asm.halt));
+  assert.deepEqual([result.kind, result.code], ["EXIT_CODE", 0xff]);
+});
+
+test("asm.loadAbs32() from tiny_kernel.ts reads the device hole", {
+  todo: "bug: tiny_kernel.ts loadAbs32/storeAbs32 lack the 0x67 prefix; 0xd0000000 is sign-extended and the guest triple-faults",
+}, async () => {
+  const { result } = await runTiny(guest(asm.loadAbs32(VIRTIO_MMIO_START), EXIT_WITH_AL, asm.halt));
+  assert.deepEqual([result.kind, result.code], ["EXIT_CODE", 0xff]);
+});
+
+test("after Machine.run() returns, SIGTERM terminates the process again", {
+  todo: "bug: control.ts runVm() leaves its SIGINT/SIGTERM pipe handlers installed after the run",
+}, () => {
+  requireKvm();
+  const dir = mkdtempSync(join(tmpdir(), "vmm-sig-"));
+  try {
+    const script = join(dir, "run_then_term.ts");
+    const url = (p: string) => JSON.stringify(new URL(p, import.meta.url).href);
+    writeFileSync(
+      script,
+      `import process from "node:process";
+import { Machine } from ${url("../mod.ts")};
+import { printAndExit } from ${url("../test/support/tiny_kernel.ts")};
+const m = await Machine.create({ kernel: printAndExit("", 0), memMiB: 64, console: { outFd: 1, inFd: null } });
+await m.run();
+process.kill(process.pid, "SIGTERM");
+await new Promise((r) => setTimeout(r, 1000));
+console.log("SIGTERM was swallowed");
+process.exit(0);
+`,
+    );
+    const [cmd, args] = scriptCommand(script);
+    const r = spawnSync(cmd, args, { env: vmmEnv(true), encoding: "utf8", timeout: 20_000 });
+    assert.equal(r.signal, "SIGTERM", `stdout ${r.stdout}, stderr ${r.stderr}`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -1,0 +1,121 @@
+/**
+ * Run `bin/vmm.ts` as a child process under the runtime running the test
+ * (Deno: `deno run -A`, Bun: `bun`), the way a user runs the CLI.
+ *
+ * `vmmSync` waits for the exit; `vmmSpawn` returns a running child for the
+ * signal tests, optionally as PID 1 of a new pid namespace
+ * (`unshare --pid --fork`), where the process to signal is unshare's child.
+ */
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+
+const VMM = fileURLToPath(new URL("../../bin/vmm.ts", import.meta.url));
+const isDeno = typeof (globalThis as { Deno?: unknown }).Deno !== "undefined";
+
+/** The command line that runs the TypeScript file `script` with `args` on this test's runtime. */
+export function scriptCommand(script: string, args: string[] = []): [string, string[]] {
+  return [process.execPath, isDeno ? ["run", "-A", script, ...args] : [script, ...args]];
+}
+
+/** The command line that runs vmm with `args` on this test's runtime. */
+export function vmmCommand(args: string[]): [string, string[]] {
+  return scriptCommand(VMM, args);
+}
+
+/** The environment with VMM_ALLOW_PVM set (`true`) or removed (`false`). */
+export function vmmEnv(allowPvm: boolean): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && k !== "VMM_ALLOW_PVM") env[k] = v;
+  if (allowPvm) env.VMM_ALLOW_PVM = "1";
+  return env;
+}
+
+/** Run vmm to completion. */
+export function vmmSync(args: string[], o: { allowPvm?: boolean } = {}): { status: number | null; stdout: string; stderr: string } {
+  const [cmd, argv] = vmmCommand(args);
+  const r = spawnSync(cmd, argv, { env: vmmEnv(o.allowPvm ?? true), encoding: "utf8", timeout: 20_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Run `fn` with `bytes` written to a temporary file (a kernel image, say), removed afterwards. */
+export async function withFile<T>(bytes: Uint8Array, fn: (path: string) => T | Promise<T>): Promise<T> {
+  const dir = mkdtempSync(join(tmpdir(), "vmm-cli-"));
+  try {
+    const path = join(dir, "file");
+    writeFileSync(path, bytes);
+    return await fn(path);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** A running vmm child. */
+export interface VmmChild {
+  child: ChildProcess;
+  /** Everything written to stdout / stderr so far. */
+  stdout(): string;
+  stderr(): string;
+  /** Resolves once stdout contains `text`; rejects after `ms`. */
+  waitForStdout(text: string, ms?: number): Promise<void>;
+  /** Resolves with the exit status (null when killed by a signal). */
+  exited: Promise<number | null>;
+}
+
+/** Start vmm; with `unshare`, as PID 1 of a new pid namespace. */
+export function vmmSpawn(args: string[], o: { unshare?: boolean } = {}): VmmChild {
+  const [cmd, argv] = vmmCommand(args);
+  const child = o.unshare
+    ? spawn("unshare", ["--pid", "--fork", cmd, ...argv], { env: vmmEnv(true) })
+    : spawn(cmd, argv, { env: vmmEnv(true) });
+  let out = "", err = "";
+  const waiters: (() => void)[] = [];
+  child.stdout!.on("data", (d: Uint8Array) => {
+    out += new TextDecoder().decode(d);
+    waiters.forEach((w) => w());
+  });
+  child.stderr!.on("data", (d: Uint8Array) => (err += new TextDecoder().decode(d)));
+  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+  return {
+    child,
+    stdout: () => out,
+    stderr: () => err,
+    exited,
+    waitForStdout(text, ms = 15_000) {
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => {
+          child.kill("SIGKILL");
+          reject(new Error(`vmm did not print ${JSON.stringify(text)} within ${ms} ms; stdout ${JSON.stringify(out)}, stderr ${JSON.stringify(err)}`));
+        }, ms);
+        const check = () => {
+          if (out.includes(text)) {
+            clearTimeout(timer);
+            resolve();
+          }
+        };
+        waiters.push(check);
+        check();
+      });
+    },
+  };
+}
+
+/** Process ids whose parent is `pid` (from /proc/PID/stat). */
+export function childPids(pid: number): number[] {
+  const out: number[] = [];
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, "utf8");
+      // Field 4 (ppid) follows the command name, which is in parentheses and may hold spaces.
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      if (ppid === pid) out.push(Number(name));
+    } catch {
+      // The process exited while we looked.
+    }
+  }
+  return out;
+}
