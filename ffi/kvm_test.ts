@@ -11,7 +11,7 @@ import { close, eventfd, libc, MAP_ANONYMOUS, MAP_SHARED, mmapAnon, NativeBuf, P
 import { FPU_MXCSR, KVM_FPU_SIZE } from "./structs.ts";
 import { vcpuCpuid } from "../vm/cpuid.ts";
 import { BOOT_MSRS, longModeSregs, wireLint } from "../vm/regs.ts";
-import { requireKvm } from "../test/support/tiny_run.ts";
+import { requireKvm } from "../test/support/require_kvm.ts";
 
 const EEXIST = 17, ENOENT = 2;
 

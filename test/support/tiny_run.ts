@@ -6,22 +6,16 @@
  * The console goes to a temporary file opened through ffi/libc.ts, as vmm's
  * vCPU Workers write raw fds; the test reads it back with node:fs once the
  * run is over. Without /dev/kvm the tests fail with a clear message rather
- * than skip: CI has KVM, so a silent skip would hide a broken runner.
+ * than skip (require_kvm.ts).
  */
-import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Machine, type RunResult } from "../../mod.ts";
 import { close, O_CREAT, O_RDWR, open } from "../../ffi/libc.ts";
+import { requireKvm } from "./require_kvm.ts";
 
-/** Fail (never skip) when the host has no /dev/kvm. */
-export function requireKvm(): void {
-  assert.ok(
-    existsSync("/dev/kvm"),
-    "/dev/kvm is missing: this test boots a tiny guest on real KVM (CI provides /dev/kvm; run it on a KVM host)",
-  );
-}
+export { requireKvm };
 
 /** How a tiny guest's run ended, what it printed, and how long `run()` took. */
 export interface TinyRun {
