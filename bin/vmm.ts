@@ -77,6 +77,8 @@ async function main(argv: string[]): Promise<number> {
   if (cmd === "boot" && rest.length > 0) throw new UsageError(`vmm boot takes no arguments, got '${rest[0]}'`);
   if (cmd === "run" && rest.length === 0) throw new UsageError("vmm run needs a command: vmm run -- CMD...");
 
+  const cpus = values.cpus !== undefined ? parseCpus(values.cpus) : 1;
+  const memMiB = values.memory !== undefined ? parseMemory(values.memory) : 512;
   const kind = kvmKind();
   if (kind === "none") throw new ConfigError("/dev/kvm: not found (is KVM enabled on this host?)");
   if (kind === "pvm" && !process.env.VMM_ALLOW_PVM) {
@@ -90,8 +92,8 @@ async function main(argv: string[]): Promise<number> {
     initrd: values.initrd,
     cmdline: values.cmdline,
     append: values.append,
-    cpus: values.cpus !== undefined ? parseCpus(values.cpus) : 1,
-    memMiB: values.memory !== undefined ? parseMemory(values.memory) : 512,
+    cpus,
+    memMiB,
     command: cmd === "run" ? rest : undefined,
   };
   if (!values.kernel) {

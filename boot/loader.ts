@@ -7,7 +7,7 @@
 import type { GuestMemory } from "../vm/memory.ts";
 import { KernelImageError, parseBzImage } from "./bzimage.ts";
 import { buildBootParams } from "./params.ts";
-import { CMDLINE, e820Map, KERNEL_START, ZERO_PAGE } from "./layout.ts";
+import { CMDLINE, CMDLINE_MAX, e820Map, KERNEL_START, ZERO_PAGE } from "./layout.ts";
 
 export interface LinuxImage {
   kernel: Uint8Array;
@@ -34,7 +34,7 @@ export function loadLinux(mem: GuestMemory, memSize: number, img: LinuxImage): L
   mem.write(KERNEL_START, bz.kernel);
 
   const cmd = new TextEncoder().encode(img.cmdline);
-  const maxCmd = bz.cmdlineSize || 255;
+  const maxCmd = Math.min(bz.cmdlineSize || 255, CMDLINE_MAX - 1);
   if (cmd.length > maxCmd) {
     throw new KernelImageError(`Command line is ${cmd.length} bytes; this kernel accepts at most ${maxCmd}`);
   }

@@ -27,7 +27,7 @@ export class PanicWatch {
     this.#line = [];
     const end = text.indexOf(END);
     if (end >= 0) {
-      if (!this.reason) this.reason = text.slice(end + 7).replace(/ \]---.*$/, "").trim();
+      if (!this.reason) this.reason = text.slice(end + "---[ end ".length).replace(/ \]---.*$/, "").trim();
       return "ended";
     }
     const at = text.indexOf(START);

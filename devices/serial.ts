@@ -67,6 +67,15 @@ export class Serial {
   /** Guest IN from base + `offset`. */
   read(offset: number): number {
     return this.#locked(() => {
+      const v = this.#readReg(offset);
+      // Reading RBR or IIR can clear the pending interrupt.
+      this.#updateIrq();
+      return v;
+    });
+  }
+
+  #readReg(offset: number): number {
+    {
       const s = this.#s;
       const dlab = s[S.LCR] & LCR_DLAB;
       switch (offset) {
@@ -101,7 +110,7 @@ export class Serial {
           return s[S.SCR];
       }
       return 0xff;
-    });
+    }
   }
 
   /** Guest OUT of `value` to base + `offset`. */

@@ -10,7 +10,7 @@
 import { check, libc, NativeBuf, open, O_RDWR } from "./libc.ts";
 import { SysError } from "./errno.ts";
 import {
-  CpuidEntry, decodeCpuid2, decodeRegs, decodeSregs, encodeCpuid2, encodeMemoryRegion, encodeMsrs, encodeRegs,
+  CpuidEntry, decodeCpuid2, FPU_FCW, FPU_MXCSR, decodeRegs, decodeSregs, encodeCpuid2, encodeMemoryRegion, encodeMsrs, encodeRegs,
   encodeSregs, KVM_CPUID2_HEADER, KVM_CPUID_ENTRY2_SIZE, KVM_FPU_SIZE, KVM_IOEVENTFD_SIZE, KVM_IRQ_LEVEL_SIZE,
   KVM_IRQFD_SIZE, KVM_LAPIC_STATE_SIZE, KVM_MSR_ENTRY_SIZE, KVM_MSRS_HEADER, KVM_PIT_CONFIG_SIZE, KVM_REGS_SIZE,
   KVM_SREGS_SIZE, KVM_USERSPACE_MEMORY_REGION_SIZE, Regs, Sregs,
@@ -238,8 +238,8 @@ export class VcpuFd {
   /** Reset the FPU to its power-on control words (fcw 0x37f, mxcsr 0x1f80). */
   setFpuDefaults(): void {
     this.#buf.bytes.fill(0, 0, KVM_FPU_SIZE);
-    this.#buf.view.setUint16(160, 0x37f, true);
-    this.#buf.view.setUint32(408, 0x1f80, true);
+    this.#buf.view.setUint16(FPU_FCW, 0x37f, true);
+    this.#buf.view.setUint32(FPU_MXCSR, 0x1f80, true);
     ioctl(this.fd, KVM.SET_FPU, this.#buf.addr, "SET_FPU");
   }
   tscKhz(): number {

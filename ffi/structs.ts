@@ -160,7 +160,7 @@ export function encodeMsrs(v: DataView, msrs: [number, bigint][]): void {
 export const KVM_LAPIC_STATE_SIZE = 1024;
 /** struct kvm_fpu (416 bytes): fpr[8][16], fcw, fsw, ftwx, pad, opcode, last_ip, last_dp, xmm[16][16], mxcsr, pad. */
 export const KVM_FPU_SIZE = 416;
-export const FPU_FCW = 160, FPU_MXCSR = 408;
+export const FPU_FCW = 128, FPU_MXCSR = 408;
 
 /** struct kvm_irq_level (8 bytes): irq, level. */
 export const KVM_IRQ_LEVEL_SIZE = 8;

@@ -14,7 +14,7 @@ import {
   eventfd, eventfdRead, hostView, libc, mmapAnon, mmapFd, Poller, SIGINT, SIGTERM, SIGUSR1, NativeBuf,
   EFD_CLOEXEC, EFD_NONBLOCK,
 } from "../ffi/libc.ts";
-import { interruptingSignal, signalPipe } from "../ffi/signals.ts";
+import { defaultSignal, interruptingSignal, signalPipe } from "../ffi/signals.ts";
 import { RawTerminal } from "../ffi/termios.ts";
 import { RUN } from "../ffi/structs.ts";
 import type { Vm } from "../vm/vm.ts";
@@ -128,6 +128,9 @@ export async function runVm(vm: Vm, console_: ConsoleFds, startedAt = Date.now()
     stopVcpus(ctl, sharedView, runBytes, ctlFd);
     for (const w of workers) w.terminate();
     term?.restore();
+    // Give SIGINT/SIGTERM back: after the run nothing reads the signal pipe.
+    defaultSignal(SIGINT);
+    defaultSignal(SIGTERM);
   }
 
   const kind = KIND_NAMES[Atomics.load(ctl, CTL.EXIT_KIND)] ?? "ERROR";

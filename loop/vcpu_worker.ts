@@ -161,7 +161,7 @@ class VcpuThread {
         if (v.getUint8(RUN.MMIO_IS_WRITE)) this.mmio.write(gpa, n, readN(v, RUN.MMIO_DATA, n));
         else {
           writeN(v, RUN.MMIO_DATA, n, this.mmio.read(gpa, n));
-          if (len === 8) writeN(v, RUN.MMIO_DATA + 4, 4, 0);
+          if (len === 8) writeN(v, RUN.MMIO_DATA + 4, 4, this.mmio.read(gpa + 4, 4));
         }
         return;
       }

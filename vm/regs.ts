@@ -15,7 +15,7 @@ const EFER_LME = 0x100n, EFER_LMA = 0x400n;
 
 /** A GDT entry from flags, base and limit (SDM vol. 3 §3.4.5). */
 export function gdtEntry(flags: number, base: number, limit: number): bigint {
-  return (BigInt(base & 0xff000000) << 32n) | (BigInt(flags & 0xf0ff) << 40n) |
+  return (BigInt(base >>> 24) << 56n) | (BigInt(flags & 0xf0ff) << 40n) |
     (BigInt(limit & 0xf0000) << 32n) | (BigInt(base & 0x00ffffff) << 16n) | BigInt(limit & 0xffff);
 }
 
@@ -32,7 +32,9 @@ export function segmentFromGdt(entry: bigint, index: number): Segment {
   const e = entry;
   const bits = (shift: bigint, mask: bigint) => Number((e >> shift) & mask);
   const base = ((e >> 16n) & 0xffffffn) | (((e >> 56n) & 0xffn) << 24n);
-  const limit = Number((e & 0xffffn) | (((e >> 48n) & 0xfn) << 16n));
+  const raw = Number((e & 0xffffn) | (((e >> 48n) & 0xfn) << 16n));
+  // kvm_segment.limit is in bytes: scale a page-granular limit (Firecracker gdt.rs get_limit).
+  const limit = bits(55n, 1n) ? ((raw << 12) | 0xfff) >>> 0 : raw;
   const present = bits(47n, 1n);
   return {
     base, limit, selector: index * 8, type: bits(40n, 0xfn), present, dpl: bits(45n, 3n),

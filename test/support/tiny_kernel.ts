@@ -42,11 +42,11 @@ export const asm = {
   },
   /** mov eax, [addr32]: an MMIO read when addr is in the device hole. */
   loadAbs32(addr: number): number[] {
-    return [0x8b, 0x04, 0x25, addr & 0xff, (addr >> 8) & 0xff, (addr >> 16) & 0xff, (addr >>> 24) & 0xff];
+    return [0x67, 0x8b, 0x04, 0x25, addr & 0xff, (addr >> 8) & 0xff, (addr >> 16) & 0xff, (addr >>> 24) & 0xff];
   },
   /** mov dword [addr32], imm32 */
   storeAbs32(addr: number, value: number): number[] {
-    return [0xc7, 0x04, 0x25, addr & 0xff, (addr >> 8) & 0xff, (addr >> 16) & 0xff, (addr >>> 24) & 0xff,
+    return [0x67, 0xc7, 0x04, 0x25, addr & 0xff, (addr >> 8) & 0xff, (addr >> 16) & 0xff, (addr >>> 24) & 0xff,
       value & 0xff, (value >> 8) & 0xff, (value >> 16) & 0xff, (value >>> 24) & 0xff];
   },
   /** A jump to itself: spin forever. */
