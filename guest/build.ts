@@ -1,0 +1,535 @@
+/**
+ * Builds the guest images vmm and its tests boot, from Debian's packages.
+ *
+ * - The default guest: Debian's cloud kernel and an initramfs of busybox, the
+ *   virtio modules and `guest/init.sh` as `/init`.
+ * - The nested host ("L1"): Debian's generic kernel, which has kvm-amd and 9p,
+ *   and the same kind of initramfs with those modules. `test/support/nested.ts`
+ *   boots it under QEMU's TCG to get real KVM on a machine whose /dev/kvm is PVM.
+ *
+ * Kernels come from `apt-get download` (nothing is installed); the initramfs is
+ * written with our own cpio writer. Everything lands in the cache directory and
+ * is rebuilt only when missing or when its inputs (this file, init.sh, the
+ * module list) change. Both runtimes run this: only `node:` built-ins, and
+ * every tool is a child process.
+ */
+import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import {
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import { homedir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { gunzipSync } from "node:zlib";
+import { type CpioEntry, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio } from "./cpio.ts";
+
+/** A bootable kernel and initramfs. */
+export interface GuestImage {
+  /** The bzImage, as Debian ships it. */
+  kernel: string;
+  initrd: string;
+  kernelVersion: string;
+  /**
+   * The same kernel uncompressed: an ELF with a PVH entry note, which QEMU
+   * boots without running the decompressor (3 s of the L1 boot under TCG).
+   * Absent when the payload's decompressor (xz, zstd, lz4) is not installed.
+   */
+  vmlinux?: string;
+}
+
+export interface BuildOptions {
+  /** Where images are kept; default `$VMM_CACHE` or `${XDG_CACHE_HOME:-$HOME/.cache}/vmm`. */
+  cacheDir?: string;
+  /** Progress lines (downloads, builds); silent by default. */
+  log?: (s: string) => void;
+  /**
+   * Ask apt again which kernel is current. Without it, an image once built
+   * keeps its kernel version, and a complete image costs no child process.
+   */
+  refresh?: boolean;
+}
+
+/** What distinguishes one image from the other. */
+interface Flavour {
+  /** Cache name: `<name>-<kernel version>/` and `<name>.json`. */
+  name: "guest" | "nested";
+  /** Debian metapackage whose dependency names the current kernel. */
+  meta: string;
+  /** Modules wanted, by name; those that are built in or absent are skipped. */
+  modules: string[];
+}
+
+const GUEST: Flavour = {
+  name: "guest",
+  meta: "linux-image-cloud-amd64",
+  modules: [
+    "virtio",
+    "virtio_ring",
+    "virtio_mmio",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_console",
+    "virtio_rng",
+  ],
+};
+
+const NESTED: Flavour = {
+  name: "nested",
+  meta: "linux-image-amd64",
+  modules: [
+    "virtio",
+    "virtio_ring",
+    "virtio_mmio",
+    "virtio_pci",
+    "9pnet",
+    "9pnet_virtio",
+    "9p",
+    "kvm",
+    "kvm_amd",
+    // What end-to-end tests may need inside L1: TAP devices, netns pairs, loop.
+    "tun",
+    "veth",
+    "loop",
+  ],
+};
+
+/** Bump to rebuild every image after a change that the stamp cannot see. */
+const BUILD_VERSION = "1";
+
+/** The cache directory images are built into. */
+export function defaultCacheDir(): string {
+  const env = process.env;
+  if (env.VMM_CACHE) return env.VMM_CACHE;
+  return join(env.XDG_CACHE_HOME || join(env.HOME || homedir(), ".cache"), "vmm");
+}
+
+/**
+ * Returns the default guest image, building what is missing.
+ *
+ * @example
+ * ```ts
+ * import { ensureDefaultGuest } from "./build.ts";
+ * const { kernel, initrd } = await ensureDefaultGuest({ log: console.error });
+ * console.log(kernel, initrd);
+ * ```
+ */
+export function ensureDefaultGuest(opts: BuildOptions = {}): Promise<GuestImage> {
+  return Promise.resolve().then(() => ensure(GUEST, opts));
+}
+
+/** Returns the nested host (L1) image, building what is missing. */
+export function ensureNestedHost(opts: BuildOptions = {}): Promise<GuestImage> {
+  return Promise.resolve().then(() => ensure(NESTED, opts));
+}
+
+/** The image last built of a kind, without building anything; undefined if none. */
+export function builtImage(kind: "guest" | "nested", cacheDir = defaultCacheDir()): GuestImage | undefined {
+  const img = readManifest(cacheDir, kind)?.img;
+  return img && existsSync(img.kernel) && existsSync(img.initrd) ? img : undefined;
+}
+
+/** Where a kernel comes from: a Debian package or the running host. */
+type Source = { kind: "deb"; version: string; pkg: string } | { kind: "host"; version: string };
+
+/** `<cache>/<name>.json`: the image last built and the kernel it came from. */
+interface Manifest {
+  img: GuestImage;
+  source: Source;
+}
+
+function ensure(fl: Flavour, opts: BuildOptions): GuestImage {
+  const cache = opts.cacheDir ?? defaultCacheDir();
+  const log = opts.log ?? (() => {});
+  const init = readFileSync(fileURLToPath(new URL("./init.sh", import.meta.url)));
+  const stamp = createHash("sha256")
+    .update(BUILD_VERSION)
+    .update(readFileSync(fileURLToPath(import.meta.url)))
+    .update(readFileSync(fileURLToPath(new URL("./cpio.ts", import.meta.url))))
+    .update(init)
+    .update(JSON.stringify(fl))
+    .digest("hex");
+
+  // The fast path runs no child process: vmm calls this on every start.
+  const prev = readManifest(cache, fl.name);
+  if (prev && !opts.refresh) {
+    const { img } = prev;
+    if (existsSync(img.kernel) && existsSync(img.initrd) && readIf(join(dirname(img.initrd), "stamp")) === stamp) {
+      return img;
+    }
+  }
+  mkdirSync(cache, { recursive: true });
+  const src = prev && !opts.refresh ? prev.source : kernelSource(fl, log);
+
+  const dir = join(cache, `${fl.name}-${src.version}`);
+  const img: GuestImage = {
+    kernel: join(dir, "vmlinuz"),
+    initrd: join(dir, "initrd.cpio"),
+    kernelVersion: src.version,
+  };
+  const stampFile = join(dir, "stamp");
+  if (existsSync(join(dir, "vmlinux"))) img.vmlinux = join(dir, "vmlinux");
+  if (existsSync(img.kernel) && existsSync(img.initrd) && readIf(stampFile) === stamp) {
+    writeManifest(cache, fl.name, { img, source: src });
+    return img;
+  }
+
+  mkdirSync(dir, { recursive: true });
+  for (const f of readdirSync(dir)) {
+    // A build that was killed leaves its unpacked package behind.
+    const pid = f.match(/^\.src-(\d+)$/)?.[1];
+    if (pid && !existsSync(`/proc/${pid}`)) rmSync(join(dir, f), { recursive: true, force: true });
+  }
+  const tmp = join(dir, `.src-${process.pid}`);
+  rmSync(tmp, { recursive: true, force: true });
+  try {
+    let root: string;
+    if (src.kind === "deb") {
+      const deb = download(src.pkg, join(cache, "debs"), log);
+      log(`Unpacking ${deb}`);
+      run("dpkg", ["-x", deb, tmp]);
+      run("depmod", ["-b", tmp, src.version]); // the package ships no modules.dep
+      root = tmp;
+    } else {
+      root = "/";
+    }
+    const modDir = join(root, "lib/modules", src.version);
+    const mods = resolveModules(readFileSync(join(modDir, "modules.dep"), "utf8"), fl.modules);
+    log(`Building ${fl.name} initramfs for ${src.version}: ${mods.map(moduleName).join(" ")}`);
+    const cpio = writeCpio(imageEntries(init, src.version, modDir, mods));
+    writeAtomic(img.initrd, cpio);
+    const kernel = readFileSync(join(root, "boot", `vmlinuz-${src.version}`));
+    writeAtomic(img.kernel, kernel);
+    const vmlinux = join(dir, "vmlinux");
+    try {
+      writeAtomic(vmlinux, extractVmlinux(kernel, dir));
+      img.vmlinux = vmlinux;
+    } catch (e) {
+      rmSync(vmlinux, { force: true });
+      delete img.vmlinux;
+      log(`No vmlinux for ${src.version}: ${(e as Error).message}`);
+    }
+    writeAtomic(stampFile, new TextEncoder().encode(stamp));
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+  writeManifest(cache, fl.name, { img, source: src });
+  return img;
+}
+
+/**
+ * The kernel to build from: the one Debian's metapackage points at, else the
+ * running host's (where apt has no Debian kernel).
+ */
+function kernelSource(fl: Flavour, log: (s: string) => void): Source {
+  try {
+    const version = debianKernelVersion(fl.meta);
+    return { kind: "deb", version, pkg: `linux-image-${version}-unsigned` };
+  } catch (e) {
+    const host = execFileSync("uname", ["-r"]).toString().trim();
+    if (!existsSync(`/boot/vmlinuz-${host}`) || !existsSync(`/lib/modules/${host}/modules.dep`)) {
+      throw new Error(`${(e as Error).message}; and no host kernel /boot/vmlinuz-${host} to fall back on`);
+    }
+    log(`${(e as Error).message}: using the host kernel ${host}`);
+    return { kind: "host", version: host };
+  }
+}
+
+/**
+ * The kernel version Debian's metapackage currently points at, e.g.
+ * `6.1.0-56-cloud-amd64` from `Depends: linux-image-6.1.0-56-cloud-amd64`.
+ */
+function debianKernelVersion(meta: string): string {
+  let out: string;
+  try {
+    out = execFileSync("apt-cache", ["depends", meta], { stdio: ["ignore", "pipe", "pipe"] }).toString();
+  } catch (e) {
+    throw new Error(`apt-cache depends ${meta}: ${reason(e)}`);
+  }
+  const m = out.match(/Depends:\s*linux-image-(\d[^\s]*)/);
+  if (!m) throw new Error(`apt-cache depends ${meta}: names no linux-image package`);
+  return m[1];
+}
+
+/** `apt-get download` into `dir`, unless the .deb is already there. */
+function download(pkg: string, dir: string, log: (s: string) => void): string {
+  mkdirSync(dir, { recursive: true });
+  const have = () => readdirSync(dir).find((f) => f.startsWith(`${pkg}_`) && f.endsWith(".deb"));
+  let deb = have();
+  if (!deb) {
+    log(`Downloading ${pkg}`);
+    try {
+      execFileSync("apt-get", ["download", "-q", pkg], { cwd: dir, stdio: ["ignore", "pipe", "pipe"] });
+    } catch (e) {
+      throw new Error(`apt-get download ${pkg}: ${reason(e)}`);
+    }
+    deb = have();
+    if (!deb) throw new Error(`apt-get download ${pkg}: no .deb appeared in ${dir}`);
+  }
+  return join(dir, deb);
+}
+
+/**
+ * The ELF kernel inside a bzImage (what `scripts/extract-vmlinux` finds).
+ *
+ * The setup header (x86 `boot.rst`) gives the compressed payload's place:
+ * `payload_offset` (0x248) and `payload_length` (0x24c), counted from the
+ * protected-mode code, which starts after `setup_sects` (0x1f1) + 1 sectors.
+ * For xz, zstd and lz4 the kernel's Makefile appends the uncompressed size as 4
+ * little-endian bytes (`size_append`), which the decompressor must not see.
+ */
+export function extractVmlinux(bzImage: Uint8Array, tmpDir: string): Uint8Array {
+  const v = new DataView(bzImage.buffer, bzImage.byteOffset, bzImage.byteLength);
+  if (bzImage.length < 0x250 || v.getUint32(0x202, true) !== 0x53726448) { // "HdrS"
+    throw new RangeError("Not a bzImage: no HdrS setup header");
+  }
+  if (v.getUint16(0x206, true) < 0x208) throw new RangeError("bzImage boot protocol is older than 2.08: no payload fields");
+  const start = ((bzImage[0x1f1] || 4) + 1) * 512 + v.getUint32(0x248, true);
+  const len = v.getUint32(0x24c, true);
+  if (len < 8 || start + len > bzImage.length) throw new RangeError("bzImage payload runs past the end of the file");
+  const payload = bzImage.subarray(start, start + len);
+  const magic = v.getUint32(start, true);
+  let elf: Uint8Array;
+  if (payload[0] === 0x1f && payload[1] === 0x8b) {
+    elf = gunzipSync(payload);
+  } else {
+    const tool = magic === 0x587a37fd ? "xz" : magic === 0xfd2fb528 ? "zstd" : magic === 0x184c2102 ? "lz4" : "";
+    if (!tool) throw new RangeError(`bzImage payload compression is not gzip, xz, zstd or lz4 (magic ${magic.toString(16)})`);
+    // Files, not pipes: Deno's execFileSync stalls when input and output are both large.
+    const inFile = join(tmpDir, "payload");
+    const outFile = join(tmpDir, "vmlinux");
+    writeFileSync(inFile, payload.subarray(0, len - 4));
+    try {
+      run("sh", ["-c", `${tool} -dc <"$1" >"$2"`, "sh", inFile, outFile]);
+      elf = readFileSync(outFile);
+    } finally {
+      rmSync(inFile, { force: true });
+      rmSync(outFile, { force: true });
+    }
+    const size = v.getUint32(start + len - 4, true);
+    if (elf.length !== size) throw new RangeError(`${tool} gave ${elf.length} bytes, the bzImage says ${size}`);
+  }
+  if (elf[0] !== 0x7f || elf[1] !== 0x45 || elf[2] !== 0x4c || elf[3] !== 0x46) {
+    throw new RangeError("bzImage payload is not an ELF file");
+  }
+  return elf;
+}
+
+/** A module's name as the kernel knows it: `kvm-amd.ko.xz` → `kvm_amd`. */
+export function moduleName(path: string): string {
+  return path.replace(/^.*\//, "").replace(/\.ko(\.(xz|zst|gz))?$/, "").replace(/-/g, "_");
+}
+
+/**
+ * The module files to load, dependencies first, for the wanted module names
+ * that exist in `modules.dep` (paths relative to `/lib/modules/<version>`).
+ * Built-in or missing modules are skipped: the image then simply lacks them.
+ */
+export function resolveModules(modulesDep: string, wanted: string[]): string[] {
+  const deps = new Map<string, { path: string; deps: string[] }>();
+  for (const line of modulesDep.split("\n")) {
+    const colon = line.indexOf(":");
+    if (colon < 0) continue;
+    const path = line.slice(0, colon).trim();
+    deps.set(moduleName(path), { path, deps: line.slice(colon + 1).trim().split(/\s+/).filter(Boolean) });
+  }
+  const order: string[] = [];
+  const seen = new Set<string>();
+  const visit = (name: string) => {
+    const m = deps.get(name);
+    if (!m || seen.has(name)) return;
+    seen.add(name);
+    // modules.dep lists the whole closure; visiting each keeps dependencies first.
+    for (const d of m.deps) visit(moduleName(d));
+    order.push(m.path);
+  };
+  for (const w of wanted) visit(moduleName(w));
+  return order;
+}
+
+/** Every file of the initramfs. */
+function imageEntries(init: Uint8Array, version: string, modDir: string, mods: string[]): CpioEntry[] {
+  const busybox = findBusybox();
+  const dirs = ["bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "root", "mnt", "etc/vmm"];
+  const e: CpioEntry[] = dirs.map((d) => ({ path: d, mode: S_IFDIR | (d === "tmp" ? 0o1777 : 0o755) }));
+  // The kernel opens /dev/console for init before anything is mounted.
+  e.push({ path: "dev/console", mode: S_IFCHR | 0o600, rdevMajor: 5, rdevMinor: 1 });
+  e.push({ path: "dev/null", mode: S_IFCHR | 0o666, rdevMajor: 1, rdevMinor: 3 });
+  e.push({ path: "bin/busybox", mode: S_IFREG | 0o755, data: readFileSync(busybox) });
+  const applets = execFileSync(busybox, ["--list-full"]).toString().split("\n").filter(Boolean);
+  for (const a of applets) {
+    if (a === "linuxrc" || a === "bin/busybox") continue;
+    e.push({ path: a, mode: S_IFLNK | 0o777, target: "/bin/busybox" });
+  }
+  e.push({ path: "bin/vmm-outb", mode: S_IFREG | 0o755, data: outbElf() });
+  e.push({ path: "init", mode: S_IFREG | 0o755, data: init });
+  const enc = new TextEncoder();
+  e.push({ path: "etc/passwd", mode: S_IFREG | 0o644, data: enc.encode("root:x:0:0:root:/root:/bin/sh\n") });
+  e.push({ path: "etc/group", mode: S_IFREG | 0o644, data: enc.encode("root:x:0:\n") });
+  const list: string[] = [];
+  for (const rel of mods) {
+    const plain = rel.replace(/\.(xz|zst|gz)$/, "");
+    const dest = `lib/modules/${version}/${plain}`;
+    e.push({ path: dest, mode: S_IFREG | 0o644, data: readModule(join(modDir, rel)) });
+    list.push(`/${dest}`);
+  }
+  e.push({ path: "etc/vmm/modules", mode: S_IFREG | 0o644, data: enc.encode(list.map((l) => l + "\n").join("")) });
+  return e;
+}
+
+/** A module file, decompressed: busybox insmod takes plain `.ko` only. */
+function readModule(path: string): Uint8Array {
+  if (path.endsWith(".gz")) return gunzipSync(readFileSync(path));
+  if (path.endsWith(".xz")) return execFileSync("xz", ["-dc", path], { maxBuffer: 1 << 28 });
+  if (path.endsWith(".zst")) return execFileSync("zstd", ["-dc", path], { maxBuffer: 1 << 28 });
+  return readFileSync(path);
+}
+
+/** The static busybox of `busybox-static`; a dynamic one cannot run in the guest. */
+function findBusybox(): string {
+  for (const p of ["/bin/busybox", "/usr/bin/busybox"]) {
+    if (!existsSync(p)) continue;
+    if (hasInterpreter(readFileSync(p))) {
+      throw new Error(`${p} is dynamically linked: install busybox-static`);
+    }
+    return p;
+  }
+  throw new Error("busybox not found: install busybox-static");
+}
+
+/** True when an ELF64 file has a PT_INTERP program header (it is dynamically linked). */
+function hasInterpreter(elf: Uint8Array): boolean {
+  const v = new DataView(elf.buffer, elf.byteOffset, elf.byteLength);
+  const phoff = Number(v.getBigUint64(0x20, true)); // e_phoff
+  const phentsize = v.getUint16(0x36, true);
+  const phnum = v.getUint16(0x38, true);
+  for (let i = 0; i < phnum; i++) {
+    if (v.getUint32(phoff + i * phentsize, true) === 3) return true; // PT_INTERP
+  }
+  return false;
+}
+
+/**
+ * `vmm-outb PORT VALUE`: writes one byte to an I/O port, both in decimal.
+ *
+ * Debian's cloud kernel lacks /dev/port, and busybox has no port I/O applet,
+ * so the image carries this program: an ELF64 header, one PT_LOAD program
+ * header, and 104 bytes of code that parse argv, call ioperm(port, 1, 1) and
+ * execute `out dx, al`. It exits 1 on a wrong argument count or when ioperm
+ * fails. Assembled once with GNU as; the listing is beside the bytes.
+ */
+export function outbElf(): Uint8Array {
+  // deno-fmt-ignore
+  const code = [
+    0x48, 0x83, 0x3c, 0x24, 0x03,       // 00 cmp  qword [rsp], 3     argc
+    0x75, 0x3d,                         // 05 jne  fail
+    0x48, 0x8b, 0x7c, 0x24, 0x10,       // 07 mov  rdi, [rsp+16]      argv[1]: port
+    0xe8, 0x3f, 0x00, 0x00, 0x00,       // 0c call parse
+    0x41, 0x89, 0xc4,                   // 11 mov  r12d, eax
+    0x48, 0x8b, 0x7c, 0x24, 0x18,       // 14 mov  rdi, [rsp+24]      argv[2]: value
+    0xe8, 0x32, 0x00, 0x00, 0x00,       // 19 call parse
+    0x41, 0x89, 0xc5,                   // 1e mov  r13d, eax
+    0xb8, 0xad, 0x00, 0x00, 0x00,       // 21 mov  eax, 173           SYS_ioperm
+    0x44, 0x89, 0xe7,                   // 26 mov  edi, r12d          from = port
+    0xbe, 0x01, 0x00, 0x00, 0x00,       // 29 mov  esi, 1             num
+    0xba, 0x01, 0x00, 0x00, 0x00,       // 2e mov  edx, 1             turn_on
+    0x0f, 0x05,                         // 33 syscall
+    0x85, 0xc0,                         // 35 test eax, eax
+    0x75, 0x0b,                         // 37 jne  fail
+    0x44, 0x89, 0xe2,                   // 39 mov  edx, r12d
+    0x44, 0x89, 0xe8,                   // 3c mov  eax, r13d
+    0xee,                               // 3f out  dx, al
+    0x31, 0xff,                         // 40 xor  edi, edi
+    0xeb, 0x05,                         // 42 jmp  exit
+    0xbf, 0x01, 0x00, 0x00, 0x00,       // 44 fail: mov edi, 1
+    0xb8, 0x3c, 0x00, 0x00, 0x00,       // 49 exit: mov eax, 60       SYS_exit
+    0x0f, 0x05,                         // 4e syscall
+    0x31, 0xc0,                         // 50 parse: xor eax, eax     decimal at rdi → eax
+    0x0f, 0xb6, 0x0f,                   // 52 next: movzx ecx, byte [rdi]
+    0x83, 0xe9, 0x30,                   // 55 sub  ecx, '0'
+    0x83, 0xf9, 0x09,                   // 58 cmp  ecx, 9
+    0x77, 0x0a,                         // 5b ja   done               not a digit (or NUL)
+    0x6b, 0xc0, 0x0a,                   // 5d imul eax, eax, 10
+    0x01, 0xc8,                         // 60 add  eax, ecx
+    0x48, 0xff, 0xc7,                   // 62 inc  rdi
+    0xeb, 0xeb,                         // 65 jmp  next
+    0xc3,                               // 67 done: ret
+  ];
+  const BASE = 0x400000;
+  const EHDR = 64; // sizeof(Elf64_Ehdr)
+  const PHDR = 56; // sizeof(Elf64_Phdr)
+  const size = EHDR + PHDR + code.length;
+  const b = new Uint8Array(size);
+  const v = new DataView(b.buffer);
+  b.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1], 0); // \x7fELF, ELFCLASS64, little-endian, EV_CURRENT
+  v.setUint16(0x10, 2, true); // e_type: ET_EXEC
+  v.setUint16(0x12, 62, true); // e_machine: EM_X86_64
+  v.setUint32(0x14, 1, true); // e_version
+  v.setBigUint64(0x18, BigInt(BASE + EHDR + PHDR), true); // e_entry: the first code byte
+  v.setBigUint64(0x20, BigInt(EHDR), true); // e_phoff
+  v.setUint16(0x34, EHDR, true); // e_ehsize
+  v.setUint16(0x36, PHDR, true); // e_phentsize
+  v.setUint16(0x38, 1, true); // e_phnum
+  v.setUint32(EHDR + 0x00, 1, true); // p_type: PT_LOAD, the whole file
+  v.setUint32(EHDR + 0x04, 5, true); // p_flags: R + X
+  v.setBigUint64(EHDR + 0x10, BigInt(BASE), true); // p_vaddr
+  v.setBigUint64(EHDR + 0x18, BigInt(BASE), true); // p_paddr
+  v.setBigUint64(EHDR + 0x20, BigInt(size), true); // p_filesz
+  v.setBigUint64(EHDR + 0x28, BigInt(size), true); // p_memsz
+  v.setBigUint64(EHDR + 0x30, 0x1000n, true); // p_align
+  b.set(code, EHDR + PHDR);
+  return b;
+}
+
+function readManifest(cache: string, name: string): Manifest | undefined {
+  try {
+    const m = JSON.parse(readFileSync(join(cache, `${name}.json`), "utf8")) as Manifest;
+    return m.img && m.source ? m : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function writeManifest(cache: string, name: string, m: Manifest): void {
+  const text = JSON.stringify(m, null, 2) + "\n";
+  if (readIf(join(cache, `${name}.json`)) !== text) writeAtomic(join(cache, `${name}.json`), new TextEncoder().encode(text));
+}
+
+function writeAtomic(path: string, data: Uint8Array): void {
+  mkdirSync(dirname(path), { recursive: true });
+  const tmp = `${path}.tmp-${process.pid}`;
+  writeFileSync(tmp, data);
+  renameSync(tmp, path);
+}
+
+function readIf(path: string): string | undefined {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return undefined;
+  }
+}
+
+function run(cmd: string, args: string[]): void {
+  try {
+    execFileSync(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
+  } catch (e) {
+    throw new Error(`${cmd} ${args.join(" ")}: ${reason(e)}`);
+  }
+}
+
+/** The one line that says why a child process failed: its last `E:` or stderr line. */
+function reason(e: unknown): string {
+  const err = e as { code?: string; stderr?: Uint8Array; message?: string };
+  if (err.code === "ENOENT") return "command not found";
+  const lines = (err.stderr ? new TextDecoder().decode(err.stderr) : "").split("\n").map((l) => l.trim()).filter(Boolean);
+  const line = lines.filter((l) => l.startsWith("E:")).pop() ?? lines.pop() ?? err.message ?? String(e);
+  return line.replace(/^E:\s*/, "");
+}

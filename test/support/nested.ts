@@ -1,0 +1,280 @@
+/**
+ * Real KVM for end-to-end tests on a machine whose /dev/kvm is PVM.
+ *
+ * PVM cannot boot a stock kernel (PLATFORM.md), so `runNested()` boots a
+ * nested host, "L1", under QEMU's TCG with `-cpu max`, which exposes AMD SVM:
+ * inside L1, kvm-amd gives a real /dev/kvm. L1 sees the host's root read-only
+ * over virtio-9p, chroots into it, and so has every host tool, Bun and Deno
+ * included, at the same paths. The script runs there; what it prints and its
+ * exit status come back.
+ *
+ * L1 boots the image of `guest/build.ts` (`ensureNestedHost`): Debian's
+ * generic kernel and the same `/init` as vmm's default guest. Like vmm, this
+ * harness appends a second cpio archive with `/vmm/run.sh`; the init runs it
+ * and writes its status to port 0xF4, where QEMU's isa-debug-exit device ends
+ * QEMU with it. The status and the script's output are also framed by marker
+ * lines on the serial console, which separate them from L1's own boot noise.
+ */
+import { execFileSync, spawn } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { builtImage } from "../../guest/build.ts";
+import { type CpioEntry, S_IFREG, writeCpio } from "../../guest/cpio.ts";
+
+export interface NestedOptions {
+  /** Whole run, L1 boot included; default 180 s. */
+  timeoutMs?: number;
+  /** Host directories shared read-write, mounted at the same path in L1. */
+  shareRw?: string[];
+  /** Working directory of the script; default the current directory. */
+  cwd?: string;
+  /** Extra environment of the script. */
+  env?: Record<string, string>;
+}
+
+export interface NestedResult {
+  /** Exit status of `sh -c script` inside L1. */
+  code: number;
+  /** What the script printed (stdout and stderr, as on a console), without L1's noise. */
+  output: string;
+  /** Milliseconds from QEMU's start to the script's start (L1 boot), and in all. */
+  ms: { boot: number; total: number };
+}
+
+const START = "@@vmm-nested: start@@";
+const EXIT_RE = /\n@@vmm-nested: exit (\d+)@@\n/;
+const REPO = fileURLToPath(new URL("../..", import.meta.url)).replace(/\/$/, "");
+
+/**
+ * Runs `sh -c script` inside a nested KVM host and returns its status and output.
+ *
+ * Throws when L1 cannot boot or the run exceeds `timeoutMs` (QEMU is killed).
+ *
+ * @example
+ * ```ts
+ * import { runNested } from "./nested.ts";
+ * const { code, output } = await runNested("ls -l /dev/kvm; exit 3");
+ * console.log(code, output); // 3 "crw-rw---- 1 root root 10, 232 … /dev/kvm\n"
+ * ```
+ */
+export async function runNested(script: string, opts: NestedOptions = {}): Promise<NestedResult> {
+  const img = builtImage("nested");
+  if (!img) throw new Error("Nested host image is not built: run bash scripts/setup.sh");
+  const cwd = resolve(opts.cwd ?? process.cwd());
+  const shares = (opts.shareRw ?? []).map((p) => resolve(p));
+  for (const p of shares) {
+    if (!existsSync(p) || !statSync(p).isDirectory()) throw new Error(`Nested rw share is not a directory: ${p}`);
+  }
+  for (const k of Object.keys(opts.env ?? {})) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new Error(`Nested env name is not valid: ${k}`);
+  }
+  const timeoutMs = opts.timeoutMs ?? 180_000;
+
+  const dir = mkdtempSync(join(tmpdir(), "vmm-nested-"));
+  try {
+    const initrd = join(dir, "initrd.cpio");
+    const base = readFileSync(img.initrd);
+    const extra = writeCpio(runFiles(script, cwd, shares, opts.env ?? {}));
+    const both = new Uint8Array(base.length + extra.length);
+    both.set(base, 0);
+    both.set(extra, base.length);
+    writeFileSync(initrd, both);
+    // The ELF kernel boots through PVH without TCG running the decompressor.
+    return await boot(qemuArgs(img.vmlinux ?? img.kernel, initrd, shares), timeoutMs);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** `/vmm/run.sh` for L1's init, and the script's wrapper that runs in the chroot. */
+function runFiles(script: string, cwd: string, shares: string[], env: Record<string, string>): CpioEntry[] {
+  const path = [`${REPO}/node_modules/.bin`, "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+  const wrap = [
+    "export HOME=/tmp/home",
+    `export PATH=${q(path.join(":"))}`,
+    "export TERM=dumb LANG=C.UTF-8 VMM_NESTED=1",
+    ...Object.entries(env).map(([k, v]) => `export ${k}=${q(v)}`),
+    'mkdir -p "$HOME"',
+    `cd ${q(cwd)} || exit 125`,
+    `exec /bin/sh -c ${q(script)}`,
+  ];
+  const R = "/mnt/root";
+  // 9p: msize raises the 8 KiB default so Bun and Deno load in big reads;
+  // cache=loose is safe on the read-only root and makes repeated reads local.
+  const P9 = "trans=virtio,version=9p2000.L,msize=512000";
+  const run = [
+    "fail() { echo \"vmm-nested: $*\"; exit 125; }",
+    "echo 1 >/proc/sys/kernel/printk", // only emergencies may interleave with the script's output
+    `R=${R}`,
+    'mkdir -p "$R"',
+    `mount -t 9p -o ${P9},cache=loose,ro root "$R" || fail "cannot mount the host root over 9p"`,
+    'mount -t proc proc "$R/proc" || fail "cannot mount proc"',
+    'mount -t sysfs sysfs "$R/sys" || fail "cannot mount sysfs"',
+    'mount -t devtmpfs devtmpfs "$R/dev" || fail "cannot mount devtmpfs"',
+    'mkdir -p "$R/dev/pts" "$R/dev/shm"',
+    'mount -t devpts devpts "$R/dev/pts"',
+    'mount -t tmpfs tmpfs "$R/dev/shm"',
+    'mount -t tmpfs tmpfs "$R/tmp" || fail "cannot mount /tmp"',
+    'mount -t tmpfs tmpfs "$R/run" || fail "cannot mount /run"',
+    ...shares
+      .map((p, i) => ({ p, tag: `rw${i}` }))
+      .sort((a, b) => a.p.length - b.p.length) // parents before children
+      .map(({ p, tag }) =>
+        `mkdir -p "$R"${q(p)} && mount -t 9p -o ${P9} ${tag} "$R"${q(p)} || fail ${q(`cannot mount ${p}`)}`
+      ),
+    'mkdir -p "$R/tmp/.vmm-nested" && cp /vmm/wrap.sh "$R/tmp/.vmm-nested/wrap.sh"',
+    `echo ${q(START)}`,
+    'env -i chroot "$R" /bin/sh /tmp/.vmm-nested/wrap.sh </dev/null',
+    "rc=$?",
+    "printf '\\n@@vmm-nested: exit %d@@\\n' $rc",
+    "exit $rc",
+  ];
+  const enc = new TextEncoder();
+  return [
+    { path: "vmm/run.sh", mode: S_IFREG | 0o755, data: enc.encode(run.join("\n") + "\n") },
+    { path: "vmm/wrap.sh", mode: S_IFREG | 0o755, data: enc.encode(wrap.join("\n") + "\n") },
+  ];
+}
+
+/** QEMU's command line for L1. */
+function qemuArgs(kernel: string, initrd: string, shares: string[]): string[] {
+  const cmdline = [
+    "console=ttyS0",
+    "panic=-1",
+    "quiet",
+    "loglevel=1",
+    `tsc_early_khz=${hostTscKhz()}`, // TCG's TSC ticks at the host's rate
+    "tsc=reliable", // TCG timing jitter must not make the watchdog drop the TSC
+    "mitigations=off", // nothing to protect in a throwaway L1; costs time under TCG
+  ].join(" ");
+  const args = [
+    "-accel", "tcg,thread=multi",
+    "-cpu", "max", // exposes SVM
+    "-M", "microvm", // no PCI, no BIOS scan: the fastest TCG boot; ACPI lists virtio-mmio
+    "-smp", "2",
+    "-m", "4G",
+    "-nodefaults", "-no-user-config", "-no-reboot",
+    "-display", "none",
+    "-serial", "stdio",
+    "-kernel", kernel,
+    "-initrd", initrd,
+    "-append", cmdline,
+    "-device", "isa-debug-exit,iobase=0xf4,iosize=1",
+    "-fsdev", "local,id=root,path=/,readonly=on,multidevs=remap,security_model=none",
+    "-device", "virtio-9p-device,fsdev=root,mount_tag=root",
+  ];
+  shares.forEach((p, i) => {
+    args.push("-fsdev", `local,id=rw${i},path=${p},multidevs=remap,security_model=none`);
+    args.push("-device", `virtio-9p-device,fsdev=rw${i},mount_tag=rw${i}`);
+  });
+  return args;
+}
+
+/** Runs QEMU to its end and parses the console. */
+function boot(args: string[], timeoutMs: number): Promise<NestedResult> {
+  const debug = !!process.env.VMM_NESTED_DEBUG;
+  const t0 = Date.now();
+  return new Promise((resolvePromise, reject) => {
+    const qemu = spawn("qemu-system-x86_64", args, { stdio: ["ignore", "pipe", "pipe"] });
+    const out: Uint8Array[] = [];
+    const err: Uint8Array[] = [];
+    let boot = 0;
+    let seen = "";
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      qemu.kill("SIGKILL");
+    }, timeoutMs);
+    qemu.stdout.on("data", (b: Uint8Array) => {
+      out.push(b);
+      if (debug) process.stderr.write(b);
+      if (!boot) {
+        seen = (seen + new TextDecoder().decode(b)).slice(-200);
+        if (seen.includes(START)) boot = Date.now() - t0;
+      }
+    });
+    qemu.stderr.on("data", (b: Uint8Array) => err.push(b));
+    qemu.on("error", (e) => {
+      clearTimeout(timer);
+      reject(new Error(`qemu-system-x86_64: ${e.message}`));
+    });
+    qemu.on("close", (status) => {
+      clearTimeout(timer);
+      const total = Date.now() - t0;
+      const text = decode(out).replace(/\r\n/g, "\n");
+      const tail = () => text.slice(-2000) + decode(err).slice(-500);
+      if (timedOut) return reject(new Error(`Nested run timed out after ${timeoutMs} ms; console ends:\n${tail()}`));
+      const start = text.indexOf(START + "\n");
+      if (start < 0) return reject(new Error(`L1 did not start the script (QEMU status ${status}); console ends:\n${tail()}`));
+      const body = text.slice(start + START.length + 1);
+      const m = EXIT_RE.exec(body);
+      if (!m) return reject(new Error(`L1 ended without an exit status (QEMU status ${status}); console ends:\n${tail()}`));
+      resolvePromise({ code: Number(m[1]), output: body.slice(0, m.index), ms: { boot, total } });
+    });
+  });
+}
+
+/**
+ * The host's TSC rate in kHz, for L1's `tsc_early_khz`: the kernel log's
+ * calibration, else `cpu MHz` of a CPU whose TSC is constant.
+ */
+export function hostTscKhz(): number {
+  try {
+    const log = execFileSync("dmesg", [], { stdio: ["ignore", "pipe", "ignore"], maxBuffer: 1 << 26 }).toString();
+    const m = log.match(/tsc: Refined TSC clocksource calibration: ([\d.]+) MHz/) ??
+      log.match(/tsc: Detected ([\d.]+) MHz (processor|TSC)/);
+    if (m) return Math.round(Number(m[1]) * 1000);
+  } catch { /* no dmesg, or not allowed: try cpuinfo */ }
+  const cpu = readFileSync("/proc/cpuinfo", "utf8");
+  const mhz = cpu.match(/^cpu MHz\s*:\s*([\d.]+)/m);
+  if (mhz && /^flags\s*:.*\bconstant_tsc\b/m.test(cpu)) return Math.round(Number(mhz[1]) * 1000);
+  throw new Error("Cannot tell the host's TSC rate: no tsc line in dmesg, no constant_tsc cpu MHz in /proc/cpuinfo");
+}
+
+let available: { ok: boolean; why: string } | undefined;
+
+/** Whether `runNested()` can work here, and if not, why. */
+export function nestedAvailable(): { ok: boolean; why: string } {
+  if (available) return available;
+  const no = (why: string) => (available = { ok: false, why });
+  try {
+    execFileSync("qemu-system-x86_64", ["--version"], { stdio: "ignore" });
+  } catch {
+    return no("qemu-system-x86_64 is not installed (bash scripts/setup.sh)");
+  }
+  if (!builtImage("nested")) return no("the nested host image is not built (bash scripts/setup.sh)");
+  try {
+    hostTscKhz();
+  } catch (e) {
+    return no((e as Error).message);
+  }
+  // Ask QEMU itself whether its TCG "max" CPU has SVM.
+  const qmp = [
+    '{"execute":"qmp_capabilities"}',
+    '{"execute":"query-cpu-model-expansion","arguments":{"type":"full","model":{"name":"max"}}}',
+    '{"execute":"quit"}',
+  ].join("\n") + "\n";
+  try {
+    const out = execFileSync(
+      "qemu-system-x86_64",
+      ["-M", "none", "-accel", "tcg", "-nodefaults", "-no-user-config", "-display", "none", "-qmp", "stdio"],
+      { input: qmp, stdio: ["pipe", "pipe", "pipe"], timeout: 20_000 },
+    ).toString();
+    if (!/"svm":\s*true/.test(out)) return no("QEMU's TCG -cpu max has no SVM");
+  } catch (e) {
+    return no(`qemu-system-x86_64 -qmp: ${(e as Error).message.split("\n")[0]}`);
+  }
+  return (available = { ok: true, why: "QEMU TCG with SVM and the nested host image are here" });
+}
+
+/** Single-quotes a string for sh. */
+function q(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+function decode(chunks: Uint8Array[]): string {
+  const dec = new TextDecoder();
+  return chunks.map((c) => dec.decode(c, { stream: true })).join("") + dec.decode();
+}

@@ -1,0 +1,158 @@
+/**
+ * The nested-KVM harness and the default guest image, proved end to end.
+ *
+ * One L1 boot checks the harness itself (real /dev/kvm, output, exit status,
+ * a read-write share). A second run boots the default guest with QEMU
+ * `-accel kvm`, independently of vmm, and checks the init protocol: the ready
+ * port, the run mode with an appended cpio archive and the exit port, and the
+ * interactive mode's ready line and shell. On a hardware-KVM machine that
+ * second script runs directly on the host.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { builtImage } from "../../guest/build.ts";
+import { S_IFREG, writeCpio } from "../../guest/cpio.ts";
+import { nestedAvailable, runNested } from "./nested.ts";
+import { e2eTier } from "./tier.ts";
+
+const tier = e2eTier();
+const nested = nestedAvailable();
+console.log(`e2e tier: ${tier.tier} (${tier.why})`);
+if (!nested.ok) console.log(`nested harness not tested: ${nested.why}`);
+
+test("runNested() gives real KVM, the script's output and exit status, and rw shares", {
+  skip: !nested.ok && `nested KVM unavailable: ${nested.why}`,
+  timeout: 120_000,
+}, async () => {
+  const share = mkdtempSync(join(tmpdir(), "vmm-nested-test-"));
+  try {
+    const r = await runNested(
+      [
+        "test -c /dev/kvm && echo kvm-device",
+        "grep -c -w svm /proc/cpuinfo",
+        'echo "cwd=$(pwd) home=$HOME var=$VMM_T"',
+        "echo to-stderr >&2",
+        `echo written-in-l1 > ${share}/from-l1.txt`,
+        "basename $(command -v bun); basename $(command -v deno)",
+        "exit 3",
+      ].join("\n"),
+      { shareRw: [share], cwd: "/usr", env: { VMM_T: "it's set" } },
+    );
+    console.log(`nested: L1 boot ${r.ms.boot} ms, L1 boot + trivial script ${r.ms.total} ms`);
+    assert.equal(r.code, 3);
+    assert.equal(
+      r.output,
+      "kvm-device\n2\ncwd=/usr home=/tmp/home var=it's set\nto-stderr\nbun\ndeno\n",
+    );
+    assert.equal(readFileSync(join(share, "from-l1.txt"), "utf8"), "written-in-l1\n");
+  } finally {
+    rmSync(share, { recursive: true, force: true });
+  }
+});
+
+test("runNested() rejects a share that is not a directory", {
+  skip: !nested.ok && `nested KVM unavailable: ${nested.why}`,
+}, async () => {
+  await assert.rejects(runNested("true", { shareRw: ["/nonexistent-vmm-share"] }), /not a directory/);
+});
+
+const guest = builtImage("guest");
+const smokeSkip = tier.tier === "none"
+  ? `no e2e tier: ${tier.why}`
+  : !guest
+  ? "the default guest image is not built (bash scripts/setup.sh)"
+  : false;
+
+test("the default guest boots under QEMU -accel kvm and follows the init protocol", {
+  skip: smokeSkip,
+  timeout: 150_000,
+}, async () => {
+  const g = guest!;
+  const dir = mkdtempSync(join(tmpdir(), "vmm-guest-smoke-"));
+  try {
+    // Run mode: vmm appends a second archive holding /vmm/run.sh.
+    const run = [
+      "echo run: hello",
+      "echo run: stderr >&2",
+      'echo "run: hostname=$(hostname)"',
+      'echo "run: rng=$(cat /sys/class/misc/hw_random/rng_current)"',
+      'echo "run: hwrng bytes=$(head -c 8 /dev/hwrng | wc -c)"',
+      "exit 7",
+    ].join("\n") + "\n";
+    const extra = writeCpio([{ path: "vmm/run.sh", mode: S_IFREG | 0o755, data: new TextEncoder().encode(run) }]);
+    const base = readFileSync(g.initrd);
+    const both = new Uint8Array(base.length + extra.length);
+    both.set(base, 0);
+    both.set(extra, base.length);
+    writeFileSync(join(dir, "run.cpio"), both);
+
+    // isa-debug-exit makes QEMU exit with (value << 1) | 1 when the guest
+    // writes port 0xF4: that carries the exit status, as vmm does. isa-debugcon
+    // at 0xF5 records the ready byte in a file. rtc=on: without a CMOS RTC the
+    // kernel's rtc_cmos probe spends seconds of nested-KVM exits on port 0x70.
+    const qemu = (tag: string, initrd: string) =>
+      [
+        "qemu-system-x86_64 -accel kvm -cpu host -M microvm,rtc=on -m 256M -smp 1",
+        "-nodefaults -no-user-config -no-reboot -display none -serial stdio",
+        `-kernel ${g.kernel} -initrd ${initrd} -append 'console=ttyS0 panic=-1 quiet loglevel=1'`,
+        "-device virtio-rng-device -device isa-debug-exit,iobase=0xf4,iosize=1",
+        `-chardev file,id=ready,path=$D/${tag}.ready -device isa-debugcon,iobase=0xf5,chardev=ready`,
+      ].join(" ");
+    // The two boots run side by side: L1 has two vCPUs.
+    const script = `
+D=${dir}
+ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
+t=$(date +%s%N)
+( ${qemu("run", "$D/run.cpio")} </dev/null >$D/run.out 2>&1
+  echo "run-status=$? run-ms=$(ms $t)" >$D/run.status ) &
+r=$!
+F=$(mktemp -u /tmp/l2in.XXXXXX); mkfifo $F
+${qemu("interactive", g.initrd)} <$F >$D/interactive.out 2>&1 &
+q=$!
+exec 3>$F
+i=0
+until grep -q 'vmm-guest: ready' $D/interactive.out || [ $i -ge 1200 ]; do sleep 0.1; i=$((i+1)); done
+echo "ready-line-ms=$(ms $t)"
+printf 'echo shell-$((6*7)) $(hostname)\\nexit\\n' >&3
+wait $q
+echo "interactive-status=$? interactive-ms=$(ms $t)"
+exec 3>&-
+rm -f $F
+wait $r
+cat $D/run.status
+`;
+    let out: string;
+    if (tier.tier === "hardware") {
+      out = execFileSync("sh", ["-c", script], { encoding: "utf8", timeout: 140_000 });
+    } else {
+      const r = await runNested(script, { shareRw: [dir], timeoutMs: 140_000 });
+      console.log(`nested: L1 boot ${r.ms.boot} ms, whole smoke script ${r.ms.total} ms`);
+      assert.equal(r.code, 0, r.output);
+      out = r.output;
+    }
+    console.log(`guest under QEMU -accel kvm (${tier.tier}): ${out.trim().replace(/\n/g, "; ")}`);
+    const field = (k: string) => Number(new RegExp(`${k}=(\\d+)`).exec(out)?.[1]);
+    const file = (f: string) => readFileSync(join(dir, f), "utf8").replace(/\r\n/g, "\n");
+
+    // Exit port: status 7 → QEMU exits (7 << 1) | 1; output is only the command's.
+    assert.equal(field("run-status"), 15, file("run.out"));
+    assert.equal(
+      file("run.out"),
+      "run: hello\nrun: stderr\nrun: hostname=vmm\nrun: rng=virtio_rng.0\nrun: hwrng bytes=8\n",
+    );
+    // Ready port: init writes one byte, 0, to 0xF5 in both modes.
+    assert.deepEqual([...readFileSync(join(dir, "run.ready"))], [0]);
+    assert.deepEqual([...readFileSync(join(dir, "interactive.ready"))], [0]);
+    // Interactive: the ready line, a shell on the console, poweroff when it exits.
+    const inter = file("interactive.out");
+    assert.match(inter, /^vmm-guest: ready$/m);
+    assert.match(inter, /^shell-42 vmm$/m);
+    assert.equal(field("interactive-status"), 0, inter);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
