@@ -112,7 +112,7 @@ function normalize(e: CpioEntry): Member {
     throw new RangeError(`Cpio entry mode is out of range: ${e.path}: ${e.mode}`);
   }
   const type = e.mode & S_IFMT;
-  let data = new Uint8Array(0);
+  let data: Uint8Array = new Uint8Array(0);
   switch (type) {
     case S_IFREG:
       data = e.data ?? data;
