@@ -338,7 +338,7 @@ function setIoGas(b: Uint8Array, v: DataView, at: number, port: number): void {
  */
 export function buildFadt(dsdtAddr: number): Uint8Array {
   const [b, v] = newTable("FACP", FADT.SIZE, FADT_REVISION);
-  v.setUint16(FADT.IAPC_BOOT_ARCH, IAPC_VGA_NOT_PRESENT, true);
+  v.setUint16(FADT.IAPC_BOOT_ARCH, IAPC_VGA_NOT_PRESENT | IAPC_CMOS_RTC_NOT_PRESENT, true);
   v.setUint32(FADT.FLAGS, FADT_F_HW_REDUCED_ACPI | FADT_F_RESET_REG_SUP | FADT_F_PWR_BUTTON | FADT_F_SLP_BUTTON, true);
   setIoGas(b, v, FADT.RESET_REG, ACPI_RESET_PORT);
   b[FADT.RESET_VALUE] = ACPI_RESET_VALUE;

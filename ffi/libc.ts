@@ -71,7 +71,8 @@ export class NativeBuf {
   readonly view: DataView;
   constructor(addr: bigint, len: number) {
     this.addr = addr;
-    this.bytes = new Uint8Array(runtime.view(addr, len));
+    // Bun's toArrayBuffer() reads a length of 0 as "unknown": never ask for it.
+    this.bytes = len > 0 ? new Uint8Array(runtime.view(addr, len)) : new Uint8Array(0);
     this.view = new DataView(this.bytes.buffer, this.bytes.byteOffset, len);
   }
   /** Allocate `len` zeroed bytes (never freed: vmm allocates scratch once per thread). */
@@ -94,7 +95,7 @@ export class NativeBuf {
 
 /** View `len` bytes of host memory at `addr` (for memory mapped by another thread). */
 export function hostView(addr: bigint, len: number): Uint8Array {
-  return new Uint8Array(runtime.view(addr, len));
+  return len > 0 ? new Uint8Array(runtime.view(addr, len)) : new Uint8Array(0);
 }
 
 export const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2, O_CREAT = 0o100, O_CLOEXEC = 0o2000000,

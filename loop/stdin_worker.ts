@@ -6,7 +6,7 @@
  * Ctrl-A then x ends the VM, as in QEMU's `-nographic` console, since in
  * raw mode Ctrl-C belongs to the guest.
  */
-import { eventfdSignal, hostView, libc, NativeBuf, Poller, errno, EINTR } from "../ffi/libc.ts";
+import { eventfdSignal, hostView, libc, NativeBuf, Poller, errno, EAGAIN, EINTR } from "../ffi/libc.ts";
 import { irqLine } from "../ffi/kvm.ts";
 import { COM1_IRQ, Serial } from "../devices/serial.ts";
 import { EXIT_KIND, recordExit, SERIAL_OFFSET, SHARED_BYTES } from "./shared.ts";
@@ -35,10 +35,16 @@ function pump(init: StdinInit): void {
   });
   const buf = NativeBuf.alloc(256);
   const wait = new Poller([]);
+  const readable = new Poller([init.inFd]);
   let escape = false;
   for (;;) {
     const n = Number(libc.read(init.inFd, buf.addr, 256n));
     if (n < 0 && errno() === EINTR) continue;
+    // Bun leaves stdin non-blocking: sleep in poll(2) until there is input.
+    if (n < 0 && errno() === EAGAIN) {
+      readable.wait(-1);
+      continue;
+    }
     if (n <= 0) return;
     const keep: number[] = [];
     for (const b of buf.bytes.subarray(0, n)) {
