@@ -1,0 +1,247 @@
+#!/usr/bin/env bun
+/**
+ * Boot benchmark: vmm on Bun, vmm on Deno and QEMU microvm boot the same
+ * kernel and initramfs (the default guest image) with 1 vCPU and 512 MiB;
+ * for each, the time from process start to the guest init's
+ * `vmm-guest: ready` line, the time to process exit after `poweroff -f` is
+ * typed at that moment, and peak RSS. Prints a table with the ratios to QEMU.
+ *
+ * Where /dev/kvm is hardware KVM the driver (scripts/bench/boot_driver.ts)
+ * runs here; elsewhere (PVM) it runs inside the nested L1 host of
+ * test/support/nested.ts, and the numbers are those of nested KVM.
+ *
+ * Usage: bun scripts/bench-boot.ts [--runs 5] [--warmup 1] [--timeout 120] [--startup-runs 5] [--json FILE]
+ * A benchmark, not a test: nothing here is asserted.
+ */
+import { parseArgs } from "node:util";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import process from "node:process";
+import { kvmKind } from "../vm/host.ts";
+import { DEFAULT_CMDLINE } from "../mod.ts";
+import { defaultCacheDir, ensureDefaultGuest } from "../guest/build.ts";
+import { type BenchRecord, type BenchResult, CPUS, fromRecords, GIVE_UP_MS, MEM_MIB, qemuArgv, runBench, type RunSample } from "./bench/boot_driver.ts";
+
+const REPO = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "");
+
+const { values } = parseArgs({
+  args: process.argv.slice(2),
+  options: {
+    runs: { type: "string", default: "5" },
+    warmup: { type: "string", default: "1" },
+    timeout: { type: "string", default: "120" },
+    "startup-runs": { type: "string", default: "5" },
+    json: { type: "string" },
+    help: { type: "boolean", short: "h" },
+  },
+});
+if (values.help) {
+  console.log("Usage: bun scripts/bench-boot.ts [--runs 5] [--warmup 1] [--timeout SECONDS_PER_RUN] [--startup-runs 5] [--json FILE]");
+  process.exit(0);
+}
+const runs = Number(values.runs);
+const warmup = Number(values.warmup);
+const timeoutMs = Number(values.timeout) * 1000;
+const startupRuns = Number(values["startup-runs"]);
+if (!(runs >= 1) || !(warmup >= 0) || !(timeoutMs > 0) || !(startupRuns >= 0)) {
+  console.error("bench-boot: --runs, --warmup, --timeout and --startup-runs take whole numbers (runs ≥ 1)");
+  process.exit(2);
+}
+
+const img = await ensureDefaultGuest({ log: (s) => console.error(`bench-boot: ${s}`) });
+const kind = kvmKind();
+const started = Date.now();
+let result: BenchResult;
+let where: string;
+let partial = false;
+const driverOpts = { kernel: img.kernel, initrd: img.initrd, cmdline: DEFAULT_CMDLINE, runs, warmup, timeoutMs, startupRuns };
+
+if (kind === "hardware") {
+  where = "hardware KVM (this host's /dev/kvm)";
+  result = await runBench({ ...driverOpts, repo: REPO, log: (l) => console.error(`bench-boot: ${l}`) });
+} else {
+  const { nestedAvailable, runNested } = await import("../test/support/nested.ts");
+  const ok = nestedAvailable();
+  if (!ok.ok) {
+    console.error(`bench-boot: /dev/kvm here is ${kind}, and the nested KVM host cannot run: ${ok.why}`);
+    process.exit(1);
+  }
+  where = `nested: L1 = QEMU TCG -cpu max (AMD SVM), 2 vCPUs, 4 GiB; real KVM (kvm-amd) inside L1; this host's /dev/kvm is ${kind}`;
+  const dir = mkdtempSync(join(tmpdir(), "vmm-bench-"));
+  const progress = join(dir, "progress.log");
+  const records = join(dir, "records.jsonl");
+  writeFileSync(progress, "");
+  writeFileSync(records, "");
+  const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+  const script = [
+    "bun scripts/bench/boot_driver.ts",
+    `--kernel ${q(img.kernel)} --initrd ${q(img.initrd)} --cmdline ${q(DEFAULT_CMDLINE)}`,
+    `--runs ${runs} --warmup ${warmup} --timeout-ms ${timeoutMs} --startup-runs ${startupRuns}`,
+    `--json /dev/null --progress ${q(progress)} --records ${q(records)}`,
+  ].join(" ");
+  // Progress and results come through the shared directory while L1 runs.
+  // The driver logs at least every 30 s; silence for longer than a run's
+  // limit plus a minute means L1 is wedged: its QEMU is ended, and the table
+  // shows what was measured until then.
+  const stallMs = timeoutMs + 60_000;
+  let shown = 0;
+  let lastNews = Date.now();
+  let stalled = false;
+  const tick = setInterval(() => {
+    try {
+      const text = readFileSync(progress, "utf8");
+      const lines = text.slice(shown).split("\n").slice(0, -1);
+      for (const l of lines) console.error(`bench-boot: ${l}`);
+      shown = text.lastIndexOf("\n") + 1;
+      if (lines.length) lastNews = Date.now();
+    } catch { /* not yet */ }
+    if (shown > 0 && Date.now() - lastNews > stallMs && !stalled) {
+      stalled = true;
+      const pid = nestedQemuPid();
+      console.error(`bench-boot: no news from L1 for ${stallMs / 1000} s: ending its QEMU (pid ${pid ?? "?"})`);
+      if (pid) process.kill(pid, "SIGKILL");
+    }
+  }, 2000);
+  const budget = 120_000 + (warmup + runs) * 3 * timeoutMs + startupRuns * 2 * 60_000;
+  console.error(`bench-boot: running in the nested KVM host (L1 boots first, ~10 s); limit ${Math.round(budget / 60000)} min`);
+  let problem = "";
+  try {
+    const r = await runNested(script, { cwd: REPO, timeoutMs: budget, env: { VMM_CACHE: defaultCacheDir() }, shareRw: [dir] });
+    if (r.code !== 0) problem = `the driver failed in L1 (status ${r.code}); its output ends:\n${r.output.slice(-4000)}`;
+    where += `; L1 boot ${(r.ms.boot / 1000).toFixed(1)} s`;
+  } catch (e) {
+    problem = (stalled ? "L1 stalled and was ended. " : "") + (e as Error).message.slice(-3000);
+  } finally {
+    clearInterval(tick);
+  }
+  const recs = readFileSync(records, "utf8").split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l) as BenchRecord);
+  rmSync(dir, { recursive: true, force: true });
+  if (problem) {
+    console.error(`bench-boot: ${problem}`);
+    if (!recs.some((r) => r.type === "sample")) process.exit(1);
+    console.error("bench-boot: the table below holds only the runs finished before that");
+    partial = true;
+  }
+  result = fromRecords(recs);
+}
+
+/** The pid of the nested host's QEMU: this process's qemu-system-x86_64 child. */
+function nestedQemuPid(): number | undefined {
+  const me = process.pid;
+  for (const d of readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, "utf8");
+      const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      if (ppid === me && comm.startsWith("qemu-system")) return Number(d);
+    } catch { /* gone */ }
+  }
+  return undefined;
+}
+
+// ---------- the table ----------
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const n = s.length;
+  return n === 0 ? NaN : n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+};
+const stats = (xs: number[]) => ({ med: median(xs), min: Math.min(...xs), max: Math.max(...xs), n: xs.length });
+
+interface Metric {
+  label: string;
+  unit: string;
+  get: (s: RunSample) => number | undefined;
+  scale: number;
+}
+const MiB = 1 / 1024;
+const metrics: Metric[] = [
+  { label: "start → 'vmm-guest: ready'", unit: "ms", get: (s) => s.readyMs, scale: 1 },
+  { label: "start → exit (poweroff -f)", unit: "ms", get: (s) => s.exitMs, scale: 1 },
+  { label: "  of which poweroff → exit", unit: "ms", get: (s) => s.poweroffMs, scale: 1 },
+  { label: "peak RSS (incl. guest RAM)", unit: "MiB", get: (s) => s.peakKiB, scale: MiB },
+  { label: "RSS at ready", unit: "MiB", get: (s) => s.rssReadyKiB, scale: MiB },
+  { label: "  guest RAM resident", unit: "MiB", get: (s) => s.guestKiB, scale: MiB },
+  { label: "  RSS less guest RAM", unit: "MiB", get: (s) => (s.rssReadyKiB !== undefined && s.guestKiB !== undefined ? s.rssReadyKiB - s.guestKiB : undefined), scale: MiB },
+];
+
+const byName = new Map(result.contenders.map((c) => [c.name, c]));
+const names = ["vmm-bun", "vmm-deno", "qemu"];
+const fmt = (v: number, unit: string) => (!Number.isFinite(v) ? "–" : unit === "ms" ? v.toFixed(0) : v.toFixed(1));
+const cell = (xs: number[], unit: string) => {
+  if (xs.length === 0) return "–";
+  const s = stats(xs);
+  return `${fmt(s.med, unit)} (${fmt(s.min, unit)}–${fmt(s.max, unit)})`;
+};
+const values3 = (m: Metric, name: string) =>
+  (byName.get(name)?.runs ?? []).map(m.get).filter((v): v is number => v !== undefined && Number.isFinite(v)).map((v) => v * m.scale);
+
+const header = ["metric (median (min–max))", "unit", ...names, "bun/qemu", "deno/qemu"];
+const rows: string[][] = [];
+for (const m of metrics) {
+  const [b, d, q] = names.map((n) => values3(m, n));
+  const ratio = (xs: number[]) => (xs.length && q.length ? (median(xs) / median(q)).toFixed(2) + "×" : "–");
+  rows.push([m.label, m.unit, cell(b, m.unit), cell(d, m.unit), cell(q, m.unit), ratio(b), ratio(d)]);
+}
+// vmm's own split, and runtime start-up alone.
+const vmmInit = (n: string) => (byName.get(n)?.runs ?? []).map((s) => s.vmmInitReadyMs).filter((v): v is number => v !== undefined);
+const preCreate = (n: string) =>
+  (byName.get(n)?.runs ?? []).filter((s) => s.vmmInitReadyMs !== undefined).map((s) => s.readyMs - s.vmmInitReadyMs!);
+rows.push(["vmm -v: Machine.create → init up", "ms", cell(vmmInit("vmm-bun"), "ms"), cell(vmmInit("vmm-deno"), "ms"), "", "", ""]);
+rows.push(["  so start → Machine.create ≈", "ms", cell(preCreate("vmm-bun"), "ms"), cell(preCreate("vmm-deno"), "ms"), "", "", ""]);
+const startup = (n: string) => byName.get(n)?.startupMs ?? [];
+if (startupRuns > 0) {
+  rows.push(["`vmm --version` wall time", "ms", cell(startup("vmm-bun"), "ms"), cell(startup("vmm-deno"), "ms"), "", "", ""]);
+}
+
+const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+const line = (r: string[]) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  ");
+
+const n = names.map((x) => `${x} ${byName.get(x)?.runs.length ?? 0}`).join(", ");
+const out: string[] = [];
+out.push(`Boot benchmark (${new Date().toISOString().slice(0, 16)}Z), ${((Date.now() - started) / 60000).toFixed(1)} min`);
+out.push(`where: ${where}`);
+out.push(`KVM host kernel ${result.host.kernel}, ${result.host.cpus} CPUs, THP ${result.host.thp}`);
+out.push(`guest: ${img.kernel} + ${img.initrd}; ${CPUS} vCPU, ${MEM_MIB} MiB; cmdline "${DEFAULT_CMDLINE}"`);
+out.push(`runs: ${n} measured (after ${warmup} warm-up each), contenders interleaved with rotating order`);
+out.push(`vmm-bun:  bun bin/vmm.ts boot -v --kernel K --initrd I --cpus ${CPUS} --memory ${MEM_MIB}M`);
+out.push(`vmm-deno: deno run -A --no-check bin/vmm.ts boot -v --kernel K --initrd I --cpus ${CPUS} --memory ${MEM_MIB}M`);
+out.push(`qemu:     ${qemuArgv({ kernel: "K", initrd: "I", cmdline: "<cmdline>" }).join(" ")}`);
+out.push("");
+out.push(line(header));
+out.push(line(header.map((_, i) => "-".repeat(widths[i]))));
+for (const r of rows) out.push(line(r));
+out.push("");
+out.push("Times: from just before spawn() to the marker on stdout / to the process's exit; `poweroff -f\\n` is written to");
+out.push("stdin as soon as the marker arrives. Peak RSS: ru_maxrss of the process (/usr/bin/time %M), which counts every");
+out.push("resident page, guest RAM included (QEMU: private anonymous, THP where it gets huge pages; vmm: shared anonymous,");
+out.push("RssShmem). 'at ready' rows: /proc/PID/status VmRSS and the smaps Rss of the 512 MiB guest RAM mapping, read");
+out.push("when the marker arrives. 'vmm -v' rows: vmm's own report, from Machine.create (after runtime start-up, module");
+out.push("loading and argument parsing) to the init's port write just before it prints the marker; start → Machine.create");
+out.push("is the first row less that. `vmm --version`: runtime start-up plus loading vmm's modules, nothing booted.");
+for (const c of result.contenders) {
+  const ign = c.runs.filter((s) => s.poweroffIgnored);
+  if (ign.length) {
+    out.push(`PROBLEM ${c.name}: in ${ign.length} of ${c.runs.length} runs it reached the marker but ignored 'poweroff -f' on its console,`);
+    out.push(`  so it has no exit time there (stopped with SIGTERM after ${GIVE_UP_MS / 1000} s; ready time and peak RSS still count). First case:`);
+    out.push(`  ${ign[0].note}`);
+  }
+}
+const resent = result.contenders.flatMap((c) => c.runs.filter((s) => s.resent).map(() => c.name));
+if (resent.length) out.push(`Note: poweroff had to be re-sent (5 s later) in runs of: ${resent.join(", ")} — their exit times include that wait.`);
+const huge = names.map((nm) => `${nm} ${median(values3({ ...metrics[0], get: (s) => s.guestHugeKiB }, nm).map((v) => v / 1024)).toFixed(0)}`).join(", ");
+out.push(`Guest RAM in huge pages at ready (MiB, median): ${huge}.`);
+let failed = partial || result.contenders.some((c) => c.runs.some((s) => s.poweroffIgnored));
+if (partial) out.push("PARTIAL: L1 failed or stalled before the end (see above); these are the runs finished before that.");
+for (const c of result.contenders) {
+  for (const f of c.failures) {
+    failed = true;
+    out.push(`FAILED ${c.name} ${f}`);
+  }
+}
+console.log(out.join("\n"));
+if (values.json) writeFileSync(values.json, JSON.stringify({ where, result }, null, 2));
+process.exit(failed ? 1 : 0);
