@@ -7,7 +7,18 @@ import { parseArgs } from "node:util";
 import process from "node:process";
 import { ConfigError, Machine, type MachineOptions } from "../mod.ts";
 import { kvmKind } from "../vm/host.ts";
-import { ensureDefaultGuest } from "../guest/build.ts";
+import { builtImage, ensureDefaultGuest, type GuestImage } from "../guest/build.ts";
+
+/**
+ * The default guest: built on demand from a checkout; a single executable
+ * carries no build sources, so it uses the image scripts/setup.sh built.
+ */
+async function defaultGuest(log?: (s: string) => void): Promise<GuestImage> {
+  if (!import.meta.url.includes("/$bunfs/")) return await ensureDefaultGuest({ log });
+  const img = builtImage("guest");
+  if (!img) throw new ConfigError("The default guest is not built: run bash scripts/setup.sh from a vmm checkout");
+  return img;
+}
 
 const HELP = `vmm: a KVM virtual machine monitor for Deno and Bun
 
@@ -97,12 +108,11 @@ async function main(argv: string[]): Promise<number> {
     command: cmd === "run" ? rest : undefined,
   };
   if (!values.kernel) {
-    const img = await ensureDefaultGuest({ log: values.verbose ? (s) => console.error(`vmm: ${s}`) : undefined });
+    const img = await defaultGuest(values.verbose ? (s) => console.error(`vmm: ${s}`) : undefined);
     opts.kernel = img.kernel;
     opts.initrd ??= img.initrd;
   } else if (cmd === "run" && !values.initrd) {
-    const img = await ensureDefaultGuest();
-    opts.initrd = img.initrd;
+    opts.initrd = (await defaultGuest()).initrd;
   }
   const machine = await Machine.create(opts);
   const r = await machine.run();

@@ -35,7 +35,7 @@ function scenarios(exe: string | null): string {
   return `
 set -u
 VMM="${VMM}"
-say() { echo "@@e2e $1 rc=$2"; sed "s/^/@@$1.out /" /tmp/e2e/$1.out; sed "s/^/@@$1.err /" /tmp/e2e/$1.err; }
+say() { echo; echo "@@e2e $1 rc=$2"; { cat /tmp/e2e/$1.out; echo; } | tr -d '\\r' | sed "s/^/@@$1.out /"; { cat /tmp/e2e/$1.err; echo; } | sed "s/^/@@$1.err /"; }
 mkdir -p /tmp/e2e
 wait_for() { i=0; until grep -q "$1" "$2" 2>/dev/null || [ $i -ge 900 ]; do sleep 0.2; i=$((i+1)); done; }
 
@@ -84,7 +84,7 @@ function parse(output: string): Map<string, Outcome> {
     const head = /^@@e2e (\w+) rc=(\d+)$/.exec(line);
     if (head) m.set(head[1], { rc: Number(head[2]), out: "", err: "" });
     const body = /^@@(\w+)\.(out|err) (.*)$/.exec(line);
-    if (body && m.has(body[1])) m.get(body[1])![body[2] as "out" | "err"] += body[3] + "\n";
+    if (body && m.has(body[1]) && body[3] !== "") m.get(body[1])![body[2] as "out" | "err"] += body[3] + "\n";
   }
   return m;
 }
