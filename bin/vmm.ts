@@ -133,9 +133,10 @@ if (import.meta.main) {
     code = await main(process.argv.slice(2));
   } catch (e) {
     const err = e as Error;
-    const known = err instanceof UsageError || err.name === "TypeError" && /option|argument/i.test(err.message);
+    // parseArgs reports unknown or malformed options as TypeErrors.
+    const usage = err instanceof UsageError || (err.name === "TypeError" && /option|argument/i.test(err.message));
     console.error(`vmm: ${err.message.split("\n")[0]}`);
-    code = err instanceof UsageError || (known && !(err instanceof ConfigError)) ? EXIT_USAGE : 1;
+    code = usage ? EXIT_USAGE : 1;
   }
   process.exit(code);
 }

@@ -13,7 +13,7 @@
  * KVM_RUN return EINTR, which a signal with a handler does and an ignored
  * one does not.
  */
-import { check, libc, mmapAnon, NativeBuf, O_CLOEXEC, O_NONBLOCK, pipe, PROT_EXEC, PROT_READ, PROT_WRITE } from "./libc.ts";
+import { check, errno, libc, mmapAnon, NativeBuf, O_CLOEXEC, O_NONBLOCK, pipe, PROT_EXEC, PROT_READ, PROT_WRITE } from "./libc.ts";
 import { SysError } from "./errno.ts";
 
 const SA_RESTART = 0x10000000;
@@ -53,7 +53,7 @@ function sigaction(sig: number, handler: bigint): void {
   sa.view.setBigUint64(0, handler, true);
   sa.bytes.fill(0, SA_MASK, SA_MASK + 128);
   sa.view.setInt32(SA_FLAGS, SA_RESTART, true);
-  if (Number(libc.sigaction(sig, sa.addr, 0n)) < 0) throw new SysError(`sigaction ${sig}`, 0);
+  if (Number(libc.sigaction(sig, sa.addr, 0n)) < 0) throw new SysError(`sigaction ${sig}`, errno());
 }
 
 /** Route `signals` to a pipe; returns the read end to poll (one byte per signal: its number). */

@@ -20,8 +20,9 @@ self_.onmessage = (ev: MessageEvent<StdinInit>) => {
   self_.postMessage({ ok: true });
   try {
     pump(ev.data);
-  } catch {
-    // stdin went away: the guest simply gets no more input.
+  } catch (e) {
+    // The guest keeps running without console input; say why once.
+    console.error(`vmm: console input stopped: ${(e as Error).message}`);
   }
 };
 

@@ -42,18 +42,9 @@ export function vcpuCpuid(supported: CpuidEntry[], id: number, cpus: number): Cp
         break;
       }
       case 0xb:
-      case 0x1f: {
-        // Extended topology: level 0 = SMT (1 thread), level 1 = core (cpus).
-        e.edx = id;
-        if (e.index === 0) {
-          e.eax = 0; e.ebx = 1; e.ecx = (1 << 8) | 0;
-        } else if (e.index === 1) {
-          e.eax = coreBits; e.ebx = cpus; e.ecx = (2 << 8) | 1;
-        } else {
-          e.eax = 0; e.ebx = 0; e.ecx = e.index;
-        }
+      case 0x1f:
+        Object.assign(e, topologyLevel(e.index, id, cpus));
         break;
-      }
       case 0x80000001:
         e.ecx = cpus > 1 ? e.ecx | AMD_80000001_ECX_CMP_LEGACY : e.ecx & ~AMD_80000001_ECX_CMP_LEGACY;
         break;
@@ -64,12 +55,21 @@ export function vcpuCpuid(supported: CpuidEntry[], id: number, cpus: number): Cp
     }
     out.push(e);
   }
-  // Leaf 0xB must have its sub-leaves even if KVM returned only index 0.
-  for (const f of [0xb]) {
-    if (out.some((e) => e.function === f) && !out.some((e) => e.function === f && e.index === 1)) {
-      const base = out.find((e) => e.function === f)!;
-      out.push({ ...base, index: 1, eax: coreBits, ebx: cpus, ecx: (2 << 8) | 1, edx: id });
-    }
+  // Leaf 0xB must have its core level even if KVM returned only index 0.
+  const leafB = out.find((e) => e.function === 0xb);
+  if (leafB && !out.some((e) => e.function === 0xb && e.index === 1)) {
+    out.push({ ...leafB, index: 1, ...topologyLevel(1, id, cpus) });
   }
   return out;
+}
+
+/**
+ * One sub-leaf of the extended topology leaves 0xB/0x1F: level 0 is SMT
+ * (1 thread per core), level 1 the cores (all `cpus` in one package), then
+ * an invalid level that ends the list. EDX is always the x2APIC id.
+ */
+function topologyLevel(index: number, id: number, cpus: number): Pick<CpuidEntry, "eax" | "ebx" | "ecx" | "edx"> {
+  if (index === 0) return { eax: 0, ebx: 1, ecx: (1 << 8) | 0, edx: id };
+  if (index === 1) return { eax: bitsFor(cpus), ebx: cpus, ecx: (2 << 8) | 1, edx: id };
+  return { eax: 0, ebx: 0, ecx: index, edx: id };
 }
