@@ -35,5 +35,5 @@ if ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
 fi
 
 BUN=./node_modules/.bin/bun
-[ -x "$BUN" ] || { echo "setup: $BUN is missing: run npm ci first" >&2; exit 1; }
+[ -x "$BUN" ] || { echo "setup: $BUN is missing: run npm install first" >&2; exit 1; }
 "$BUN" scripts/build-guest.ts
