@@ -38,9 +38,11 @@ VMM="${VMM}"
 say() { echo; echo "@@e2e $1 rc=$2"; { cat /tmp/e2e/$1.out; echo; } | tr -d '\\r' | sed "s/^/@@$1.out /"; { cat /tmp/e2e/$1.err; echo; } | sed "s/^/@@$1.err /"; }
 mkdir -p /tmp/e2e
 wait_for() { i=0; until grep -q "$1" "$2" 2>/dev/null || [ $i -ge 900 ]; do sleep 0.2; i=$((i+1)); done; }
+# wait_exit PID: its status; a watchdog kills it after 180 s (status 137), so a hang fails one scenario, not the run.
+wait_exit() { ( sleep 180; kill -9 $1 2>/dev/null ) & wd=$!; wait $1; rc=$?; kill $wd 2>/dev/null; return $rc; }
 
 # run: the command's status and output come back; --cpus 2 gives the guest 2 CPUs.
-$VMM run --cpus 2 -- sh -c 'echo cpus=$(nproc); echo hello from the guest; exit 7' >/tmp/e2e/run.out 2>/tmp/e2e/run.err
+timeout 300 $VMM run --cpus 2 -- sh -c 'echo cpus=$(nproc); echo hello from the guest; exit 7' >/tmp/e2e/run.out 2>/tmp/e2e/run.err
 say run $?
 
 # boot: the init marker, then input through the console, then poweroff ends vmm with 0.
@@ -50,7 +52,7 @@ pid=$!
 wait_for 'vmm-guest: ready' /tmp/e2e/boot.out
 sleep 1
 echo 'echo guest-says-$((6*7)); poweroff -f' >/tmp/e2e/in
-wait $pid
+wait_exit $pid
 say boot $?
 
 # sigterm: a running guest stops cleanly with 128+15.
@@ -58,15 +60,15 @@ $VMM boot </dev/null >/tmp/e2e/sigterm.out 2>/tmp/e2e/sigterm.err &
 pid=$!
 wait_for 'vmm-guest: ready' /tmp/e2e/sigterm.out
 kill -TERM $pid
-wait $pid
+wait_exit $pid
 say sigterm $?
 
 # panic: a kernel panic ends vmm promptly with 101 and names the panic.
-$VMM run -- sh -c 'echo c >/proc/sysrq-trigger' >/tmp/e2e/panic.out 2>/tmp/e2e/panic.err
+timeout 300 $VMM run -- sh -c 'echo c >/proc/sysrq-trigger' >/tmp/e2e/panic.out 2>/tmp/e2e/panic.err
 say panic $?
 ${exe ? `
 # exe: the single executable boots the same guest.
-${exe} run -- sh -c 'echo from the executable; exit 3' >/tmp/e2e/exe.out 2>/tmp/e2e/exe.err
+timeout 300 ${exe} run -- sh -c 'echo from the executable; exit 3' >/tmp/e2e/exe.out 2>/tmp/e2e/exe.err
 say exe $?` : ""}
 exit 0
 `;
