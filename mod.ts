@@ -15,10 +15,16 @@ import { buildMachine } from "./vm/machine.ts";
 import { ConfigError, type Vm } from "./vm/vm.ts";
 import { type ConsoleFds, runVm, type RunResult } from "./loop/control.ts";
 import { writeCpio, S_IFDIR, S_IFREG } from "./guest/cpio.ts";
+import { closeDisk, type Disk, type DriveSpec, openDisk, parseDriveSpec } from "./devices/disk.ts";
+import { virtioCmdline, virtioSlot, type VirtioSpec } from "./devices/virtio/device.ts";
+import { wireVirtio } from "./loop/virtio.ts";
+import type { VirtioDeviceInit } from "./loop/messages.ts";
+import { RawTerminal } from "./ffi/termios.ts";
 
 export { ConfigError } from "./vm/vm.ts";
 export { SysError } from "./ffi/errno.ts";
 export { KernelImageError } from "./boot/bzimage.ts";
+export { type DriveSpec, parseDriveSpec } from "./devices/disk.ts";
 export { EXIT_PANIC, EXIT_VMM_ERROR, type RunResult } from "./loop/control.ts";
 
 /** The command line vmm gives a kernel unless told otherwise. */
@@ -45,8 +51,14 @@ export interface MachineOptions {
   memMiB?: number;
   /** Run this command in the default guest's init and exit with its status. */
   command?: string[];
-  /** Console: guest output fd and input fd (null: none). Default stdout/stdin. */
+  /** Console: guest output fd, input fd (null: none) and device. Default stdout/stdin on the UART. */
   console?: ConsoleFds;
+  /** Raw disk images, as virtio-blk devices vda, vdb, … (strings in the `--drive` form). */
+  drives?: (DriveSpec | string)[];
+  /** Add a virtio-rng device. */
+  rng?: boolean;
+  /** Also list the virtio devices on the kernel command line (`virtio_mmio.device=`). */
+  virtioCmdline?: boolean;
 }
 
 function load(what: string, v: string | Uint8Array): Uint8Array {
@@ -88,11 +100,15 @@ export class Machine {
   readonly vm: Vm;
   readonly #console: ConsoleFds;
   readonly #startedAt: number;
+  readonly #virtio: VirtioDeviceInit[];
+  readonly #disks: Disk[];
 
-  private constructor(vm: Vm, console_: ConsoleFds, startedAt: number) {
+  private constructor(vm: Vm, console_: ConsoleFds, startedAt: number, virtio: VirtioDeviceInit[], disks: Disk[]) {
     this.vm = vm;
     this.#console = console_;
     this.#startedAt = startedAt;
+    this.#virtio = virtio;
+    this.#disks = disks;
   }
 
   /** Check the options, create the VM and load the guest into it. */
@@ -104,13 +120,47 @@ export class Machine {
       if (!initrd) throw new ConfigError("A command needs an initrd whose init runs /vmm/run.sh (the default guest's)");
       initrd = concatInitrd(initrd, runArchive(o.command));
     }
-    const cmdline = [o.cmdline ?? DEFAULT_CMDLINE, o.append ?? ""].join(" ").trim();
-    const vm = buildMachine({ kernel, initrd, cmdline, cpus: o.cpus ?? 1, memMiB: o.memMiB ?? 512 });
-    return Promise.resolve(new Machine(vm, o.console ?? { outFd: 1, inFd: 0 }, startedAt));
+    const console_ = o.console ?? { outFd: 1, inFd: 0 };
+    let cmdline = o.cmdline ?? DEFAULT_CMDLINE;
+    if (console_.device === "hvc" && o.cmdline === undefined) cmdline = cmdline.replace("console=ttyS0", "console=hvc0");
+
+    const disks: Disk[] = [];
+    try {
+      for (const d of o.drives ?? []) disks.push(openDisk(typeof d === "string" ? parseDriveSpec(d) : d));
+      const specs: VirtioSpec[] = disks.map((disk) => ({ kind: "blk", disk }));
+      if (o.rng) specs.push({ kind: "rng" });
+      if (console_.device === "hvc") {
+        const { inFd, outFd } = console_;
+        specs.push({ kind: "console", inFd, outFd, escape: inFd !== null && RawTerminal.isTty(inFd) });
+      }
+      if (o.virtioCmdline) cmdline = [cmdline, ...specs.map((_, i) => virtioCmdline(i))].join(" ");
+      cmdline = [cmdline, o.append ?? ""].join(" ").trim();
+      const vm = buildMachine({
+        kernel,
+        initrd,
+        cmdline,
+        cpus: o.cpus ?? 1,
+        memMiB: o.memMiB ?? 512,
+        mmioDevices: specs.map((_, i) => virtioSlot(i)),
+      });
+      const virtio = wireVirtio(vm.vm.fd, specs);
+      return Promise.resolve(new Machine(vm, console_, startedAt, virtio, disks));
+    } catch (e) {
+      disks.forEach(closeDisk);
+      throw e;
+    }
   }
 
-  /** Run until the guest powers off, resets, panics, reports an exit status, or a signal stops it. */
-  run(): Promise<RunResult> {
-    return runVm(this.vm, this.#console, this.#startedAt);
+  /**
+   * Run until the guest powers off, resets, panics, reports an exit status,
+   * or a signal stops it. Every disk is flushed and closed (its lock released)
+   * before this resolves.
+   */
+  async run(): Promise<RunResult> {
+    try {
+      return await runVm(this.vm, this.#console, this.#startedAt, this.#virtio);
+    } finally {
+      this.#disks.forEach(closeDisk);
+    }
   }
 }

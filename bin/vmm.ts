@@ -5,7 +5,7 @@
  */
 import { parseArgs } from "node:util";
 import process from "node:process";
-import { ConfigError, Machine, type MachineOptions } from "../mod.ts";
+import { ConfigError, Machine, type MachineOptions, parseDriveSpec } from "../mod.ts";
 import { kvmKind } from "../vm/host.ts";
 import { builtImage, ensureDefaultGuest, type GuestImage } from "../guest/build.ts";
 
@@ -34,6 +34,12 @@ Options:
   --append TEXT     added to the kernel command line
   --cpus N          vCPUs (default 1)
   --memory SIZE     guest RAM: MiB, or with a suffix M or G (default 512M)
+  --drive PATH[,readonly][,id=NAME]
+                    a raw disk image as virtio-blk (repeat: vda, vdb, …); id is its serial
+  --rng             a virtio-rng device fed from the host's getrandom (/dev/hwrng)
+  --console DEV     the guest console: serial (ttyS0, default) or hvc (virtio-console hvc0)
+  --virtio-cmdline  also list the virtio devices on the kernel command line
+                    (kernels with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES and no ACPI)
   -v, --verbose     report boot timing and why the VM ended
 
 Exit status: 0 when the guest powers off or reboots; CMD's status for vmm run;
@@ -68,6 +74,10 @@ async function main(argv: string[]): Promise<number> {
       append: { type: "string" },
       cpus: { type: "string" },
       memory: { type: "string" },
+      drive: { type: "string", multiple: true },
+      rng: { type: "boolean" },
+      console: { type: "string" },
+      "virtio-cmdline": { type: "boolean" },
       verbose: { type: "boolean", short: "v" },
       help: { type: "boolean", short: "h" },
       version: { type: "boolean" },
@@ -90,6 +100,9 @@ async function main(argv: string[]): Promise<number> {
 
   const cpus = values.cpus !== undefined ? parseCpus(values.cpus) : 1;
   const memMiB = values.memory !== undefined ? parseMemory(values.memory) : 512;
+  const consoleDev = values.console ?? "serial";
+  if (consoleDev !== "serial" && consoleDev !== "hvc") throw new UsageError(`--console ${consoleDev}: expected serial or hvc`);
+  const drives = (values.drive ?? []).map(parseDriveSpec);
   const kind = kvmKind();
   if (kind === "none") throw new ConfigError("/dev/kvm: not found (is KVM enabled on this host?)");
   if (kind === "pvm" && !process.env.VMM_ALLOW_PVM) {
@@ -106,6 +119,10 @@ async function main(argv: string[]): Promise<number> {
     cpus,
     memMiB,
     command: cmd === "run" ? rest : undefined,
+    drives,
+    rng: values.rng ?? false,
+    console: { outFd: 1, inFd: 0, device: consoleDev },
+    virtioCmdline: values["virtio-cmdline"] ?? false,
   };
   if (!values.kernel) {
     const img = await defaultGuest(values.verbose ? (s) => console.error(`vmm: ${s}`) : undefined);

@@ -107,6 +107,41 @@ test("vmm reports a usage error before looking at the host's KVM", async () => {
   assert.equal(r.status, 2);
 });
 
+test("vmm boot --drive /nope names the drive and says there is no such file, exit 1", async () => {
+  const r = await withFile(TINY, (k) => vmmSync(["boot", "--kernel", k, "--drive", "/nope.img"]));
+  oneLine(r.stderr, "--drive /nope.img: no such file");
+  assert.equal(r.status, 1);
+});
+
+test("vmm boot --drive with an unknown option names it, exit 1", async () => {
+  const r = await withFile(TINY, (k) => vmmSync(["boot", "--kernel", k, "--drive", `${k},frob`]));
+  oneLine(r.stderr, /^vmm: --drive \S+,frob: unknown option "frob"\n$/);
+  assert.equal(r.status, 1);
+});
+
+test("vmm boot --console tty is a usage error naming the choices, exit 2", async () => {
+  const r = await withFile(TINY, (k) => vmmSync(["boot", "--kernel", k, "--console", "tty"]));
+  oneLine(r.stderr, "--console tty: expected serial or hvc");
+  assert.equal(r.status, 2);
+});
+
+test("two vmm processes cannot both write one image: the second says it is in use, exit 1", async () => {
+  await withFile(SPINNING, (kernel) =>
+    withFile(new Uint8Array(64 * 1024), async (disk) => {
+      const held = vmmSpawn(["boot", "--kernel", kernel, "--drive", disk]);
+      try {
+        await held.waitForStdout("spinning");
+        const r = vmmSync(["boot", "--kernel", kernel, "--drive", disk]);
+        oneLine(r.stderr, /^vmm: --drive \S+: is in use by another process \(another VM\?\)\n$/);
+        assert.equal(r.status, 1);
+      } finally {
+        held.child.kill("SIGTERM");
+        await held.exited;
+      }
+    })
+  );
+});
+
 test("vmm boot prints the guest's console on stdout and exits with the guest's status", async () => {
   requireKvm();
   const r = await withFile(TINY, (k) => vmmSync(["boot", "--kernel", k]));

@@ -21,6 +21,7 @@ export const libc = runtime.dlopen("libc.so.6", {
   pwrite: { args: [i32, u64, u64, i64], result: i64 },
   preadv: { args: [i32, u64, i32, i64], result: i64 },
   pwritev: { args: [i32, u64, i32, i64], result: i64 },
+  lseek: { args: [i32, i64, i32], result: i64 },
   ioctl: { args: [i32, u64, u64], result: i32 },
   mmap: { args: [u64, u64, i32, i32, i32, i64], result: u64 },
   munmap: { args: [u64, u64], result: i32 },
@@ -136,6 +137,32 @@ export function writeAll(fd: number, data: Uint8Array, call = "write"): void {
     if (r < 0) {
       if (errno() === EINTR) continue;
       throw new SysError(call, errno());
+    }
+    off += r;
+  }
+}
+
+const writablePollers = new Map<number, Poller>();
+
+/**
+ * Write `len` bytes of host memory at `addr` to `fd`, all of them: retries
+ * short writes and EINTR, and waits in poll(2) when the fd is non-blocking
+ * and full (Bun leaves the standard fds non-blocking).
+ */
+export function writeAllAt(fd: number, addr: bigint, len: number, call = "write"): void {
+  let off = 0;
+  while (off < len) {
+    const r = Number(libc.write(fd, addr + BigInt(off), BigInt(len - off)));
+    if (r < 0) {
+      const e = errno();
+      if (e === EINTR) continue;
+      if (e === EAGAIN) {
+        let p = writablePollers.get(fd);
+        if (!p) writablePollers.set(fd, p = new Poller([fd], [POLLOUT]));
+        p.wait(1000);
+        continue;
+      }
+      throw new SysError(call, e);
     }
     off += r;
   }

@@ -19,7 +19,8 @@ import { RawTerminal } from "../ffi/termios.ts";
 import { RUN } from "../ffi/structs.ts";
 import type { Vm } from "../vm/vm.ts";
 import { CTL, CTL_READY_TIME, CTL_TIDS, EXIT_KIND, exitReason, recordExit, SHARED_BYTES } from "./shared.ts";
-import type { StdinInit, VcpuInit, WorkerReady } from "./messages.ts";
+import type { QueueInit, StdinInit, VcpuInit, VirtioDeviceInit, WorkerReady } from "./messages.ts";
+import { stopQueues } from "./virtio.ts";
 
 /** How a run ended. */
 export interface RunResult {
@@ -40,10 +41,14 @@ export interface ConsoleFds {
   outFd: number;
   /** Host fd the guest console reads; null for none. */
   inFd: number | null;
+  /** Which device is the guest's console: the UART (default) or virtio-console's hvc0. */
+  device?: "serial" | "hvc";
 }
 
 const KIND_NAMES = Object.fromEntries(Object.entries(EXIT_KIND).map(([k, v]) => [v, k])) as Record<number, keyof typeof EXIT_KIND>;
 const STOP_TIMEOUT_MS = 3000;
+/** How long the VM's stop waits for queue Workers to finish their requests and flush. */
+const DRAIN_TIMEOUT_MS = 30_000;
 
 /** Start the Worker at `url` with `init`; resolves once it reports ready. */
 export function startWorker(url: URL, init: unknown): Promise<Worker> {
@@ -72,10 +77,19 @@ const compiled = import.meta.url.includes("/$bunfs/");
 export const workerUrls = {
   vcpu: new URL(compiled ? "./loop/vcpu_worker.ts" : "./vcpu_worker.ts", import.meta.url),
   stdin: new URL(compiled ? "./loop/stdin_worker.ts" : "./stdin_worker.ts", import.meta.url),
+  queue: new URL(compiled ? "./loop/queue_worker.ts" : "./queue_worker.ts", import.meta.url),
 };
 
-/** Run `vm` until the guest or a signal ends it. */
-export async function runVm(vm: Vm, console_: ConsoleFds, startedAt = Date.now()): Promise<RunResult> {
+/**
+ * Run `vm` until the guest or a signal ends it. `virtio`: its devices,
+ * wired by loop/virtio.ts `wireVirtio`; each queue gets its Worker here.
+ */
+export async function runVm(
+  vm: Vm,
+  console_: ConsoleFds,
+  startedAt = Date.now(),
+  virtio: VirtioDeviceInit[] = [],
+): Promise<RunResult> {
   const sigFd = signalPipe([SIGINT, SIGTERM]);
   interruptingSignal(SIGUSR1);
   const sharedAddr = mmapAnon(SHARED_BYTES);
@@ -89,20 +103,34 @@ export async function runVm(vm: Vm, console_: ConsoleFds, startedAt = Date.now()
   const term = console_.inFd !== null && RawTerminal.isTty(console_.inFd) ? new RawTerminal(console_.inFd) : null;
   const workers: Worker[] = [];
   let signalled = 0;
+  let drainError = "";
   try {
     term?.enter();
+    const mem = { memAddr: vm.memAddr, memSize: vm.memSize, regions: vm.regions };
+    // Queue Workers first, all started together: they park until their
+    // driver is ready, and the guest needs a second or more to get there.
+    const starting: Promise<Worker>[] = [];
+    for (const device of virtio) {
+      device.ioFds.forEach((_, queue) => {
+        const init: QueueInit = { kind: "queue", device, queue, shared: sharedAddr, ctlFd, ...mem };
+        starting.push(startWorker(workerUrls.queue, init));
+      });
+    }
     for (let id = 0; id < vm.vcpuFds.length; id++) {
       const init: VcpuInit = {
         kind: "vcpu", id, vcpuFd: vm.vcpuFds[id], vmFd: vm.vm.fd, runAddr: runs[id], runSize: vm.runSize,
-        shared: sharedAddr, ctlFd, outFd: console_.outFd, memAddr: vm.memAddr, memSize: vm.memSize,
-        regions: vm.regions,
+        shared: sharedAddr, ctlFd, outFd: console_.outFd, ...mem, virtio,
       };
-      workers.push(await startWorker(workerUrls.vcpu, init));
+      starting.push(startWorker(workerUrls.vcpu, init));
     }
-    if (console_.inFd !== null) {
+    if (console_.inFd !== null && console_.device !== "hvc") {
       const init: StdinInit = { kind: "stdin", vmFd: vm.vm.fd, shared: sharedAddr, ctlFd, inFd: console_.inFd };
-      workers.push(await startWorker(workerUrls.stdin, init));
+      starting.push(startWorker(workerUrls.stdin, init));
     }
+    const started = await Promise.allSettled(starting);
+    for (const r of started) if (r.status === "fulfilled") workers.push(r.value);
+    const failed = started.find((r) => r.status === "rejected");
+    if (failed) throw (failed as PromiseRejectedResult).reason;
 
     // The loop: sleep until a signal or a Worker has news.
     const poller = new Poller([sigFd, ctlFd]);
@@ -126,6 +154,10 @@ export async function runVm(vm: Vm, console_: ConsoleFds, startedAt = Date.now()
     }
   } finally {
     stopVcpus(ctl, sharedView, runBytes, ctlFd);
+    // Drain: no vCPU runs now, so no new requests come; let every queue
+    // Worker finish what the guest made available and flush its disk.
+    const late = stopQueues(ctl, virtio, "exit", DRAIN_TIMEOUT_MS);
+    if (late.length) drainError = `${late.join(", ")} did not finish its requests within ${DRAIN_TIMEOUT_MS / 1000} s`;
     for (const w of workers) w.terminate();
     term?.restore();
     // Give SIGINT/SIGTERM back: after the run nothing reads the signal pipe.
@@ -141,6 +173,7 @@ export async function runVm(vm: Vm, console_: ConsoleFds, startedAt = Date.now()
   else if (kind === "PANIC") code = EXIT_PANIC;
   else if (kind === "ERROR") code = EXIT_VMM_ERROR;
   if (signalled) code = 128 + signalled;
+  if (drainError) return { code: code || EXIT_VMM_ERROR, kind: "ERROR", reason: `${reason}; then ${drainError}`, readyMs: ready };
   return { code, kind, reason, readyMs: ready };
 }
 

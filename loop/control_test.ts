@@ -111,6 +111,14 @@ test("an MMIO write in the device hole vanishes and the guest carries on", async
   assert.deepEqual([result.kind, result.code], ["EXIT_CODE", 9]);
 });
 
+test("a virtio-mmio window answers through the vCPU Worker: the magic value, then the device ID", async () => {
+  // 0x74726976 "virt": low byte 0x76. Device ID (offset 8) of virtio-rng: 4.
+  const magic = await runTiny(guest(loadU32(VIRTIO_MMIO_START), EXIT_WITH_AL, asm.halt), { machine: { rng: true } });
+  assert.deepEqual([magic.result.kind, magic.result.code], ["EXIT_CODE", 0x76]);
+  const id = await runTiny(guest(loadU32(VIRTIO_MMIO_START + 8), EXIT_WITH_AL, asm.halt), { machine: { rng: true } });
+  assert.deepEqual([id.result.kind, id.result.code], ["EXIT_CODE", 4]);
+});
+
 test("a port nobody claims reads as 0xff", async () => {
   const { result } = await runTiny(guest(asm.inb(0x2f8), EXIT_WITH_AL, asm.halt)); // COM2 is absent
   assert.deepEqual([result.kind, result.code], ["EXIT_CODE", 0xff]);

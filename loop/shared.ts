@@ -32,7 +32,31 @@ export const CTL_TIDS = 1096; // u64 pthread_t per vCPU
 export const CTL_REASON = CTL_TIDS + MAX_VCPUS * 8; // UTF-8 text, NUL-terminated
 export const CTL_REASON_MAX = 1024;
 export const SERIAL_OFFSET = 8192;
-export const SHARED_BYTES = SERIAL_OFFSET + 16384;
+
+/**
+ * One block per virtio device: its transport's register state (words from
+ * 0), then one word per queue saying what that queue's Worker should be
+ * doing (QUEUE_STATE_WORD + q, values in Q).
+ */
+export const VIRTIO_OFFSET = SERIAL_OFFSET + 16384;
+export const VIRTIO_BLOCK_BYTES = 1024;
+export const VIRTIO_MAX_DEVICES = 19;
+export const QUEUE_STATE_WORD = 192;
+export const VIRTIO_MAX_QUEUES = 16;
+export const SHARED_BYTES = VIRTIO_OFFSET + VIRTIO_MAX_DEVICES * VIRTIO_BLOCK_BYTES;
+
+/**
+ * The life of a queue Worker. A vCPU moves IDLE → START when the driver
+ * sets DRIVER_OK and RUNNING/START → STOP when it resets the device; the
+ * Worker moves START → RUNNING and STOP → IDLE. The main thread stores EXIT
+ * when the VM stops; the Worker drains, stores GONE and leaves its loop.
+ */
+export const Q = { IDLE: 0, START: 1, RUNNING: 2, STOP: 3, EXIT: 4, GONE: 5 } as const;
+
+/** Byte offset of device `index`'s block. */
+export function virtioBlock(index: number): number {
+  return VIRTIO_OFFSET + index * VIRTIO_BLOCK_BYTES;
+}
 
 /** Record why the VM ends, if nothing did first; returns whether this call won. */
 export function recordExit(ctl: Int32Array, bytes: Uint8Array, kind: number, code: number, reason: string): boolean {

@@ -9,12 +9,12 @@
 import { eventfdSignal, hostView, libc, NativeBuf, Poller, errno, EAGAIN, EINTR } from "../ffi/libc.ts";
 import { irqLine } from "../ffi/kvm.ts";
 import { COM1_IRQ, Serial } from "../devices/serial.ts";
+import { ConsoleEscape } from "../devices/console_escape.ts";
 import { EXIT_KIND, recordExit, SERIAL_OFFSET, SHARED_BYTES } from "./shared.ts";
 import type { StdinInit } from "./messages.ts";
 
 // deno-lint-ignore no-explicit-any
 const self_ = globalThis as any;
-const CTRL_A = 0x01;
 
 self_.onmessage = (ev: MessageEvent<StdinInit>) => {
   self_.postMessage({ ok: true });
@@ -37,7 +37,7 @@ function pump(init: StdinInit): void {
   const buf = NativeBuf.alloc(256);
   const wait = new Poller([]);
   const readable = new Poller([init.inFd]);
-  let escape = false;
+  const escape = new ConsoleEscape();
   for (;;) {
     const n = Number(libc.read(init.inFd, buf.addr, 256n));
     if (n < 0 && errno() === EINTR) continue;
@@ -47,21 +47,13 @@ function pump(init: StdinInit): void {
       continue;
     }
     if (n <= 0) return;
-    const keep: number[] = [];
-    for (const b of buf.bytes.subarray(0, n)) {
-      if (escape) {
-        escape = false;
-        if (b === 0x78 /* x */) {
-          recordExit(ctl, shared, EXIT_KIND.QUIT, 0, "console escape Ctrl-A x");
-          eventfdSignal(init.ctlFd);
-          return;
-        }
-        if (b !== CTRL_A) keep.push(CTRL_A);
-        keep.push(b);
-      } else if (b === CTRL_A) escape = true;
-      else keep.push(b);
+    const { data: typed, quit } = escape.push(buf.bytes.subarray(0, n));
+    if (quit) {
+      recordExit(ctl, shared, EXIT_KIND.QUIT, 0, "console escape Ctrl-A x");
+      eventfdSignal(init.ctlFd);
+      return;
     }
-    let data = Uint8Array.from(keep);
+    let data = typed;
     // The guest drains the UART at its own pace; wait while its buffer is full.
     while (data.length > 0) {
       const took = serial.receive(data);

@@ -18,8 +18,12 @@ import { I8042_COMMAND, I8042_DATA, I8042 } from "../devices/i8042.ts";
 import { GuestPorts } from "../devices/guest_ports.ts";
 import { PanicWatch } from "../devices/panic_watch.ts";
 import { ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_SLEEP_PORT, decodeSleepWrite } from "../boot/acpi.ts";
-import { CTL, CTL_READY_TIME, CTL_TIDS, EXIT_KIND, recordExit, SERIAL_OFFSET, SHARED_BYTES } from "./shared.ts";
-import type { VcpuInit } from "./messages.ts";
+import { transportFor } from "../devices/virtio/device.ts";
+import { type MmioTransport, VIRTIO_MMIO_STATUS } from "../devices/virtio/mmio.ts";
+import { VIRTIO_MMIO_SIZE } from "../boot/layout.ts";
+import { startQueues, stopQueues } from "./virtio.ts";
+import { CTL, CTL_READY_TIME, CTL_TIDS, EXIT_KIND, recordExit, SERIAL_OFFSET, SHARED_BYTES, VIRTIO_BLOCK_BYTES } from "./shared.ts";
+import type { VcpuInit, VirtioDeviceInit } from "./messages.ts";
 
 // deno-lint-ignore no-explicit-any
 const self_ = globalThis as any;
@@ -35,6 +39,8 @@ self_.onmessage = (ev: MessageEvent<VcpuInit>) => {
 };
 
 const KVM_RUN = BigInt(KVM.RUN);
+/** How long a device reset waits for its queue Workers to finish the request in hand. */
+const RESET_TIMEOUT_MS = 10_000;
 const KVM_SYSTEM_EVENT_SHUTDOWN = 1, KVM_SYSTEM_EVENT_RESET = 2, KVM_SYSTEM_EVENT_CRASH = 3;
 
 class VcpuThread {
@@ -89,6 +95,33 @@ class VcpuThread {
         if (v === ACPI_RESET_VALUE) this.#end(EXIT_KIND.RESET, 0, "guest reset (ACPI)");
       },
     });
+    for (const dev of init.virtio) this.#addVirtio(dev);
+  }
+
+  /**
+   * A virtio-mmio window. Register accesses land here; queue kicks do not
+   * (KVM hands them to the queue Worker's ioeventfd), except a notify the
+   * ioeventfd did not match (a 1- or 2-byte write), passed on by hand.
+   */
+  #addVirtio(dev: VirtioDeviceInit): void {
+    const state = new Int32Array(this.sharedBytes.buffer, this.sharedBytes.byteOffset + dev.block, VIRTIO_BLOCK_BYTES / 4);
+    const t: MmioTransport = transportFor(dev.spec, state);
+    this.mmio.add(dev.base, VIRTIO_MMIO_SIZE, {
+      read: (o, size) => t.read(o, size),
+      write: (o, size, v) => {
+        // virtio 1.2 §2.4: after a reset the device must not touch the old
+        // queues, so their Workers stop before the registers clear.
+        if (o === VIRTIO_MMIO_STATUS && size === 4 && v === 0) this.#stopQueues(dev);
+        const ev = t.write(o, size, v);
+        if (ev?.kind === "driverOk") startQueues(this.ctl, dev);
+        else if (ev?.kind === "notify") eventfdSignal(dev.ioFds[ev.queue]);
+      },
+    });
+  }
+
+  #stopQueues(dev: VirtioDeviceInit): void {
+    const late = stopQueues(this.ctl, [dev], "reset", RESET_TIMEOUT_MS);
+    if (late.length) this.#end(EXIT_KIND.ERROR, 1, `device reset: ${late.join(", ")} did not stop`);
   }
 
   /** Output one console byte, watching the text for a kernel panic. */

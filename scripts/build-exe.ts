@@ -12,7 +12,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import process from "node:process";
 
-export const WORKER_ENTRIES = ["loop/vcpu_worker.ts", "loop/stdin_worker.ts"];
+export const WORKER_ENTRIES = ["loop/vcpu_worker.ts", "loop/stdin_worker.ts", "loop/queue_worker.ts"];
 const root = fileURLToPath(new URL("..", import.meta.url));
 
 /** Build the executable; returns its path. */

@@ -13,18 +13,28 @@
  * (reads give 0) and never throw (virtio 1.2 §4.2.2.1 only asks the driver to
  * behave; the device must survive a driver that does not).
  *
- * InterruptStatus lives in an Int32Array the caller may place in memory
- * shared with the queue Workers: a Worker sets VIRTIO_MMIO_INT_VRING with
- * `Atomics.or(state, 0, VIRTIO_MMIO_INT_VRING)` before it signals the irqfd,
- * and the driver's InterruptACK clears bits here with `Atomics.and`.
+ * Every vCPU runs in its own Worker with its own heap, and any of them may
+ * take the exit for this window; the queue Workers also mark the device
+ * broken, report configuration changes and raise InterruptStatus bits. So
+ * every register lives in one Int32Array the caller may place in memory all
+ * those threads map, and each thread builds its own `MmioTransport` over it:
+ * several instances over one array are one device. Every public method that
+ * touches it holds a spinlock in word 0 for the few hundred nanoseconds it
+ * needs, the same trick as `devices/serial.ts`. The array starts as zeroes,
+ * and all zeroes is the state after power-on: the creator zero-fills the
+ * shared block once and never calls anything to set it up.
  *
  * @example
  * ```ts
- * import { MmioTransport } from "./mmio.ts";
+ * import { MmioTransport, mmioStateWords } from "./mmio.ts";
  *
- * const t = new MmioTransport({ deviceId: 4, features: 0n, queueSizes: [256], config: new Uint8Array(0) });
- * t.read(0x000, 4); // 0x74726976, "virt"
- * const ev = t.write(0x070, 4, 1); // ACKNOWLEDGE; null: nothing to do yet
+ * const dev = { deviceId: 4, features: 0n, queueSizes: [256], config: new Uint8Array(0) };
+ * // Zeroed memory every thread sees: here a SharedArrayBuffer, in vmm a slice of loop/shared.ts.
+ * const state = new Int32Array(new SharedArrayBuffer(mmioStateWords(1) * 4));
+ * const vcpu = new MmioTransport(dev, { state });
+ * vcpu.read(0x000, 4); // 0x74726976, "virt"
+ * const ev = vcpu.write(0x070, 4, 1); // ACKNOWLEDGE; null: nothing to do yet
+ * new MmioTransport(dev, { state }).status; // 1: another thread's handle sees it
  * ```
  */
 
@@ -107,8 +117,13 @@ export interface MmioOptions {
   eventIdx?: boolean;
   /** Offer VIRTIO_F_INDIRECT_DESC. */
   indirectDesc?: boolean;
-  /** InterruptStatus in element 0; pass one over shared memory to let queue Workers set bits. */
-  interruptState?: Int32Array;
+  /**
+   * The register state, `mmioStateWords(queueSizes.length)` words, zeroed
+   * once by whoever allocates it. Pass this thread's view of a block in shared
+   * memory so that the transports of every thread are one device; omitted, the
+   * transport allocates a private one.
+   */
+  state?: Int32Array;
 }
 
 /** What the caller must do after a register write. */
@@ -118,63 +133,121 @@ export type MmioEvent =
   | { kind: "notify"; queue: number }
   | { kind: "queueReady"; queue: number };
 
-interface QueueRegs {
-  num: number;
-  ready: boolean;
-  desc: [number, number];
-  driver: [number, number];
-  device: [number, number];
+/**
+ * Word indexes in the state. Words hold u32 registers as Int32 (0xffff_ffff
+ * is stored as -1), so every read goes through `>>> 0`. The words from
+ * INTERRUPT_STATUS to the end are what a reset clears; the ones before it
+ * outlive a reset.
+ */
+const S = {
+  LOCK: 0, // 0 free, 1 held: see #locked()
+  CONFIG_GENERATION: 1, // the driver compares it across config reads, so a reset keeps counting
+  RESETS: 2, // how many resets so far: tells a thread its own brokenReason is stale
+  INTERRUPT_STATUS: 3,
+  STATUS: 4,
+  DEVICE_FEATURES_SEL: 5,
+  DRIVER_FEATURES_SEL: 6,
+  DRIVER_FEATURES_LO: 7, // bits 0–31 of the features the driver accepted
+  DRIVER_FEATURES_HI: 8, // bits 32–63: a u64 as two u32 halves
+  QUEUE_SEL: 9,
+  QUEUES: 10, // QUEUE_WORDS for each queue, queue 0 first
+} as const;
+
+/** Word offsets inside one queue's block. */
+const Q = {
+  NUM: 0,
+  // 0 until the driver writes QueueNum; meanwhile the queue size is QueueNumMax,
+  // so a driver that never writes QueueNum still agrees with us. A flag of its
+  // own, not "NUM 0 means unset", because a driver that writes 0 must still be
+  // refused by new Virtqueue() (InvalidQueueSize), not handed the largest ring.
+  NUM_SET: 1,
+  READY: 2,
+  DESC_LO: 3,
+  DESC_HI: 4,
+  DRIVER_LO: 5,
+  DRIVER_HI: 6,
+  DEVICE_LO: 7,
+  DEVICE_HI: 8,
+} as const;
+const QUEUE_WORDS = 9;
+
+/** The queue registers a write lands in, as word offsets in a queue block. */
+const QUEUE_REG: ReadonlyMap<number, number> = new Map([
+  [VIRTIO_MMIO_QUEUE_NUM, Q.NUM],
+  [VIRTIO_MMIO_QUEUE_DESC_LOW, Q.DESC_LO],
+  [VIRTIO_MMIO_QUEUE_DESC_HIGH, Q.DESC_HI],
+  [VIRTIO_MMIO_QUEUE_DRIVER_LOW, Q.DRIVER_LO],
+  [VIRTIO_MMIO_QUEUE_DRIVER_HIGH, Q.DRIVER_HI],
+  [VIRTIO_MMIO_QUEUE_DEVICE_LOW, Q.DEVICE_LO],
+  [VIRTIO_MMIO_QUEUE_DEVICE_HIGH, Q.DEVICE_HI],
+]);
+
+/** Int32 words of state a device with `queueCount` queues needs (all zero: just reset). */
+export function mmioStateWords(queueCount: number): number {
+  if (!Number.isInteger(queueCount) || queueCount < 0) throw new RangeError(`Invalid queue count ${queueCount}`);
+  return S.QUEUES + queueCount * QUEUE_WORDS;
 }
 
-function freshQueue(max: number): QueueRegs {
-  // QueueNum starts at the maximum, so a driver that never writes it still agrees with us.
-  return { num: max, ready: false, desc: [0, 0], driver: [0, 0], device: [0, 0] };
-}
-
-/** A 64-bit register pair as a number; values past 2^53 stay unsafe, and Virtqueue refuses them. */
-function join([lo, hi]: [number, number]): number {
-  return hi * 0x1_0000_0000 + lo;
-}
-
-/** The register file of one virtio-mmio device. */
+/**
+ * The register file of one virtio-mmio device, as seen by one thread. Build
+ * one per thread over the same `state` and they act as a single device.
+ */
 export class MmioTransport {
   readonly device: MmioDevice;
   /** Feature bits offered to the driver. */
   readonly offered: bigint;
-  readonly #irq: Int32Array;
-  #status = 0;
-  #deviceFeaturesSel = 0;
-  #driverFeaturesSel = 0;
-  #driverFeatures = 0n;
-  #queueSel = 0;
-  #queues: QueueRegs[];
-  #configGeneration = 0;
-  #brokenReason: string | null = null;
+  readonly #s: Int32Array;
+  readonly #queueCount: number;
+  /**
+   * Why this thread called `markBroken`, and the reset count then. A string
+   * cannot live in an Int32Array, so the reason stays in this thread's heap;
+   * a reset through any thread bumps S.RESETS, which makes it stale.
+   */
+  #broken: { reason: string; resets: number } | null = null;
 
   constructor(device: MmioDevice, options: MmioOptions = {}) {
     this.device = device;
     this.offered = device.features | VIRTIO_F_VERSION_1 |
       (options.eventIdx ? VIRTIO_F_EVENT_IDX : 0n) |
       (options.indirectDesc ? VIRTIO_F_INDIRECT_DESC : 0n);
-    this.#irq = options.interruptState ?? new Int32Array(1);
-    this.#queues = device.queueSizes.map(freshQueue);
+    this.#queueCount = device.queueSizes.length;
+    const words = mmioStateWords(this.#queueCount);
+    this.#s = options.state ?? new Int32Array(words);
+    if (this.#s.length < words) {
+      throw new RangeError(`MMIO state has ${this.#s.length} words, ${this.#queueCount} queues need ${words}`);
+    }
   }
 
   /** The device status register (virtio 1.2 §2.1). */
   get status(): number {
-    return this.#status;
+    return this.#locked(() => this.#s[S.STATUS]);
   }
   /** Features the driver accepted; final once FEATURES_OK is set. */
   get driverFeatures(): bigint {
-    return this.#driverFeatures;
+    return this.#locked(() => this.#driverFeatures());
   }
-  /** Why `markBroken` was called, if it was. */
+  /**
+   * Why `markBroken` was called on this instance since the last reset, if it
+   * was. Per thread: another thread's `markBroken` does not show here (its
+   * DEVICE_NEEDS_RESET bit in `status` does).
+   */
   get brokenReason(): string | null {
-    return this.#brokenReason;
+    return this.#locked(() => this.#broken?.resets === this.#s[S.RESETS] ? this.#broken.reason : null);
   }
   /** InterruptStatus as it is now. */
   get interruptStatus(): number {
-    return Atomics.load(this.#irq, 0) >>> 0;
+    return this.#locked(() => Atomics.load(this.#s, S.INTERRUPT_STATUS) >>> 0);
+  }
+
+  /**
+   * Set InterruptStatus bits: a queue Worker raises VIRTIO_MMIO_INT_VRING here
+   * before it writes its irqfd, so the driver's interrupt handler, reading
+   * InterruptStatus on any vCPU, finds the reason for the interrupt.
+   */
+  raiseInterrupt(bits: number): void {
+    this.#locked(() => {
+      Atomics.or(this.#s, S.INTERRUPT_STATUS, bits);
+    });
   }
 
   /**
@@ -183,54 +256,30 @@ export class MmioTransport {
    * rings inside RAM) and throws the GuestError to pass to `markBroken`.
    */
   queueConfig(n: number): VirtqueueConfig & { ready: boolean } {
-    const q = this.#queues[n];
-    if (!q) throw new RangeError(`No queue ${n}`);
-    return {
-      size: q.num,
-      descAddr: join(q.desc),
-      availAddr: join(q.driver),
-      usedAddr: join(q.device),
-      eventIdx: (this.#driverFeatures & VIRTIO_F_EVENT_IDX) !== 0n,
-      maxSize: this.device.queueSizes[n],
-      ready: q.ready,
-    };
+    if (!Number.isInteger(n) || n < 0 || n >= this.#queueCount) throw new RangeError(`No queue ${n}`);
+    const maxSize = this.device.queueSizes[n];
+    return this.#locked(() => {
+      const s = this.#s, q = S.QUEUES + n * QUEUE_WORDS;
+      return {
+        size: s[q + Q.NUM_SET] ? s[q + Q.NUM] >>> 0 : maxSize,
+        descAddr: this.#join(q + Q.DESC_LO, q + Q.DESC_HI),
+        availAddr: this.#join(q + Q.DRIVER_LO, q + Q.DRIVER_HI),
+        usedAddr: this.#join(q + Q.DEVICE_LO, q + Q.DEVICE_HI),
+        eventIdx: (this.#driverFeatures() & VIRTIO_F_EVENT_IDX) !== 0n,
+        maxSize,
+        ready: s[q + Q.READY] !== 0,
+      };
+    });
   }
 
   /** A guest read of `size` bytes at `offset` in the window. */
   read(offset: number, size: number): number {
     if (!Number.isInteger(offset) || offset < 0) return 0;
+    // The config space is this instance's device.config, not shared state: no lock.
     if (offset >= VIRTIO_MMIO_CONFIG) return this.#readConfig(offset - VIRTIO_MMIO_CONFIG, size);
     // §4.2.2.2: the driver MUST use 32-bit wide, aligned accesses to registers.
     if (size !== 4 || offset % 4 !== 0) return 0;
-    const q = this.#queues[this.#queueSel];
-    switch (offset) {
-      case VIRTIO_MMIO_MAGIC_VALUE:
-        return VIRTIO_MMIO_MAGIC;
-      case VIRTIO_MMIO_VERSION:
-        return MMIO_VERSION;
-      case VIRTIO_MMIO_DEVICE_ID:
-        return this.device.deviceId;
-      case VIRTIO_MMIO_VENDOR_ID:
-        return VIRTIO_MMIO_VENDOR;
-      case VIRTIO_MMIO_DEVICE_FEATURES:
-        // Feature word `sel`: bits 32·sel … 32·sel + 31; words past 1 read 0.
-        return this.#deviceFeaturesSel > 1 ? 0 : Number((this.offered >> BigInt(32 * this.#deviceFeaturesSel)) & 0xffff_ffffn);
-      case VIRTIO_MMIO_QUEUE_NUM_MAX:
-        return q ? this.device.queueSizes[this.#queueSel] : 0; // §4.2.2: 0 when the queue is not available
-      case VIRTIO_MMIO_QUEUE_READY:
-        return q?.ready ? 1 : 0;
-      case VIRTIO_MMIO_INTERRUPT_STATUS:
-        return Atomics.load(this.#irq, 0) >>> 0;
-      case VIRTIO_MMIO_STATUS:
-        return this.#status;
-      case VIRTIO_MMIO_SHM_LEN_LOW:
-      case VIRTIO_MMIO_SHM_LEN_HIGH:
-        return 0xffff_ffff; // §4.2.2: no shared memory regions, so every length reads -1
-      case VIRTIO_MMIO_CONFIG_GENERATION:
-        return this.#configGeneration;
-      default:
-        return 0; // write-only or unknown registers
-    }
+    return this.#locked(() => this.#readReg(offset));
   }
 
   /** A guest write of `size` bytes at `offset`; returns what the caller must do, or null. */
@@ -238,35 +287,12 @@ export class MmioTransport {
     if (!Number.isInteger(offset) || offset < 0) return null;
     value = value >>> 0;
     if (offset >= VIRTIO_MMIO_CONFIG) {
+      // Outside the lock: the device's configWrite may well call configChanged().
       this.#writeConfig(offset - VIRTIO_MMIO_CONFIG, size, value);
       return null;
     }
     if (size !== 4 || offset % 4 !== 0) return null;
-    switch (offset) {
-      case VIRTIO_MMIO_DEVICE_FEATURES_SEL:
-        this.#deviceFeaturesSel = value;
-        return null;
-      case VIRTIO_MMIO_DRIVER_FEATURES_SEL:
-        this.#driverFeaturesSel = value;
-        return null;
-      case VIRTIO_MMIO_DRIVER_FEATURES:
-        this.#writeDriverFeatures(value);
-        return null;
-      case VIRTIO_MMIO_QUEUE_SEL:
-        this.#queueSel = value;
-        return null;
-      case VIRTIO_MMIO_QUEUE_NOTIFY:
-        // Without VIRTIO_F_NOTIFICATION_DATA the value is the queue index (§4.2.2).
-        // Reported whatever the status: a caller with no running Worker drops it.
-        return value < this.#queues.length ? { kind: "notify", queue: value } : null;
-      case VIRTIO_MMIO_INTERRUPT_ACK:
-        Atomics.and(this.#irq, 0, ~value);
-        return null;
-      case VIRTIO_MMIO_STATUS:
-        return this.#writeStatus(value);
-      default:
-        return this.#writeQueue(offset, value);
-    }
+    return this.#locked(() => this.#writeReg(offset, value));
   }
 
   /**
@@ -276,11 +302,15 @@ export class MmioTransport {
    * configuration change notification.
    */
   markBroken(reason: string): boolean {
-    this.#brokenReason ??= reason;
-    this.#status |= STATUS_DEVICE_NEEDS_RESET;
-    if (!(this.#status & STATUS_DRIVER_OK)) return false;
-    Atomics.or(this.#irq, 0, VIRTIO_MMIO_INT_CONFIG);
-    return true;
+    return this.#locked(() => {
+      const s = this.#s;
+      // The first reason since the last reset wins: later errors are often its echoes.
+      if (this.#broken?.resets !== s[S.RESETS]) this.#broken = { reason, resets: s[S.RESETS] };
+      s[S.STATUS] |= STATUS_DEVICE_NEEDS_RESET;
+      if (!(s[S.STATUS] & STATUS_DRIVER_OK)) return false;
+      Atomics.or(s, S.INTERRUPT_STATUS, VIRTIO_MMIO_INT_CONFIG);
+      return true;
+    });
   }
 
   /**
@@ -290,18 +320,100 @@ export class MmioTransport {
    * the caller must raise it.
    */
   configChanged(): boolean {
-    this.#configGeneration = (this.#configGeneration + 1) >>> 0;
-    if (!(this.#status & STATUS_DRIVER_OK)) return false;
-    Atomics.or(this.#irq, 0, VIRTIO_MMIO_INT_CONFIG);
-    return true;
+    return this.#locked(() => {
+      const s = this.#s;
+      s[S.CONFIG_GENERATION]++; // Int32 wraps like the u32 register, read back with >>> 0
+      if (!(s[S.STATUS] & STATUS_DRIVER_OK)) return false;
+      Atomics.or(s, S.INTERRUPT_STATUS, VIRTIO_MMIO_INT_CONFIG);
+      return true;
+    });
+  }
+
+  // From here to #locked(), helpers run with the lock held and never take it
+  // again: the lock is not re-entrant, so a nested #locked() would spin forever.
+
+  #readReg(offset: number): number {
+    const s = this.#s;
+    const sel = s[S.QUEUE_SEL] >>> 0;
+    const q = sel < this.#queueCount ? S.QUEUES + sel * QUEUE_WORDS : -1;
+    switch (offset) {
+      case VIRTIO_MMIO_MAGIC_VALUE:
+        return VIRTIO_MMIO_MAGIC;
+      case VIRTIO_MMIO_VERSION:
+        return MMIO_VERSION;
+      case VIRTIO_MMIO_DEVICE_ID:
+        return this.device.deviceId;
+      case VIRTIO_MMIO_VENDOR_ID:
+        return VIRTIO_MMIO_VENDOR;
+      case VIRTIO_MMIO_DEVICE_FEATURES: {
+        // Feature word `sel`: bits 32·sel … 32·sel + 31; words past 1 read 0.
+        const fsel = s[S.DEVICE_FEATURES_SEL] >>> 0;
+        return fsel > 1 ? 0 : Number((this.offered >> BigInt(32 * fsel)) & 0xffff_ffffn);
+      }
+      case VIRTIO_MMIO_QUEUE_NUM_MAX:
+        return q < 0 ? 0 : this.device.queueSizes[sel]; // §4.2.2: 0 when the queue is not available
+      case VIRTIO_MMIO_QUEUE_READY:
+        return q < 0 ? 0 : s[q + Q.READY];
+      case VIRTIO_MMIO_INTERRUPT_STATUS:
+        return Atomics.load(s, S.INTERRUPT_STATUS) >>> 0;
+      case VIRTIO_MMIO_STATUS:
+        return s[S.STATUS];
+      case VIRTIO_MMIO_SHM_LEN_LOW:
+      case VIRTIO_MMIO_SHM_LEN_HIGH:
+        return 0xffff_ffff; // §4.2.2: no shared memory regions, so every length reads -1
+      case VIRTIO_MMIO_CONFIG_GENERATION:
+        return s[S.CONFIG_GENERATION] >>> 0;
+      default:
+        return 0; // write-only or unknown registers
+    }
+  }
+
+  #writeReg(offset: number, value: number): MmioEvent | null {
+    const s = this.#s;
+    switch (offset) {
+      case VIRTIO_MMIO_DEVICE_FEATURES_SEL:
+        s[S.DEVICE_FEATURES_SEL] = value;
+        return null;
+      case VIRTIO_MMIO_DRIVER_FEATURES_SEL:
+        s[S.DRIVER_FEATURES_SEL] = value;
+        return null;
+      case VIRTIO_MMIO_DRIVER_FEATURES:
+        this.#writeDriverFeatures(value);
+        return null;
+      case VIRTIO_MMIO_QUEUE_SEL:
+        s[S.QUEUE_SEL] = value;
+        return null;
+      case VIRTIO_MMIO_QUEUE_NOTIFY:
+        // Without VIRTIO_F_NOTIFICATION_DATA the value is the queue index (§4.2.2).
+        // Reported whatever the status: a caller with no running Worker drops it.
+        return value < this.#queueCount ? { kind: "notify", queue: value } : null;
+      case VIRTIO_MMIO_INTERRUPT_ACK:
+        Atomics.and(s, S.INTERRUPT_STATUS, ~value);
+        return null;
+      case VIRTIO_MMIO_STATUS:
+        return this.#writeStatus(value);
+      default:
+        return this.#writeQueue(offset, value);
+    }
+  }
+
+  #driverFeatures(): bigint {
+    const s = this.#s;
+    return (BigInt(s[S.DRIVER_FEATURES_HI] >>> 0) << 32n) | BigInt(s[S.DRIVER_FEATURES_LO] >>> 0);
+  }
+
+  /** A 64-bit register pair as a number; values past 2^53 stay unsafe, and Virtqueue refuses them. */
+  #join(lo: number, hi: number): number {
+    return (this.#s[hi] >>> 0) * 0x1_0000_0000 + (this.#s[lo] >>> 0);
   }
 
   #writeDriverFeatures(value: number): void {
+    const s = this.#s;
     // §3.1.1 steps 4–5: features are written after DRIVER and frozen by FEATURES_OK.
-    if ((this.#status & (STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_FAILED)) !== STATUS_DRIVER) return;
-    if (this.#driverFeaturesSel > 1) return;
-    const shift = BigInt(32 * this.#driverFeaturesSel);
-    this.#driverFeatures = (this.#driverFeatures & ~(0xffff_ffffn << shift)) | (BigInt(value) << shift);
+    if ((s[S.STATUS] & (STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_FAILED)) !== STATUS_DRIVER) return;
+    const sel = s[S.DRIVER_FEATURES_SEL] >>> 0;
+    if (sel === 0) s[S.DRIVER_FEATURES_LO] = value;
+    else if (sel === 1) s[S.DRIVER_FEATURES_HI] = value;
   }
 
   /**
@@ -311,16 +423,17 @@ export class MmioTransport {
    * back a status that shows its write did not take.
    */
   #writeStatus(value: number): MmioEvent | null {
+    const s = this.#s;
     if (value === 0) {
       this.#reset();
       return { kind: "reset" };
     }
     // The driver writes back what it read, DEVICE_NEEDS_RESET included; that bit is ours.
     const next = value & ~STATUS_DEVICE_NEEDS_RESET & 0xff;
-    const cur = this.#status & ~STATUS_DEVICE_NEEDS_RESET;
-    const keep = this.#status & STATUS_DEVICE_NEEDS_RESET;
+    const cur = s[S.STATUS] & ~STATUS_DEVICE_NEEDS_RESET;
+    const keep = s[S.STATUS] & STATUS_DEVICE_NEEDS_RESET;
     if (next & STATUS_FAILED) {
-      this.#status |= STATUS_FAILED;
+      s[S.STATUS] |= STATUS_FAILED;
       return null;
     }
     if (cur & STATUS_FAILED) return null;
@@ -333,63 +446,75 @@ export class MmioTransport {
       case STATUS_DRIVER:
         if (cur !== STATUS_ACKNOWLEDGE) return null;
         break;
-      case STATUS_FEATURES_OK:
+      case STATUS_FEATURES_OK: {
         if (cur !== (STATUS_ACKNOWLEDGE | STATUS_DRIVER)) return null;
         // §2.2.2: accept only features we offered, and a non-legacy driver (§6.1: VERSION_1).
-        if ((this.#driverFeatures & ~this.offered) !== 0n || !(this.#driverFeatures & VIRTIO_F_VERSION_1)) return null;
+        const f = this.#driverFeatures();
+        if ((f & ~this.offered) !== 0n || !(f & VIRTIO_F_VERSION_1)) return null;
         break;
+      }
       case STATUS_DRIVER_OK:
         if (cur !== (STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK)) return null;
-        this.#status = next | keep;
+        s[S.STATUS] = next | keep;
         return { kind: "driverOk" };
       default:
         return null; // unknown bit, or the same value again
     }
-    this.#status = next | keep;
+    s[S.STATUS] = next | keep;
     return null;
   }
 
   #writeQueue(offset: number, value: number): MmioEvent | null {
-    const q = this.#queues[this.#queueSel];
-    if (!q) return null;
+    const s = this.#s;
+    const sel = s[S.QUEUE_SEL] >>> 0;
+    if (sel >= this.#queueCount) return null;
+    const q = S.QUEUES + sel * QUEUE_WORDS;
     // §4.2.3.2: queues are set up after FEATURES_OK and before DRIVER_OK, and
     // a queue's registers are only written while it is not ready.
-    const s = this.#status;
-    if ((s & (STATUS_FEATURES_OK | STATUS_DRIVER_OK | STATUS_FAILED)) !== STATUS_FEATURES_OK) return null;
+    if ((s[S.STATUS] & (STATUS_FEATURES_OK | STATUS_DRIVER_OK | STATUS_FAILED)) !== STATUS_FEATURES_OK) return null;
     if (offset === VIRTIO_MMIO_QUEUE_READY) {
       // Linux's vm_del_vq writes 0 when set-up fails half-way; before
       // DRIVER_OK no Worker runs, so taking the queue back is harmless.
-      if (value === 0) q.ready = false;
-      if (value !== 1 || q.ready) return null;
-      q.ready = true;
-      return { kind: "queueReady", queue: this.#queueSel };
+      if (value === 0) s[q + Q.READY] = 0;
+      if (value !== 1 || s[q + Q.READY]) return null;
+      s[q + Q.READY] = 1;
+      return { kind: "queueReady", queue: sel };
     }
-    if (q.ready) return null;
-    switch (offset) {
-      case VIRTIO_MMIO_QUEUE_NUM:
-        q.num = value; // new Virtqueue() checks it against QueueNumMax
-        break;
-      case VIRTIO_MMIO_QUEUE_DESC_LOW:
-        q.desc[0] = value;
-        break;
-      case VIRTIO_MMIO_QUEUE_DESC_HIGH:
-        q.desc[1] = value;
-        break;
-      case VIRTIO_MMIO_QUEUE_DRIVER_LOW:
-        q.driver[0] = value;
-        break;
-      case VIRTIO_MMIO_QUEUE_DRIVER_HIGH:
-        q.driver[1] = value;
-        break;
-      case VIRTIO_MMIO_QUEUE_DEVICE_LOW:
-        q.device[0] = value;
-        break;
-      case VIRTIO_MMIO_QUEUE_DEVICE_HIGH:
-        q.device[1] = value;
-        break;
-    }
+    const reg = QUEUE_REG.get(offset);
+    if (s[q + Q.READY] || reg === undefined) return null;
+    s[q + reg] = value; // QueueNum: new Virtqueue() checks it against QueueNumMax
+    if (reg === Q.NUM) s[q + Q.NUM_SET] = 1;
     return null;
   }
+
+  /** §2.4: back to the state after power-on, all zeroes; the caller stops the queue Workers first. */
+  #reset(): void {
+    const s = this.#s;
+    s[S.RESETS]++; // forgets every thread's brokenReason
+    s.fill(0, S.INTERRUPT_STATUS, S.QUEUES + this.#queueCount * QUEUE_WORDS);
+  }
+
+  /**
+   * Run `f` holding the spinlock in word 0. It spins rather than sleeps: the
+   * state sits over a plain ArrayBuffer from FFI, where Atomics.wait is not
+   * allowed, and a holder keeps it only for a few hundred nanoseconds. The
+   * compareExchange that takes it and the store that frees it are sequentially
+   * consistent, so plain reads and writes in between are ordered between
+   * threads like the serial port's (`devices/serial.ts`). A thread killed
+   * while it holds the lock leaves it held for good, so Workers are asked to
+   * stop, not terminated in the middle of an access.
+   */
+  #locked<T>(f: () => T): T {
+    const s = this.#s;
+    while (Atomics.compareExchange(s, S.LOCK, 0, 1) !== 0) { /* spin: held for a few hundred ns */ }
+    try {
+      return f();
+    } finally {
+      Atomics.store(s, S.LOCK, 0);
+    }
+  }
+
+  // The config space is per instance (our devices' is static), so these take no lock.
 
   #readConfig(off: number, size: number): number {
     const cfg = this.device.config;
@@ -405,17 +530,5 @@ export class MmioTransport {
     const bytes = new Uint8Array(size);
     for (let i = 0; i < size; i++) bytes[i] = (value >>> (8 * i)) & 0xff;
     this.device.configWrite(off, bytes);
-  }
-
-  /** §2.4: back to the state after power-on; the caller stops the queue Workers first. */
-  #reset(): void {
-    this.#status = 0;
-    this.#deviceFeaturesSel = 0;
-    this.#driverFeaturesSel = 0;
-    this.#driverFeatures = 0n;
-    this.#queueSel = 0;
-    this.#queues = this.device.queueSizes.map(freshQueue);
-    this.#brokenReason = null;
-    Atomics.store(this.#irq, 0, 0);
   }
 }

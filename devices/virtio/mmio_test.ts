@@ -2,6 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
   type MmioDevice,
+  mmioStateWords,
   MmioTransport,
   STATUS_ACKNOWLEDGE,
   STATUS_DEVICE_NEEDS_RESET,
@@ -236,16 +237,19 @@ test("MmioTransport turns a QueueNotify write into a notify event", () => {
   assert.equal(t.write(VIRTIO_MMIO_QUEUE_NOTIFY, 4, 2), null);
 });
 
-test("MmioTransport shares InterruptStatus with queue Workers through an Int32Array", () => {
-  const shared = new Int32Array(new SharedArrayBuffer(4));
-  const t = new MmioTransport(device(), { interruptState: shared });
-  Atomics.or(shared, 0, VIRTIO_MMIO_INT_VRING); // what a queue Worker does before it signals the irqfd
-  assert.equal(t.read(VIRTIO_MMIO_INTERRUPT_STATUS, 4), VIRTIO_MMIO_INT_VRING);
-  Atomics.or(shared, 0, VIRTIO_MMIO_INT_CONFIG);
-  t.write(VIRTIO_MMIO_INTERRUPT_ACK, 4, VIRTIO_MMIO_INT_VRING);
-  assert.equal(shared[0], VIRTIO_MMIO_INT_CONFIG);
-  t.write(VIRTIO_MMIO_INTERRUPT_STATUS, 4, 0); // read-only: ignored
-  assert.equal(t.interruptStatus, VIRTIO_MMIO_INT_CONFIG);
+test("MmioTransport.raiseInterrupt() sets InterruptStatus bits that InterruptACK clears", () => {
+  const state = new Int32Array(new SharedArrayBuffer(mmioStateWords(2) * 4));
+  const vcpu = new MmioTransport(device(), { state });
+  const worker = new MmioTransport(device(), { state }); // a queue Worker's handle
+  worker.raiseInterrupt(VIRTIO_MMIO_INT_VRING); // before it writes its irqfd
+  assert.equal(vcpu.read(VIRTIO_MMIO_INTERRUPT_STATUS, 4), VIRTIO_MMIO_INT_VRING);
+  worker.raiseInterrupt(VIRTIO_MMIO_INT_VRING); // again: bits only accumulate
+  worker.raiseInterrupt(VIRTIO_MMIO_INT_CONFIG);
+  assert.equal(vcpu.interruptStatus, VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG);
+  vcpu.write(VIRTIO_MMIO_INTERRUPT_ACK, 4, VIRTIO_MMIO_INT_VRING);
+  assert.equal(worker.interruptStatus, VIRTIO_MMIO_INT_CONFIG);
+  vcpu.write(VIRTIO_MMIO_INTERRUPT_STATUS, 4, 0); // read-only: ignored
+  assert.equal(vcpu.interruptStatus, VIRTIO_MMIO_INT_CONFIG);
 });
 
 test("MmioTransport.markBroken() sets DEVICE_NEEDS_RESET and asks for a config interrupt after DRIVER_OK", () => {
@@ -342,4 +346,151 @@ test("MmioTransport never throws on garbage accesses", () => {
     assert.equal(t.read(bad, 4), 0);
     assert.equal(t.write(bad, 4, 1), null);
   }
+});
+
+/** Everything a driver can observe, plus what the caller reads; reads have no side effects. */
+function snapshot(t: MmioTransport) {
+  const regs = [];
+  for (let off = 0; off < VIRTIO_MMIO_CONFIG; off += 4) regs.push(t.read(off, 4));
+  return {
+    regs,
+    status: t.status,
+    driverFeatures: t.driverFeatures,
+    interruptStatus: t.interruptStatus,
+    brokenReason: t.brokenReason,
+    queues: t.device.queueSizes.map((_, n) => t.queueConfig(n)),
+  };
+}
+
+test("mmioStateWords() sizes a state whose zeroes are the reset state", () => {
+  // What the creator of a shared block does: zero it, build transports, call nothing else.
+  const zeroed = new MmioTransport(device(), { state: new Int32Array(mmioStateWords(2)) });
+  const fresh = snapshot(new MmioTransport(device()));
+  assert.deepEqual(snapshot(zeroed), fresh);
+  assert.equal(fresh.queues[0].size, 256); // QueueNum never written: QueueNumMax
+  // A device driven all the way up, broken, then reset, is back to all zeroes.
+  const used = new MmioTransport(device());
+  negotiate(used, VIRTIO_F_VERSION_1 | RO);
+  setupQueue(used, 1, 64, 0x1000n, 0x2000n, 0x3000n);
+  used.write(VIRTIO_MMIO_STATUS, 4, UP);
+  used.markBroken("queue 1: DescriptorLoop");
+  used.raiseInterrupt(VIRTIO_MMIO_INT_VRING);
+  used.write(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 4, 1);
+  used.write(VIRTIO_MMIO_STATUS, 4, 0);
+  assert.deepEqual(snapshot(used), fresh);
+  // More words than needed are fine (a slice of a bigger block); fewer are refused.
+  assert.ok(mmioStateWords(3) > mmioStateWords(2));
+  new MmioTransport(device(), { state: new Int32Array(mmioStateWords(2) + 7) });
+  assert.throws(() => new MmioTransport(device(), { state: new Int32Array(mmioStateWords(1)) }), RangeError);
+});
+
+test("MmioTransport keeps a QueueNum of 0 apart from one never written", () => {
+  const mem = new GuestMemory(new Uint8Array(0x10000));
+  const t = new MmioTransport(device());
+  negotiate(t);
+  setupQueue(t, 0, 0, 0x1000n, 0x2000n, 0x3000n);
+  assert.equal(t.queueConfig(0).size, 0); // not 256: the driver asked for an empty ring
+  assert.throws(() => new Virtqueue(mem, t.queueConfig(0)), (e) => e instanceof GuestError && e.kind === "InvalidQueueSize");
+});
+
+test("Two MmioTransports over one shared Int32Array act as one device", () => {
+  // One per thread in vmm: two vCPU Workers taking turns on the exits, or a vCPU and a queue Worker.
+  const state = new Int32Array(new SharedArrayBuffer(mmioStateWords(2) * 4));
+  const a = new MmioTransport(device(), { eventIdx: true, state });
+  const b = new MmioTransport(device(), { eventIdx: true, state });
+
+  // Linux's probe, each register access taken by whichever vCPU the guest ran on.
+  a.write(VIRTIO_MMIO_STATUS, 4, 0);
+  b.write(VIRTIO_MMIO_STATUS, 4, STATUS_ACKNOWLEDGE);
+  a.write(VIRTIO_MMIO_STATUS, 4, b.read(VIRTIO_MMIO_STATUS, 4) | STATUS_DRIVER);
+  b.write(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 4, 1);
+  assert.equal(a.read(VIRTIO_MMIO_DEVICE_FEATURES, 4), 1); // VERSION_1, in the word b selected
+  a.write(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 4, 1);
+  b.write(VIRTIO_MMIO_DRIVER_FEATURES, 4, 1);
+  b.write(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 4, 0);
+  a.write(VIRTIO_MMIO_DRIVER_FEATURES, 4, Number(VIRTIO_F_EVENT_IDX));
+  assert.equal(b.driverFeatures, VIRTIO_F_VERSION_1 | VIRTIO_F_EVENT_IDX);
+  b.write(VIRTIO_MMIO_STATUS, 4, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+  assert.equal(a.status, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+
+  // Queue 1 set up through a (QueueSel included), read back by b, the way a queue Worker would.
+  b.write(VIRTIO_MMIO_QUEUE_SEL, 4, 1);
+  assert.equal(a.read(VIRTIO_MMIO_QUEUE_NUM_MAX, 4), 128);
+  assert.deepEqual(setupQueue(a, 1, 64, 0x1_2345_6000n, 0x7000n, 0x8000n), { kind: "queueReady", queue: 1 });
+  assert.equal(b.read(VIRTIO_MMIO_QUEUE_READY, 4), 1);
+  assert.deepEqual(b.queueConfig(1), {
+    size: 64,
+    descAddr: 0x1_2345_6000,
+    availAddr: 0x7000,
+    usedAddr: 0x8000,
+    eventIdx: true,
+    maxSize: 128,
+    ready: true,
+  });
+  assert.deepEqual(b.write(VIRTIO_MMIO_STATUS, 4, UP), { kind: "driverOk" });
+  assert.equal(a.write(VIRTIO_MMIO_STATUS, 4, UP), null); // one device: already up
+
+  // A queue Worker (b) raises VRING; the vCPU (a) reads and acknowledges it.
+  b.raiseInterrupt(VIRTIO_MMIO_INT_VRING);
+  assert.equal(a.read(VIRTIO_MMIO_INTERRUPT_STATUS, 4), VIRTIO_MMIO_INT_VRING);
+  assert.equal(b.configChanged(), true);
+  assert.equal(a.read(VIRTIO_MMIO_CONFIG_GENERATION, 4), 1);
+  a.write(VIRTIO_MMIO_INTERRUPT_ACK, 4, VIRTIO_MMIO_INT_VRING);
+  assert.equal(b.interruptStatus, VIRTIO_MMIO_INT_CONFIG);
+
+  // b breaks the device: a sees the status bit; the reason stays with b.
+  assert.equal(b.markBroken("queue 1: DescriptorLoop"), true);
+  assert.equal(a.status, UP | STATUS_DEVICE_NEEDS_RESET);
+  assert.equal(b.brokenReason, "queue 1: DescriptorLoop");
+  assert.equal(a.brokenReason, null);
+
+  // A reset through a is a reset for b: status, features, queues, interrupts, and b's reason.
+  assert.deepEqual(a.write(VIRTIO_MMIO_STATUS, 4, 0), { kind: "reset" });
+  const fresh = new MmioTransport(device(), { eventIdx: true });
+  fresh.configChanged(); // ConfigGeneration survives a reset (§2.5.1: the driver compares it)
+  assert.deepEqual(snapshot(b), snapshot(fresh));
+  assert.equal(b.brokenReason, null);
+  assert.equal(b.markBroken("after reset"), false);
+  assert.equal(b.brokenReason, "after reset");
+});
+
+test("MmioTransports in Workers update shared state under the lock without losing writes", async () => {
+  // A Worker from source text, so the test needs no file of its own; Deno and Bun both take blob: module Workers.
+  const mmioUrl = new URL("./mmio.ts", import.meta.url).href;
+  const src = `
+    import { MmioTransport } from ${JSON.stringify(mmioUrl)};
+    self.onmessage = (e) => {
+      const { state, go, n, bit } = e.data;
+      const t = new MmioTransport({ deviceId: 2, features: 0n, queueSizes: [256, 128], config: new Uint8Array(0) }, { state });
+      self.postMessage("ready");
+      while (Atomics.load(go, 0) === 0) { /* start together, so the threads really contend */ }
+      for (let i = 0; i < n; i++) {
+        t.configChanged(); // a read-modify-write of ConfigGeneration: racy without the lock
+        t.raiseInterrupt(bit);
+      }
+      self.postMessage("done");
+    };`;
+  const url = URL.createObjectURL(new Blob([src], { type: "text/javascript" }));
+  const state = new Int32Array(new SharedArrayBuffer(mmioStateWords(2) * 4));
+  const go = new Int32Array(new SharedArrayBuffer(4));
+  const n = 50_000;
+  const workers = [VIRTIO_MMIO_INT_VRING, VIRTIO_MMIO_INT_CONFIG].map((bit) => {
+    const w = new Worker(url, { type: "module" });
+    const settle = new Map<string, () => void>();
+    const ready = new Promise<void>((resolve) => settle.set("ready", resolve));
+    const done = new Promise<void>((resolve) => settle.set("done", resolve));
+    w.onmessage = (e) => settle.get(e.data)?.();
+    w.postMessage({ state, go, n, bit });
+    return { w, ready, done };
+  });
+  await Promise.all(workers.map(({ ready }) => ready));
+  const t = new MmioTransport(device(), { state });
+  Atomics.store(go, 0, 1);
+  for (let i = 0; i < n; i++) t.configChanged(); // this thread competes too
+  await Promise.all(workers.map(({ done }) => done));
+  for (const { w } of workers) w.terminate();
+  URL.revokeObjectURL(url);
+  assert.equal(t.read(VIRTIO_MMIO_CONFIG_GENERATION, 4), 3 * n);
+  assert.equal(t.interruptStatus, VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG);
+  assert.equal(state[0], 0); // the lock is free
 });

@@ -11,7 +11,7 @@
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Machine, type RunResult } from "../../mod.ts";
+import { Machine, type MachineOptions, type RunResult } from "../../mod.ts";
 import { close, O_CREAT, O_RDWR, open } from "../../ffi/libc.ts";
 import { requireKvm } from "./require_kvm.ts";
 
@@ -25,13 +25,13 @@ export interface TinyRun {
 }
 
 /** Boot `kernel` (a bzImage) with 64 MiB, no console input; return the result and console text. */
-export async function runTiny(kernel: Uint8Array, o: { cpus?: number } = {}): Promise<TinyRun> {
+export async function runTiny(kernel: Uint8Array, o: { cpus?: number; machine?: Partial<MachineOptions> } = {}): Promise<TinyRun> {
   requireKvm();
   const dir = mkdtempSync(join(tmpdir(), "vmm-tiny-"));
   const path = join(dir, "console.txt");
   const outFd = open(path, O_RDWR | O_CREAT, 0o600);
   try {
-    const m = await Machine.create({ kernel, cpus: o.cpus ?? 1, memMiB: 64, console: { outFd, inFd: null } });
+    const m = await Machine.create({ kernel, cpus: o.cpus ?? 1, memMiB: 64, console: { outFd, inFd: null }, ...o.machine });
     const t0 = performance.now();
     const result = await m.run();
     const runMs = performance.now() - t0;

@@ -1,0 +1,35 @@
+/**
+ * What a device does with one of its virtqueues, seen from the queue's Worker.
+ *
+ * The Worker (loop/queue_worker.ts) owns the thread: it sleeps in poll(2)
+ * on the queue's ioeventfd, its control eventfd and, when the handler asks,
+ * one host fd (console input, later a TAP). It calls the handler when one
+ * of them wakes it, then decides whether the guest needs an interrupt. The
+ * handler only moves data between the ring and the host: the split Firecracker
+ * keeps between `queue.rs` and its devices.
+ */
+import type { Chain, Virtqueue } from "./ring.ts";
+
+export interface QueueHandler {
+  /** The guest made buffers available (a kick, or the queue just started). */
+  kick(vq: Virtqueue): void;
+  /** A host fd to wait on besides the ioeventfd, or -1 for none right now. */
+  inputFd?(): number;
+  /** `inputFd()` polled readable (or hung up). */
+  input?(vq: Virtqueue): void;
+  /** The queue stops (device reset or VM stop): make what was written durable. */
+  drain?(): void;
+}
+
+/**
+ * Serve every available chain with `serve` (which returns the used length),
+ * with notifications off meanwhile, until the ring stays empty after
+ * notifications are back on (virtio 1.2 §2.7.10: the re-check closes the
+ * window where the driver added a buffer without kicking).
+ */
+export function serveAll(vq: Virtqueue, serve: (chain: Chain) => number): void {
+  do {
+    vq.setNotification(false);
+    for (let chain = vq.pop(); chain; chain = vq.pop()) vq.pushUsed(chain.head, serve(chain));
+  } while (vq.enableNotificationAndCheck());
+}

@@ -1,0 +1,227 @@
+/**
+ * Queue Workers for real: a KVM VM with its irqfds and ioeventfds
+ * registered (loop/virtio.ts), the queue Workers started as the control
+ * loop starts them, and this test thread playing both the vCPU (register
+ * writes through its own MmioTransport over the shared state, startQueues /
+ * stopQueues as the vCPU Worker calls them) and the guest driver (rings in
+ * guest RAM through test/support/driver_queue.ts). A kick is the write KVM
+ * would make to the ioeventfd; the interrupt is seen in InterruptStatus.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { eventfdSignal, hostView, mmapAnon } from "../ffi/libc.ts";
+import { Vm } from "../vm/vm.ts";
+import { closeDisk, openDisk } from "../devices/disk.ts";
+import { transportFor, type VirtioSpec } from "../devices/virtio/device.ts";
+import {
+  type MmioTransport,
+  STATUS_ACKNOWLEDGE,
+  STATUS_DEVICE_NEEDS_RESET,
+  STATUS_DRIVER,
+  STATUS_DRIVER_OK,
+  STATUS_FEATURES_OK,
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_VERSION_1,
+  VIRTIO_MMIO_DRIVER_FEATURES,
+  VIRTIO_MMIO_DRIVER_FEATURES_SEL,
+  VIRTIO_MMIO_INT_CONFIG,
+  VIRTIO_MMIO_INT_VRING,
+  VIRTIO_MMIO_INTERRUPT_ACK,
+  VIRTIO_MMIO_QUEUE_DESC_LOW,
+  VIRTIO_MMIO_QUEUE_DEVICE_LOW,
+  VIRTIO_MMIO_QUEUE_DRIVER_LOW,
+  VIRTIO_MMIO_QUEUE_NUM,
+  VIRTIO_MMIO_QUEUE_READY,
+  VIRTIO_MMIO_QUEUE_SEL,
+  VIRTIO_MMIO_STATUS,
+} from "../devices/virtio/mmio.ts";
+import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from "../devices/virtio/blk_request.ts";
+import { DriverQueue } from "../test/support/driver_queue.ts";
+import { requireKvm } from "../test/support/require_kvm.ts";
+import { startWorker, workerUrls } from "./control.ts";
+import { startQueues, stopQueues, wireVirtio } from "./virtio.ts";
+import { EXIT_KIND, Q, QUEUE_STATE_WORD, SHARED_BYTES, VIRTIO_BLOCK_BYTES } from "./shared.ts";
+import type { QueueInit, VirtioDeviceInit } from "./messages.ts";
+
+const QSIZE = 16;
+/** Guest RAM layout of the test driver: rings at 1 MiB (one area per device), buffers at 4 MiB. */
+const RINGS = 0x10_0000;
+const BUFS = 0x40_0000;
+
+/** A VM, its shared block, and running queue Workers for `specs`. */
+async function rig(specs: VirtioSpec[]) {
+  requireKvm();
+  const vm = new Vm({ memMiB: 16, cpus: 1 });
+  const shared = mmapAnon(SHARED_BYTES);
+  const bytes = hostView(shared, SHARED_BYTES);
+  const ctl = new Int32Array(bytes.buffer, bytes.byteOffset, SHARED_BYTES / 4);
+  const devs = wireVirtio(vm.vm.fd, specs);
+  const workers: Worker[] = [];
+  for (const device of devs) {
+    for (let queue = 0; queue < device.ioFds.length; queue++) {
+      const init: QueueInit = {
+        kind: "queue", device, queue, shared, ctlFd: device.ackFd, // ctlFd: anything pollable; the VM never ends here
+        memAddr: vm.memAddr, memSize: vm.memSize, regions: vm.regions,
+      };
+      workers.push(await startWorker(workerUrls.queue, init));
+    }
+  }
+  const transport = (i: number) =>
+    transportFor(specs[i], new Int32Array(bytes.buffer, bytes.byteOffset + devs[i].block, VIRTIO_BLOCK_BYTES / 4));
+  const qstate = (i: number, q: number) => Atomics.load(ctl, devs[i].block / 4 + QUEUE_STATE_WORD + q);
+  const close = () => {
+    const late = stopQueues(ctl, devs, "exit", 5000);
+    workers.forEach((w) => w.terminate());
+    return late;
+  };
+  return { vm, ctl, bytes, devs, transport, qstate, close };
+}
+
+/** What Linux's virtio_mmio probe does, up to DRIVER_OK, with queue `q` at `ringBase`; returns the driver's queues. */
+function probe(t: MmioTransport, dev: VirtioDeviceInit, ctl: Int32Array, vm: Vm, ringBase: number, queues = 1): DriverQueue[] {
+  t.write(VIRTIO_MMIO_STATUS, 4, 0);
+  t.write(VIRTIO_MMIO_STATUS, 4, STATUS_ACKNOWLEDGE);
+  t.write(VIRTIO_MMIO_STATUS, 4, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+  const f = VIRTIO_F_VERSION_1 | VIRTIO_F_EVENT_IDX;
+  t.write(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 4, 1);
+  t.write(VIRTIO_MMIO_DRIVER_FEATURES, 4, Number(f >> 32n));
+  t.write(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 4, 0);
+  t.write(VIRTIO_MMIO_DRIVER_FEATURES, 4, Number(f & 0xffff_ffffn));
+  t.write(VIRTIO_MMIO_STATUS, 4, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+  const dqs: DriverQueue[] = [];
+  for (let q = 0; q < queues; q++) {
+    const layout = DriverQueue.layout(ringBase + q * 0x4000, QSIZE);
+    t.write(VIRTIO_MMIO_QUEUE_SEL, 4, q);
+    t.write(VIRTIO_MMIO_QUEUE_NUM, 4, QSIZE);
+    t.write(VIRTIO_MMIO_QUEUE_DESC_LOW, 4, layout.descAddr);
+    t.write(VIRTIO_MMIO_QUEUE_DRIVER_LOW, 4, layout.availAddr);
+    t.write(VIRTIO_MMIO_QUEUE_DEVICE_LOW, 4, layout.usedAddr);
+    t.write(VIRTIO_MMIO_QUEUE_READY, 4, 1);
+    dqs.push(new DriverQueue(vm.mem, layout));
+  }
+  const ev = t.write(VIRTIO_MMIO_STATUS, 4, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+  assert.deepEqual(ev, { kind: "driverOk" });
+  startQueues(ctl, dev); // what the vCPU Worker does on driverOk
+  return dqs;
+}
+
+/** Wait (event loop free) until `cond`, or fail after `ms`. */
+async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+test("virtio-rng queue Worker fills a buffer the guest posted and raises VRING", async () => {
+  const r = await rig([{ kind: "rng" }]);
+  try {
+    const t = r.transport(0);
+    const [dq] = probe(t, r.devs[0], r.ctl, r.vm, RINGS);
+    await until(() => r.qstate(0, 0) === Q.RUNNING, "the Worker to run");
+    r.vm.mem.write(BUFS, new Uint8Array(64));
+    dq.add([{ gpa: BUFS, len: 64, write: true }]);
+    eventfdSignal(r.devs[0].ioFds[0]); // the guest's QueueNotify write, as KVM delivers it
+    await until(() => dq.usedIdx === 1, "the used ring");
+    assert.deepEqual(dq.popUsed()?.len, 64);
+    assert.ok(r.vm.mem.slice(BUFS, 64).some((b) => b !== 0), "random bytes arrived");
+    await until(() => (t.interruptStatus & VIRTIO_MMIO_INT_VRING) !== 0, "InterruptStatus VRING");
+    t.write(VIRTIO_MMIO_INTERRUPT_ACK, 4, VIRTIO_MMIO_INT_VRING);
+    assert.equal(t.interruptStatus, 0);
+  } finally {
+    assert.deepEqual(r.close(), []);
+  }
+});
+
+test("virtio-blk queue Worker writes, flushes and reads a real image; reset parks it, a new DRIVER_OK restarts it", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "vmm-vq-"));
+  const path = join(dir, "disk.img");
+  writeFileSync(path, new Uint8Array(64 * 1024));
+  const disk = openDisk({ path, readOnly: false });
+  const r = await rig([{ kind: "blk", disk }]);
+  try {
+    const t = r.transport(0);
+    let [dq] = probe(t, r.devs[0], r.ctl, r.vm, RINGS);
+    const mem = r.vm.mem;
+    const header = (type: number, sector: number, at: number) => {
+      const h = new DataView(new ArrayBuffer(16));
+      h.setUint32(0, type, true);
+      h.setBigUint64(8, BigInt(sector), true);
+      mem.write(at, new Uint8Array(h.buffer));
+    };
+    const data = Uint8Array.from({ length: 1024 }, (_, i) => (i * 7 + 3) & 0xff);
+    mem.write(BUFS + 0x1000, data);
+    header(VIRTIO_BLK_T_OUT, 4, BUFS);
+    dq.add([{ gpa: BUFS, len: 16 }, { gpa: BUFS + 0x1000, len: 1024 }, { gpa: BUFS + 0x100, len: 1, write: true }]);
+    header(VIRTIO_BLK_T_FLUSH, 0, BUFS + 0x200);
+    dq.add([{ gpa: BUFS + 0x200, len: 16 }, { gpa: BUFS + 0x101, len: 1, write: true }]);
+    mem.writeU8(BUFS + 0x100, 0xff);
+    mem.writeU8(BUFS + 0x101, 0xff);
+    eventfdSignal(r.devs[0].ioFds[0]);
+    await until(() => dq.usedIdx === 2, "two requests served");
+    assert.equal(mem.readU8(BUFS + 0x100), VIRTIO_BLK_S_OK);
+    assert.equal(mem.readU8(BUFS + 0x101), VIRTIO_BLK_S_OK);
+    assert.deepEqual(new Uint8Array(readFileSync(path)).subarray(4 * 512, 4 * 512 + 1024), data);
+
+    // Reset (what the vCPU does on a Status write of 0), then probe again.
+    assert.deepEqual(stopQueues(r.ctl, r.devs, "reset", 5000), []);
+    assert.equal(r.qstate(0, 0), Q.IDLE);
+    [dq] = probe(t, r.devs[0], r.ctl, r.vm, RINGS + 0x8000);
+    await until(() => r.qstate(0, 0) === Q.RUNNING, "the Worker to run again");
+    // Read it back, and a read past the end of the disk gets IOERR.
+    header(VIRTIO_BLK_T_IN, 4, BUFS + 0x300);
+    dq.add([{ gpa: BUFS + 0x300, len: 16 }, { gpa: BUFS + 0x2000, len: 1024, write: true }, { gpa: BUFS + 0x102, len: 1, write: true }]);
+    header(VIRTIO_BLK_T_IN, 127, BUFS + 0x400);
+    dq.add([{ gpa: BUFS + 0x400, len: 16 }, { gpa: BUFS + 0x3000, len: 1024, write: true }, { gpa: BUFS + 0x103, len: 1, write: true }]);
+    eventfdSignal(r.devs[0].ioFds[0]);
+    await until(() => dq.usedIdx === 2, "two reads served");
+    assert.deepEqual(mem.slice(BUFS + 0x2000, 1024), data);
+    assert.equal(mem.readU8(BUFS + 0x102), VIRTIO_BLK_S_OK);
+    assert.equal(mem.readU8(BUFS + 0x103), VIRTIO_BLK_S_IOERR);
+  } finally {
+    assert.deepEqual(r.close(), []);
+    closeDisk(disk);
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("a hostile chain marks the device DEVICE_NEEDS_RESET with a config interrupt; the Worker survives and resets", async () => {
+  const r = await rig([{ kind: "rng" }]);
+  try {
+    const t = r.transport(0);
+    let [dq] = probe(t, r.devs[0], r.ctl, r.vm, RINGS);
+    await until(() => r.qstate(0, 0) === Q.RUNNING, "the Worker to run");
+    // A descriptor pointing past the end of guest RAM (16 MiB).
+    dq.add([{ gpa: 0xfff_f000, len: 0x2000, write: true }]);
+    eventfdSignal(r.devs[0].ioFds[0]);
+    await until(() => (t.status & STATUS_DEVICE_NEEDS_RESET) !== 0, "DEVICE_NEEDS_RESET");
+    assert.ok(t.interruptStatus & VIRTIO_MMIO_INT_CONFIG);
+    assert.equal(dq.usedIdx, 0, "nothing was used");
+    // The driver resets; the Worker parks and serves a fresh queue.
+    assert.deepEqual(stopQueues(r.ctl, r.devs, "reset", 5000), []);
+    [dq] = probe(t, r.devs[0], r.ctl, r.vm, RINGS + 0x8000);
+    assert.equal(t.status & STATUS_DEVICE_NEEDS_RESET, 0);
+    await until(() => r.qstate(0, 0) === Q.RUNNING, "the Worker to run again");
+    dq.add([{ gpa: BUFS, len: 16, write: true }]);
+    eventfdSignal(r.devs[0].ioFds[0]);
+    await until(() => dq.usedIdx === 1, "the fresh queue served");
+  } finally {
+    assert.deepEqual(r.close(), []);
+  }
+});
+
+test("stopping the VM drains: requests made available but never kicked are served before the Worker ends", async () => {
+  const r = await rig([{ kind: "rng" }]);
+  const t = r.transport(0);
+  const [dq] = probe(t, r.devs[0], r.ctl, r.vm, RINGS);
+  await until(() => r.qstate(0, 0) === Q.RUNNING, "the Worker to run");
+  dq.add([{ gpa: BUFS, len: 32, write: true }]); // no kick
+  assert.deepEqual(r.close(), []);
+  assert.equal(r.qstate(0, 0), Q.GONE);
+  assert.equal(dq.usedIdx, 1);
+  assert.equal(Atomics.load(r.ctl, 1), EXIT_KIND.NONE, "nothing ended the VM");
+});

@@ -1,0 +1,592 @@
+/**
+ * The measuring half of `scripts/bench-blk.ts`: block I/O inside the guest
+ * under each contender (vmm on Bun, vmm on Deno, QEMU microvm with a
+ * virtio-blk-device), run by run in turn, on real KVM.
+ *
+ * Every contender boots the same kernel and initramfs (the default guest, plus
+ * a small archive with `/bench/randread`) with 1 vCPU and 512 MiB and one raw
+ * image as its only drive, and runs the same guest script, which is the
+ * default guest's "run" command (`/vmm/run.sh`): vmm gets it as
+ * `vmm run -- sh -c SCRIPT`, QEMU as the same archive vmm would append. The
+ * script runs three phases on /dev/vda, each bracketed by console lines:
+ *
+ *   seqwrite  dd if=/dev/zero of=/dev/vda bs=1M count=N oflag=direct
+ *   seqread   dd if=/dev/vda of=/dev/null bs=1M count=N iflag=direct
+ *   randread  /bench/randread /dev/vda OPS: OPS reads of 4 KiB at random
+ *             4 KiB-aligned offsets, O_DIRECT, one at a time (queue depth 1)
+ *
+ * Before a phase the guest prints `@@go NAME` and waits (`read -t`) for a line
+ * on its console; the driver answers once it has read the contender's CPU
+ * times. After the phase the guest prints `@@done NAME T0 T1` (its
+ * /proc/uptime around the phase, 10 ms resolution) and the driver reads the
+ * CPU times again. So a phase's host CPU is the contender's
+ * utime − guest_time + stime from /proc/PID/stat (all threads, the vCPU's
+ * time in guest mode taken out) between the two lines: the VMM's own work
+ * (device emulation, exits, copies, syscalls), not the guest's.
+ *
+ * The image is a file in a temporary directory (tmpfs inside the nested host):
+ * both VMMs go through the host page cache, so the numbers are the VMMs'
+ * overhead, not a disk's.
+ *
+ * It works on Bun and on Deno (node: built-ins only).
+ */
+import { spawn } from "node:child_process";
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import process from "node:process";
+import { concatInitrd, runArchive } from "../../mod.ts";
+import { S_IFDIR, S_IFREG, writeCpio } from "../../guest/cpio.ts";
+
+export const MEM_MIB = 512;
+export const CPUS = 1;
+export const PHASES = ["seqwrite", "seqread", "randread"] as const;
+export type Phase = (typeof PHASES)[number];
+
+export interface BlkBenchOptions {
+  kernel: string;
+  /** The default guest's initramfs (its init runs /vmm/run.sh). */
+  initrd: string;
+  /** Kernel command line given to QEMU; vmm is left on its default, which must be the same. */
+  cmdline: string;
+  /** Measured runs per contender. */
+  runs: number;
+  /** Unmeasured runs per contender first. */
+  warmup?: number;
+  /** Per-run limit, ms. */
+  timeoutMs?: number;
+  /** MiB written and read sequentially; also the image's size. */
+  sizeMiB?: number;
+  /** 4 KiB random reads per run. */
+  randOps?: number;
+  /** Where the image and initramfs go; default a new directory under the OS temp dir. */
+  dir?: string;
+  /** Repository root (cwd of the vmm contenders). */
+  repo: string;
+  log?: (line: string) => void;
+  onRecord?: (r: BlkRecord) => void;
+}
+
+/** One phase of one run. */
+export interface PhaseSample {
+  /** Bytes moved and requests made by the guest. */
+  bytes: number;
+  ops: number;
+  /** Guest-measured seconds (/proc/uptime deltas). */
+  guestSec: number;
+  /** Host wall seconds from the answer to `@@go` to `@@done` (includes two console round trips). */
+  wallSec: number;
+  /** The contender's own CPU seconds in the phase: utime − guest_time + stime. */
+  cpuSec: number;
+  /** The vCPU's seconds in guest mode in the phase (guest_time). */
+  guestCpuSec: number;
+}
+
+export type RunSample = Record<Phase, PhaseSample>;
+
+export type BlkRecord =
+  | { type: "host"; host: BlkResult["host"]; contenders: Contender[]; sizeMiB: number; randOps: number }
+  | { type: "sample"; name: string; sample: RunSample }
+  | { type: "failure"; name: string; msg: string };
+
+export interface Contender {
+  name: string;
+  argv: string[];
+}
+
+export interface ContenderResult {
+  name: string;
+  argv: string[];
+  runs: RunSample[];
+  failures: string[];
+}
+
+export interface BlkResult {
+  host: { kernel: string; cpus: number; nested: boolean; clkTck: number };
+  sizeMiB: number;
+  randOps: number;
+  contenders: ContenderResult[];
+}
+
+/** A BlkResult from streamed records (all of them, or those a broken run left). */
+export function fromRecords(records: BlkRecord[]): BlkResult {
+  const head = records.find((r) => r.type === "host");
+  const h = head?.type === "host" ? head : undefined;
+  const res: ContenderResult[] = (h?.contenders ?? []).map((c) => ({ ...c, runs: [], failures: [] }));
+  const by = new Map(res.map((c) => [c.name, c]));
+  for (const r of records) {
+    const c = r.type === "host" ? undefined : by.get(r.name);
+    if (!c) continue;
+    if (r.type === "sample") c.runs.push(r.sample);
+    else if (r.type === "failure") c.failures.push(r.msg);
+  }
+  return {
+    host: h?.host ?? { kernel: "?", cpus: 0, nested: false, clkTck: 100 },
+    sizeMiB: h?.sizeMiB ?? 0,
+    randOps: h?.randOps ?? 0,
+    contenders: res,
+  };
+}
+
+/**
+ * The guest's part: three phases on /dev/vda, each announced, timed and
+ * closed on the console. Output is a few short lines: console bytes are slow
+ * under nested KVM and would be counted in the phase.
+ */
+export function guestScript(sizeMiB: number, randOps: number): string {
+  return [
+    "set -u",
+    "up() { cut -d' ' -f1 /proc/uptime; }",
+    // The driver samples the contender's CPU, then answers; 10 s without an answer and the phase starts anyway.
+    'go() { echo "@@go $1"; read -t 10 _ack || echo "@@noack $1"; t0=$(up); }',
+    'done_() { t1=$(up); echo "@@done $1 $t0 $t1"; }',
+    `go seqwrite; dd if=/dev/zero of=/dev/vda bs=1M count=${sizeMiB} oflag=direct 2>/dev/null || echo "@@fail seqwrite"; done_ seqwrite`,
+    `go seqread; dd if=/dev/vda of=/dev/null bs=1M count=${sizeMiB} iflag=direct 2>/dev/null || echo "@@fail seqread"; done_ seqread`,
+    `go randread; /bench/randread /dev/vda ${randOps} || echo "@@fail randread"; done_ randread`,
+    'echo "@@end"',
+  ].join("\n");
+}
+
+/** The three contenders' command lines; `initrd` already holds /bench/randread, `qemuInitrd` also /vmm/run.sh. */
+export function contenders(o: { kernel: string; initrd: string; qemuInitrd: string; cmdline: string; image: string; script: string }): Contender[] {
+  const vmmArgs = [
+    "run", "--kernel", o.kernel, "--initrd", o.initrd, "--cpus", String(CPUS), "--memory", `${MEM_MIB}M`,
+    "--drive", o.image, "--", "sh", "-c", o.script,
+  ];
+  return [
+    { name: "vmm-bun", argv: ["bun", "bin/vmm.ts", ...vmmArgs] },
+    { name: "vmm-deno", argv: ["deno", "run", "-A", "--no-check", "bin/vmm.ts", ...vmmArgs] },
+    { name: "qemu", argv: qemuArgv({ kernel: o.kernel, initrd: o.qemuInitrd, cmdline: o.cmdline, image: o.image }) },
+  ];
+}
+
+/**
+ * QEMU's microvm as bench-boot runs it, plus the drive: `-drive if=none` with
+ * QEMU's defaults (cache=writeback, aio=threads: the host page cache, as vmm)
+ * and a virtio-blk-device on microvm's virtio-mmio transport, which its ACPI
+ * DSDT lists for the guest.
+ */
+export function qemuArgv(o: { kernel: string; initrd: string; cmdline: string; image: string }): string[] {
+  return [
+    "qemu-system-x86_64",
+    "-M", "microvm",
+    "-accel", "kvm",
+    "-cpu", "host",
+    "-m", String(MEM_MIB),
+    "-smp", String(CPUS),
+    "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+    "-serial", "stdio",
+    "-kernel", o.kernel,
+    "-initrd", o.initrd,
+    "-append", o.cmdline,
+    "-drive", `if=none,id=d0,file=${o.image},format=raw`,
+    "-device", "virtio-blk-device,drive=d0",
+  ];
+}
+
+/** Runs the whole benchmark: contenders interleaved run by run, rotating the order. */
+export async function runBlkBench(o: BlkBenchOptions): Promise<BlkResult> {
+  const log = o.log ?? (() => {});
+  const warmup = o.warmup ?? 1;
+  const timeoutMs = o.timeoutMs ?? 300_000;
+  const sizeMiB = o.sizeMiB ?? 256;
+  const randOps = o.randOps ?? 20_000;
+  const emit = o.onRecord ?? (() => {});
+  for (const f of [o.kernel, o.initrd]) if (!existsSync(f)) throw new Error(`No such file: ${f}`);
+  const tmp = o.dir ?? mkdtempSync(join(tmpdir(), "vmm-bench-blk-"));
+  try {
+    const script = guestScript(sizeMiB, randOps);
+    const base = new Uint8Array(readFileSync(o.initrd));
+    const withTools = concatInitrd(base, benchArchive());
+    const initrd = join(tmp, "initrd-bench.cpio");
+    const qemuInitrd = join(tmp, "initrd-bench-run.cpio");
+    writeFileSync(initrd, withTools);
+    writeFileSync(qemuInitrd, concatInitrd(withTools, runArchive(["sh", "-c", script])));
+    const image = join(tmp, "disk.raw");
+    writeImage(image, sizeMiB);
+    const list = contenders({ kernel: o.kernel, initrd, qemuInitrd, cmdline: o.cmdline, image, script });
+    const results: ContenderResult[] = list.map((c) => ({ ...c, runs: [], failures: [] }));
+    emit({ type: "host", host: hostInfo(), contenders: list, sizeMiB, randOps });
+    const dead = new Set<number>();
+    for (let i = 0; i < warmup + o.runs; i++) {
+      const measured = i >= warmup;
+      const label = measured ? `run ${i - warmup + 1}/${o.runs}` : `warm-up ${i + 1}/${warmup}`;
+      for (let k = 0; k < list.length; k++) {
+        const idx = (i + k) % list.length; // rotate who goes first
+        if (dead.has(idx)) continue;
+        const c = list[idx];
+        try {
+          const s = await runOnce(c, o.repo, timeoutMs, tmp, { sizeMiB, randOps }, (l) => log(`${label} ${c.name}: ${l}`));
+          log(`${label} ${c.name}: ` + PHASES.map((p) => `${p} ${rate(p, s[p])}, cpu ${s[p].cpuSec.toFixed(2)} s`).join("; "));
+          if (measured) {
+            results[idx].runs.push(s);
+            emit({ type: "sample", name: c.name, sample: s });
+          }
+        } catch (e) {
+          const msg = (e as Error).message;
+          log(`${label} ${c.name}: FAILED: ${msg}`);
+          results[idx].failures.push(`${label}: ${msg}`);
+          emit({ type: "failure", name: c.name, msg: `${label}: ${msg}` });
+          // A contender that fails its warm-up or twice in all is dropped.
+          if (!measured || results[idx].failures.length >= 2) {
+            dead.add(idx);
+            log(`${c.name}: dropped from the remaining runs`);
+          }
+        }
+      }
+    }
+    return { host: hostInfo(), sizeMiB, randOps, contenders: results };
+  } finally {
+    if (!o.dir) rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+/** One phase's headline number: MiB/s, or IOPS for randread. */
+export function rate(p: Phase, s: PhaseSample): string {
+  return p === "randread" ? `${(s.ops / s.guestSec).toFixed(0)} IOPS` : `${(s.bytes / 2 ** 20 / s.guestSec).toFixed(1)} MiB/s`;
+}
+
+/** The raw image: every block allocated (written, not sparse), so reads are of real pages. */
+function writeImage(path: string, sizeMiB: number): void {
+  const chunk = new Uint8Array(1 << 20);
+  for (let i = 0; i < chunk.length; i++) chunk[i] = (i * 2654435761) >>> 24; // any non-zero pattern
+  const fd = openSync(path, "w");
+  try {
+    for (let i = 0; i < sizeMiB; i++) writeSync(fd, chunk);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function hostInfo(): BlkResult["host"] {
+  const read = (p: string) => {
+    try {
+      return readFileSync(p, "utf8").trim();
+    } catch {
+      return "?";
+    }
+  };
+  const cpus = (read("/proc/cpuinfo").match(/^processor\s*:/gm) ?? []).length;
+  let clkTck = 100;
+  try {
+    clkTck = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 100;
+  } catch { /* Linux's USER_HZ is 100 everywhere that matters */ }
+  return { kernel: read("/proc/sys/kernel/osrelease"), cpus, nested: !!process.env.VMM_NESTED, clkTck };
+}
+
+/** utime, stime and guest_time of a process, in clock ticks (proc(5): fields 14, 15, 43). */
+function cpuTicks(pid: number): { utime: number; stime: number; gtime: number } {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // f[0] is field 3
+  return { utime: Number(f[11]), stime: Number(f[12]), gtime: Number(f[40]) };
+}
+
+/**
+ * One boot of one contender, measured. Throws with the console tail when the
+ * contender fails (a phase fails, no `@@end`, a bad exit status, timeout).
+ */
+function runOnce(
+  c: Contender,
+  cwd: string,
+  timeoutMs: number,
+  tmp: string,
+  w: { sizeMiB: number; randOps: number },
+  log: (l: string) => void,
+): Promise<RunSample> {
+  const fifo = join(tmp, "stdin.fifo");
+  rmSync(fifo, { force: true });
+  // stdin is a FIFO opened read-write: a real pipe whichever runtime runs this
+  // driver (Bun's spawn would hand out a socket), never EOF while we hold it.
+  execFileSync("mkfifo", [fifo]);
+  const inFd = openSync(fifo, "r+");
+  const tck = hostInfo().clkTck;
+  return new Promise<RunSample>((resolve, reject) => {
+    const t0 = performance.now();
+    const child = spawn(c.argv[0], c.argv.slice(1), { cwd, stdio: [inFd, "pipe", "pipe"], detached: true });
+    let out = "";
+    let err = "";
+    let scanned = 0;
+    let failure = "";
+    let ended = false;
+    const at = new Map<Phase, { ticks: ReturnType<typeof cpuTicks>; wall: number }>();
+    const sample: Partial<RunSample> = {};
+    const killGroup = () => {
+      try {
+        if (child.pid) process.kill(-child.pid, "SIGKILL");
+      } catch { /* already gone */ }
+    };
+    const fail = (why: string) => {
+      if (!failure) failure = why;
+      killGroup();
+    };
+    const timers: ReturnType<typeof setTimeout>[] = [];
+    timers.push(setInterval(() => {
+      const last = out.replace(/\r/g, "").trimEnd().split("\n").pop()?.slice(-80) ?? "";
+      log(`still running after ${((performance.now() - t0) / 1000).toFixed(0)} s; console's last line: ${JSON.stringify(last)}`);
+    }, 30_000));
+    timers.push(setTimeout(() => fail(`timed out after ${timeoutMs} ms`), timeoutMs));
+    const onLine = (line: string) => {
+      let m: RegExpExecArray | null;
+      if ((m = /^@@go (\w+)$/.exec(line))) {
+        const p = m[1] as Phase;
+        try {
+          at.set(p, { ticks: cpuTicks(child.pid!), wall: 0 });
+        } catch (e) {
+          return fail(`cannot read /proc/${child.pid}/stat: ${(e as Error).message}`);
+        }
+        writeSync(inFd, "\n");
+        at.get(p)!.wall = performance.now();
+      } else if ((m = /^@@done (\w+) ([\d.]+) ([\d.]+)$/.exec(line))) {
+        const p = m[1] as Phase;
+        const start = at.get(p);
+        if (!start) return fail(`${p}: @@done without @@go`);
+        const now = cpuTicks(child.pid!);
+        const wall = (performance.now() - start.wall) / 1000;
+        const d = (k: "utime" | "stime" | "gtime") => (now[k] - start.ticks[k]) / tck;
+        const bytes = p === "randread" ? w.randOps * 4096 : w.sizeMiB * 2 ** 20;
+        const ops = p === "randread" ? w.randOps : w.sizeMiB;
+        sample[p] = {
+          bytes,
+          ops,
+          guestSec: Number(m[3]) - Number(m[2]),
+          wallSec: wall,
+          cpuSec: d("utime") - d("gtime") + d("stime"),
+          guestCpuSec: d("gtime"),
+        };
+      } else if ((m = /^@@(fail|noack) (\w+)$/.exec(line))) {
+        if (m[1] === "fail") fail(`the guest's ${m[2]} phase failed`);
+        else log(`${m[2]}: the guest got no answer to @@go within 10 s (its console input is not wired?); phase ran anyway`);
+      } else if (line === "@@end") {
+        ended = true;
+      }
+    };
+    child.stdout!.on("data", (b: Uint8Array) => {
+      out += new TextDecoder().decode(b);
+      // Whole lines only; the tty may add \r.
+      let nl: number;
+      while ((nl = out.indexOf("\n", scanned)) >= 0) {
+        onLine(out.slice(scanned, nl).replace(/\r/g, "").trim());
+        scanned = nl + 1;
+      }
+      if (out.length > 65536) {
+        out = out.slice(-32768);
+        scanned = Math.max(0, out.lastIndexOf("\n") + 1);
+      }
+    });
+    child.stderr!.on("data", (b: Uint8Array) => {
+      err = (err + new TextDecoder().decode(b)).slice(-32768);
+    });
+    child.on("error", (e) => fail(`cannot start: ${e.message}`));
+    child.on("exit", (code, signal) => {
+      for (const t of timers) {
+        clearTimeout(t);
+        clearInterval(t);
+      }
+      killGroup();
+      const tail = () =>
+        `\n  --- stderr tail ---\n${indent(err.slice(-1500))}\n  --- console tail ---\n${indent(out.slice(-1500))}`;
+      if (failure) return reject(new Error(failure + tail()));
+      const missing = PHASES.filter((p) => !sample[p]);
+      if (!ended || missing.length) return reject(new Error(`exited (status ${code ?? signal}) before the end; phases missing: ${missing.join(", ") || "none"}` + tail()));
+      if (code !== 0) return reject(new Error(`exited with status ${code ?? signal}` + tail()));
+      resolve(sample as RunSample);
+    });
+  }).finally(() => {
+    closeSync(inFd);
+    rmSync(fifo, { force: true });
+  });
+}
+
+function indent(s: string): string {
+  return s.replace(/\r/g, "").split("\n").map((l) => "  | " + l).join("\n");
+}
+
+/** The archive appended to the default guest's initramfs for the benchmark: `/bench/randread`. */
+export function benchArchive(): Uint8Array {
+  return writeCpio([
+    { path: "bench", mode: S_IFDIR | 0o755 },
+    { path: "bench/randread", mode: S_IFREG | 0o755, data: randreadElf() },
+  ]);
+}
+
+/**
+ * `randread PATH COUNT`: COUNT reads of 4 KiB at pseudo-random 4 KiB-aligned
+ * offsets of PATH, opened O_RDONLY|O_DIRECT, one after another; exits 0, or 1
+ * on a wrong argument count or any failed or short read.
+ *
+ * The guest has busybox only, whose dd can read at one offset per process;
+ * fio would bring librados, librbd, glusterfs and python3 into the guest. So,
+ * like guest/build.ts's vmm-outb, this is a static program written out by
+ * hand: offsets come from xorshift64 (Marsaglia 2003; shifts 13, 7, 17) with a
+ * fixed seed, modulo the size that lseek(SEEK_END) gives, so every contender
+ * reads the same blocks in the same order. The buffer is an anonymous mmap:
+ * page-aligned, as O_DIRECT needs. Assembled once with GNU as (intel syntax);
+ * the listing is beside the bytes.
+ */
+export function randreadElf(): Uint8Array {
+  // deno-fmt-ignore
+  const code = [
+    0x48, 0x83, 0x3c, 0x24, 0x03,             // 00 cmp  qword [rsp], 3          argc
+    0x0f, 0x85, 0xdc, 0x00, 0x00, 0x00,       // 05 jne  fail
+    0x48, 0x8b, 0x7c, 0x24, 0x18,             // 0b mov  rdi, [rsp+24]           argv[2]: COUNT
+    0xe8, 0xde, 0x00, 0x00, 0x00,             // 10 call parse
+    0x49, 0x89, 0xc4,                         // 15 mov  r12, rax                reads left
+    0xb8, 0x02, 0x00, 0x00, 0x00,             // 18 mov  eax, 2                  SYS_open
+    0x48, 0x8b, 0x7c, 0x24, 0x10,             // 1d mov  rdi, [rsp+16]           argv[1]: PATH
+    0xbe, 0x00, 0x40, 0x00, 0x00,             // 22 mov  esi, 0x4000             O_RDONLY | O_DIRECT
+    0x31, 0xd2,                               // 27 xor  edx, edx
+    0x0f, 0x05,                               // 29 syscall
+    0x85, 0xc0,                               // 2b test eax, eax
+    0x0f, 0x88, 0xb4, 0x00, 0x00, 0x00,       // 2d js   fail
+    0x49, 0x89, 0xc5,                         // 33 mov  r13, rax                fd
+    0xb8, 0x08, 0x00, 0x00, 0x00,             // 36 mov  eax, 8                  SYS_lseek
+    0x4c, 0x89, 0xef,                         // 3b mov  rdi, r13
+    0x31, 0xf6,                               // 3e xor  esi, esi
+    0xba, 0x02, 0x00, 0x00, 0x00,             // 40 mov  edx, 2                  SEEK_END: the size
+    0x0f, 0x05,                               // 45 syscall
+    0x48, 0x85, 0xc0,                         // 47 test rax, rax
+    0x0f, 0x88, 0x97, 0x00, 0x00, 0x00,       // 4a js   fail
+    0x48, 0xc1, 0xe8, 0x0c,                   // 50 shr  rax, 12                 4 KiB blocks
+    0x0f, 0x84, 0x8d, 0x00, 0x00, 0x00,       // 54 jz   fail
+    0x49, 0x89, 0xc6,                         // 5a mov  r14, rax
+    0xb8, 0x09, 0x00, 0x00, 0x00,             // 5d mov  eax, 9                  SYS_mmap
+    0x31, 0xff,                               // 62 xor  edi, edi
+    0xbe, 0x00, 0x10, 0x00, 0x00,             // 64 mov  esi, 4096
+    0xba, 0x03, 0x00, 0x00, 0x00,             // 69 mov  edx, 3                  PROT_READ | PROT_WRITE
+    0x41, 0xba, 0x22, 0x00, 0x00, 0x00,       // 6e mov  r10d, 0x22              MAP_PRIVATE | MAP_ANONYMOUS
+    0x49, 0xc7, 0xc0, 0xff, 0xff, 0xff, 0xff, // 74 mov  r8, -1
+    0x45, 0x31, 0xc9,                         // 7b xor  r9d, r9d
+    0x0f, 0x05,                               // 7e syscall
+    0x48, 0x85, 0xc0,                         // 80 test rax, rax
+    0x78, 0x62,                               // 83 js   fail
+    0x49, 0x89, 0xc7,                         // 85 mov  r15, rax                buffer
+    0x48, 0xbb, 0x15, 0x7c, 0x4a, 0x7f,       // 88 mov  rbx, 0x9e3779b97f4a7c15 seed
+    0xb9, 0x79, 0x37, 0x9e,
+    0x4d, 0x85, 0xe4,                         // 92 next: test r12, r12
+    0x74, 0x4c,                               // 95 jz   done
+    0x48, 0x89, 0xd8,                         // 97 mov  rax, rbx                x ^= x << 13
+    0x48, 0xc1, 0xe0, 0x0d,                   // 9a shl  rax, 13
+    0x48, 0x31, 0xc3,                         // 9e xor  rbx, rax
+    0x48, 0x89, 0xd8,                         // a1 mov  rax, rbx                x ^= x >> 7
+    0x48, 0xc1, 0xe8, 0x07,                   // a4 shr  rax, 7
+    0x48, 0x31, 0xc3,                         // a8 xor  rbx, rax
+    0x48, 0x89, 0xd8,                         // ab mov  rax, rbx                x ^= x << 17
+    0x48, 0xc1, 0xe0, 0x11,                   // ae shl  rax, 17
+    0x48, 0x31, 0xc3,                         // b2 xor  rbx, rax
+    0x48, 0x89, 0xd8,                         // b5 mov  rax, rbx
+    0x31, 0xd2,                               // b8 xor  edx, edx
+    0x49, 0xf7, 0xf6,                         // ba div  r14                     rdx = x % blocks
+    0x48, 0xc1, 0xe2, 0x0c,                   // bd shl  rdx, 12
+    0x49, 0x89, 0xd2,                         // c1 mov  r10, rdx                offset
+    0xb8, 0x11, 0x00, 0x00, 0x00,             // c4 mov  eax, 17                 SYS_pread64
+    0x4c, 0x89, 0xef,                         // c9 mov  rdi, r13
+    0x4c, 0x89, 0xfe,                         // cc mov  rsi, r15
+    0xba, 0x00, 0x10, 0x00, 0x00,             // cf mov  edx, 4096
+    0x0f, 0x05,                               // d4 syscall
+    0x48, 0x3d, 0x00, 0x10, 0x00, 0x00,       // d6 cmp  rax, 4096
+    0x75, 0x09,                               // dc jne  fail
+    0x49, 0xff, 0xcc,                         // de dec  r12
+    0xeb, 0xaf,                               // e1 jmp  next
+    0x31, 0xff,                               // e3 done: xor edi, edi
+    0xeb, 0x05,                               // e5 jmp  exit
+    0xbf, 0x01, 0x00, 0x00, 0x00,             // e7 fail: mov edi, 1
+    0xb8, 0x3c, 0x00, 0x00, 0x00,             // ec exit: mov eax, 60            SYS_exit
+    0x0f, 0x05,                               // f1 syscall
+    0x31, 0xc0,                               // f3 parse: xor eax, eax          decimal at rdi → rax
+    0x0f, 0xb6, 0x0f,                         // f5 movzx ecx, byte [rdi]
+    0x83, 0xe9, 0x30,                         // f8 sub  ecx, '0'
+    0x83, 0xf9, 0x09,                         // fb cmp  ecx, 9
+    0x77, 0x0c,                               // fe ja   ret                    not a digit (or NUL)
+    0x48, 0x6b, 0xc0, 0x0a,                   // 100 imul rax, rax, 10
+    0x48, 0x01, 0xc8,                         // 104 add  rax, rcx
+    0x48, 0xff, 0xc7,                         // 107 inc  rdi
+    0xeb, 0xe9,                               // 10a jmp  f5
+    0xc3,                                     // 10c ret
+  ];
+  return elf64(code);
+}
+
+/** A minimal static ELF64 executable: header, one R+X PT_LOAD of the whole file, then `code` (the entry). */
+function elf64(code: number[]): Uint8Array {
+  const BASE = 0x400000;
+  const EHDR = 64; // sizeof(Elf64_Ehdr)
+  const PHDR = 56; // sizeof(Elf64_Phdr)
+  const size = EHDR + PHDR + code.length;
+  const b = new Uint8Array(size);
+  const v = new DataView(b.buffer);
+  b.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1], 0); // \x7fELF, ELFCLASS64, little-endian, EV_CURRENT
+  v.setUint16(0x10, 2, true); // e_type: ET_EXEC
+  v.setUint16(0x12, 62, true); // e_machine: EM_X86_64
+  v.setUint32(0x14, 1, true); // e_version
+  v.setBigUint64(0x18, BigInt(BASE + EHDR + PHDR), true); // e_entry: the first code byte
+  v.setBigUint64(0x20, BigInt(EHDR), true); // e_phoff
+  v.setUint16(0x34, EHDR, true); // e_ehsize
+  v.setUint16(0x36, PHDR, true); // e_phentsize
+  v.setUint16(0x38, 1, true); // e_phnum
+  v.setUint32(EHDR + 0x00, 1, true); // p_type: PT_LOAD
+  v.setUint32(EHDR + 0x04, 5, true); // p_flags: R + X
+  v.setBigUint64(EHDR + 0x10, BigInt(BASE), true); // p_vaddr
+  v.setBigUint64(EHDR + 0x18, BigInt(BASE), true); // p_paddr
+  v.setBigUint64(EHDR + 0x20, BigInt(size), true); // p_filesz
+  v.setBigUint64(EHDR + 0x28, BigInt(size), true); // p_memsz
+  v.setBigUint64(EHDR + 0x30, 0x1000n, true); // p_align
+  b.set(code, EHDR + PHDR);
+  return b;
+}
+
+/** CLI: `bun scripts/bench/blk_driver.ts --kernel K --initrd I --cmdline C [--runs N] ...`. */
+if (import.meta.main) {
+  const { parseArgs } = await import("node:util");
+  const { appendFileSync } = await import("node:fs");
+  const { values } = parseArgs({
+    args: process.argv.slice(2),
+    options: {
+      kernel: { type: "string" },
+      initrd: { type: "string" },
+      cmdline: { type: "string" },
+      runs: { type: "string", default: "3" },
+      warmup: { type: "string", default: "1" },
+      "timeout-ms": { type: "string", default: "300000" },
+      size: { type: "string", default: "256" },
+      "rand-ops": { type: "string", default: "20000" },
+      dir: { type: "string" },
+      json: { type: "string" },
+      progress: { type: "string" },
+      records: { type: "string" },
+      "randread-elf": { type: "string" },
+    },
+  });
+  if (values["randread-elf"]) {
+    // For checking the program on a host: write it out and stop.
+    writeFileSync(values["randread-elf"], randreadElf(), { mode: 0o755 });
+    process.exit(0);
+  }
+  if (!values.kernel || !values.initrd || values.cmdline === undefined) {
+    console.error("usage: blk_driver.ts --kernel K --initrd I --cmdline C [--runs N] [--warmup N] [--size MiB] [--rand-ops N] [--dir DIR] [--json FILE] [--progress FILE] [--records FILE]");
+    process.exit(2);
+  }
+  const repo = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
+  const r = await runBlkBench({
+    kernel: values.kernel,
+    initrd: values.initrd,
+    cmdline: values.cmdline,
+    runs: Number(values.runs),
+    warmup: Number(values.warmup),
+    timeoutMs: Number(values["timeout-ms"]),
+    sizeMiB: Number(values.size),
+    randOps: Number(values["rand-ops"]),
+    dir: values.dir,
+    repo,
+    onRecord: (rec) => {
+      if (values.records) appendFileSync(values.records, JSON.stringify(rec) + "\n");
+    },
+    log: (l) => {
+      console.log(l);
+      if (values.progress) appendFileSync(values.progress, l + "\n");
+    },
+  });
+  const json = JSON.stringify(r);
+  if (values.json) writeFileSync(values.json, json);
+  else console.log(`@@bench-json ${json}`);
+}
