@@ -16,6 +16,7 @@ import { ConfigError, type Vm } from "./vm/vm.ts";
 import { type ConsoleFds, runVm, type RunResult } from "./loop/control.ts";
 import { writeCpio, S_IFDIR, S_IFREG } from "./guest/cpio.ts";
 import { closeDisk, type Disk, type DriveSpec, openDisk, parseDriveSpec } from "./devices/disk.ts";
+import { closeNet, type NetBackend, type NetSpec, openNet, parseNetSpec } from "./devices/tap.ts";
 import { virtioCmdline, virtioSlot, type VirtioSpec } from "./devices/virtio/device.ts";
 import { wireVirtio } from "./loop/virtio.ts";
 import type { VirtioDeviceInit } from "./loop/messages.ts";
@@ -25,6 +26,7 @@ export { ConfigError } from "./vm/vm.ts";
 export { SysError } from "./ffi/errno.ts";
 export { KernelImageError } from "./boot/bzimage.ts";
 export { type DriveSpec, parseDriveSpec } from "./devices/disk.ts";
+export { type NetSpec, parseNetSpec } from "./devices/tap.ts";
 export { EXIT_PANIC, EXIT_VMM_ERROR, type RunResult } from "./loop/control.ts";
 
 /** The command line vmm gives a kernel unless told otherwise. */
@@ -55,6 +57,8 @@ export interface MachineOptions {
   console?: ConsoleFds;
   /** Raw disk images, as virtio-blk devices vda, vdb, … (strings in the `--drive` form). */
   drives?: (DriveSpec | string)[];
+  /** TAP devices, as virtio-net cards eth0, eth1, … (strings in the `--net` form). */
+  nets?: (NetSpec | string)[];
   /** Add a virtio-rng device. */
   rng?: boolean;
   /** Also list the virtio devices on the kernel command line (`virtio_mmio.device=`). */
@@ -102,13 +106,22 @@ export class Machine {
   readonly #startedAt: number;
   readonly #virtio: VirtioDeviceInit[];
   readonly #disks: Disk[];
+  readonly #nets: NetBackend[];
 
-  private constructor(vm: Vm, console_: ConsoleFds, startedAt: number, virtio: VirtioDeviceInit[], disks: Disk[]) {
+  private constructor(
+    vm: Vm,
+    console_: ConsoleFds,
+    startedAt: number,
+    virtio: VirtioDeviceInit[],
+    disks: Disk[],
+    nets: NetBackend[],
+  ) {
     this.vm = vm;
     this.#console = console_;
     this.#startedAt = startedAt;
     this.#virtio = virtio;
     this.#disks = disks;
+    this.#nets = nets;
   }
 
   /** Check the options, create the VM and load the guest into it. */
@@ -125,9 +138,12 @@ export class Machine {
     if (console_.device === "hvc" && o.cmdline === undefined) cmdline = cmdline.replace("console=ttyS0", "console=hvc0");
 
     const disks: Disk[] = [];
+    const nets: NetBackend[] = [];
     try {
       for (const d of o.drives ?? []) disks.push(openDisk(typeof d === "string" ? parseDriveSpec(d) : d));
+      for (const n of o.nets ?? []) nets.push(openNet(typeof n === "string" ? parseNetSpec(n) : n));
       const specs: VirtioSpec[] = disks.map((disk) => ({ kind: "blk", disk }));
+      for (const net of nets) specs.push({ kind: "net", net });
       if (o.rng) specs.push({ kind: "rng" });
       if (console_.device === "hvc") {
         const { inFd, outFd } = console_;
@@ -144,9 +160,10 @@ export class Machine {
         mmioDevices: specs.map((_, i) => virtioSlot(i)),
       });
       const virtio = wireVirtio(vm.vm.fd, specs);
-      return Promise.resolve(new Machine(vm, console_, startedAt, virtio, disks));
+      return Promise.resolve(new Machine(vm, console_, startedAt, virtio, disks, nets));
     } catch (e) {
       disks.forEach(closeDisk);
+      nets.forEach(closeNet);
       throw e;
     }
   }
@@ -161,6 +178,7 @@ export class Machine {
       return await runVm(this.vm, this.#console, this.#startedAt, this.#virtio);
     } finally {
       this.#disks.forEach(closeDisk);
+      this.#nets.forEach(closeNet);
     }
   }
 }

@@ -5,7 +5,7 @@
  */
 import { parseArgs } from "node:util";
 import process from "node:process";
-import { ConfigError, Machine, type MachineOptions, parseDriveSpec } from "../mod.ts";
+import { ConfigError, Machine, type MachineOptions, parseDriveSpec, parseNetSpec } from "../mod.ts";
 import { kvmKind } from "../vm/host.ts";
 import { builtImage, ensureDefaultGuest, type GuestImage } from "../guest/build.ts";
 
@@ -36,6 +36,8 @@ Options:
   --memory SIZE     guest RAM: MiB, or with a suffix M or G (default 512M)
   --drive PATH[,readonly][,id=NAME]
                     a raw disk image as virtio-blk (repeat: vda, vdb, …); id is its serial
+  --net tap=NAME[,mac=52:54:00:12:34:56][,mtu=N]
+                    a virtio-net card on the TAP device NAME (repeat: eth0, eth1, …)
   --rng             a virtio-rng device fed from the host's getrandom (/dev/hwrng)
   --console DEV     the guest console: serial (ttyS0, default) or hvc (virtio-console hvc0)
   --virtio-cmdline  also list the virtio devices on the kernel command line
@@ -75,6 +77,7 @@ async function main(argv: string[]): Promise<number> {
       cpus: { type: "string" },
       memory: { type: "string" },
       drive: { type: "string", multiple: true },
+      net: { type: "string", multiple: true },
       rng: { type: "boolean" },
       console: { type: "string" },
       "virtio-cmdline": { type: "boolean" },
@@ -103,6 +106,7 @@ async function main(argv: string[]): Promise<number> {
   const consoleDev = values.console ?? "serial";
   if (consoleDev !== "serial" && consoleDev !== "hvc") throw new UsageError(`--console ${consoleDev}: expected serial or hvc`);
   const drives = (values.drive ?? []).map(parseDriveSpec);
+  const nets = (values.net ?? []).map(parseNetSpec);
   const kind = kvmKind();
   if (kind === "none") throw new ConfigError("/dev/kvm: not found (is KVM enabled on this host?)");
   if (kind === "pvm" && !process.env.VMM_ALLOW_PVM) {
@@ -120,6 +124,7 @@ async function main(argv: string[]): Promise<number> {
     memMiB,
     command: cmd === "run" ? rest : undefined,
     drives,
+    nets,
     rng: values.rng ?? false,
     console: { outFd: 1, inFd: 0, device: consoleDev },
     virtioCmdline: values["virtio-cmdline"] ?? false,

@@ -32,7 +32,9 @@ export const ERRNO: Record<number, [string, string]> = {
   30: ["EROFS", "read-only file system"],
   32: ["EPIPE", "broken pipe"],
   34: ["ERANGE", "result too large"],
+  36: ["ENAMETOOLONG", "file name too long"],
   38: ["ENOSYS", "function not implemented"],
+  77: ["EBADFD", "file descriptor in bad state"],
   95: ["EOPNOTSUPP", "operation not supported"],
   110: ["ETIMEDOUT", "timed out"],
 };

@@ -10,11 +10,12 @@ import { writeAll } from "../ffi/libc.ts";
 import type { GuestMemory } from "../vm/memory.ts";
 import { GuestError, Virtqueue } from "../devices/virtio/ring.ts";
 import { type QueueHandler, serveAll } from "../devices/virtio/queue_handler.ts";
-import type { VirtioSpec } from "../devices/virtio/device.ts";
+import { NET_QUEUE_SIZE, type VirtioSpec } from "../devices/virtio/device.ts";
 import { type MmioTransport, VIRTIO_MMIO_INT_VRING } from "../devices/virtio/mmio.ts";
 import { BlkQueue } from "../devices/virtio/blk.ts";
 import { RngQueue } from "../devices/virtio/rng.ts";
 import { CONSOLE_RX_QUEUE, ConsoleRx, ConsoleTx } from "../devices/virtio/console.ts";
+import { NET_RX_QUEUE, NetRx, NetStats, NetTx } from "../devices/virtio/net.ts";
 import { EXIT_KIND } from "./shared.ts";
 
 export interface QueueServiceOptions {
@@ -24,8 +25,11 @@ export interface QueueServiceOptions {
   /** This thread's view of the device's registers. */
   transport: MmioTransport;
   queue: number;
-  /** A fresh handler, made at each start (a reset forgets the device's queue state). */
-  handler: () => QueueHandler;
+  /**
+   * A fresh handler, made at each start (a reset forgets the device's queue
+   * state), given the features the driver accepted and where to log.
+   */
+  handler: (driverFeatures: bigint, log: (line: string) => void) => QueueHandler;
   /** Raise the device's interrupt (write its irqfd). */
   interrupt: () => void;
   /** Whether the queue is still meant to run (false once a reset is under way). */
@@ -61,7 +65,7 @@ export class QueueService {
     if (!cfg.ready) return;
     try {
       this.#vq = new Virtqueue(this.#o.mem, cfg);
-      this.#handler = this.#o.handler();
+      this.#handler = this.#o.handler(this.#o.transport.driverFeatures, (line) => this.#log(line));
     } catch (e) {
       this.#fail(e);
     }
@@ -125,13 +129,20 @@ export class QueueService {
   }
 }
 
-/** The handler of queue `queue` of a device; `end` ends the VM (console panic, Ctrl-A x). */
-export function deviceHandler(
-  spec: VirtioSpec,
-  queue: number,
-  mem: GuestMemory,
-  end: (kind: number, code: number, reason: string) => void,
-): QueueHandler {
+/** What a device's queue handler may use. */
+export interface HandlerContext {
+  mem: GuestMemory;
+  /** Features the driver accepted. */
+  features: bigint;
+  /** End the VM (a panic on hvc0, Ctrl-A x). */
+  end: (kind: number, code: number, reason: string) => void;
+  /** One line about the device (already prefixed with its name). */
+  log: (line: string) => void;
+}
+
+/** The handler of queue `queue` of a device. */
+export function deviceHandler(spec: VirtioSpec, queue: number, ctx: HandlerContext): QueueHandler {
+  const { mem, end } = ctx;
   switch (spec.kind) {
     case "blk": {
       const blk = new BlkQueue(mem, spec.disk);
@@ -139,6 +150,11 @@ export function deviceHandler(
     }
     case "rng":
       return new RngQueue(mem);
+    case "net": {
+      const stats = new NetStats(ctx.log);
+      if (queue === NET_RX_QUEUE) return new NetRx(mem, spec.net.tapFd, ctx.features, stats);
+      return new NetTx(mem, spec.net.tapFd, NET_QUEUE_SIZE, stats);
+    }
     case "console":
       if (queue === CONSOLE_RX_QUEUE) {
         if (spec.inFd === null) return { kick() {} }; // no input: the buffers wait

@@ -66,7 +66,8 @@ class QueueThread {
       mem,
       transport: transportFor(device.spec, state),
       queue,
-      handler: () => deviceHandler(device.spec, queue, mem, (kind, code, reason) => this.#end(kind, code, reason)),
+      handler: (features, log) =>
+        deviceHandler(device.spec, queue, { mem, features, log, end: (kind, code, reason) => this.#end(kind, code, reason) }),
       interrupt: () => eventfdSignal(device.irqFd),
       running: () => Atomics.load(this.ctl, this.stateWord) === Q.RUNNING,
     });

@@ -9,6 +9,8 @@
  */
 import { VIRTIO_IRQ_START, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START } from "../../boot/layout.ts";
 import type { Disk } from "../disk.ts";
+import type { NetBackend } from "../tap.ts";
+import { NET_FEATURES, netConfig, VIRTIO_ID_NET } from "./net.ts";
 import { blkConfig, blkFeatures, VIRTIO_ID_BLOCK } from "./blk.ts";
 import { consoleConfig, VIRTIO_ID_CONSOLE } from "./console.ts";
 import { type MmioDevice, MmioTransport } from "./mmio.ts";
@@ -22,10 +24,12 @@ export const MAX_VIRTIO_DEVICES = LAST_GSI - VIRTIO_IRQ_START + 1;
 export const BLK_QUEUE_SIZE = 256;
 export const RNG_QUEUE_SIZE = 64;
 export const CONSOLE_QUEUE_SIZE = 128;
+export const NET_QUEUE_SIZE = 256;
 
 export type VirtioSpec =
   | { kind: "blk"; disk: Disk }
   | { kind: "rng" }
+  | { kind: "net"; net: NetBackend }
   /** `inFd` null: the guest gets no input. `escape`: Ctrl-A x quits (terminal input). */
   | { kind: "console"; inFd: number | null; outFd: number; escape: boolean };
 
@@ -57,6 +61,13 @@ export function describe(spec: VirtioSpec): MmioDevice {
         queueSizes: [BLK_QUEUE_SIZE],
         config: blkConfig(spec.disk, BLK_QUEUE_SIZE),
       };
+    case "net":
+      return {
+        deviceId: VIRTIO_ID_NET,
+        features: NET_FEATURES,
+        queueSizes: [NET_QUEUE_SIZE, NET_QUEUE_SIZE],
+        config: netConfig(spec.net.mac, spec.net.mtu),
+      };
     case "rng":
       return { deviceId: VIRTIO_ID_ENTROPY, features: 0n, queueSizes: [RNG_QUEUE_SIZE], config: new Uint8Array(0) };
     case "console":
@@ -73,6 +84,7 @@ export function describe(spec: VirtioSpec): MmioDevice {
 export function deviceNames(specs: readonly VirtioSpec[]): string[] {
   let blk = 0;
   return specs.map((spec) => {
+    if (spec.kind === "net") return `virtio-net (${spec.net.tap})`;
     if (spec.kind !== "blk") return `virtio-${spec.kind}`;
     // vda…vdz, then vdaa like Linux's sd_format_disk_name; 19 devices never get there.
     return `virtio-blk vd${String.fromCharCode(0x61 + blk++)} (${spec.disk.path})`;

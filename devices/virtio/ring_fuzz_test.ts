@@ -34,6 +34,7 @@ import {
   Virtqueue,
 } from "./ring.ts";
 import { parseBlkRequest } from "./blk_request.ts";
+import { Rng } from "../../test/support/fuzz_rng.ts";
 
 const GUARD = 4096;
 const REGION = 0x4000;
@@ -44,38 +45,6 @@ const REGIONS: MemoryRegion[] = [
 const RAM = 2 * REGION;
 const GUARD_BYTE = 0xa5;
 const READ_CAP = 0x4000; // read/write at most this much of one chain: overlapping buffers can add up to MiBs
-
-/** sfc32: small, fast, good enough to fuzz with, and identical on every runtime. */
-class Rng {
-  #a: number;
-  #b: number;
-  #c: number;
-  #d = 1;
-  constructor(seed: number) {
-    this.#a = 0x9e3779b9;
-    this.#b = 0x243f6a88;
-    this.#c = seed >>> 0;
-    for (let i = 0; i < 12; i++) this.u32();
-  }
-  u32(): number {
-    const t = (((this.#a + this.#b) | 0) + this.#d) | 0;
-    this.#d = (this.#d + 1) | 0;
-    this.#a = this.#b ^ (this.#b >>> 9);
-    this.#b = (this.#c + (this.#c << 3)) | 0;
-    this.#c = (this.#c << 21) | (this.#c >>> 11);
-    this.#c = (this.#c + t) | 0;
-    return t >>> 0;
-  }
-  int(n: number): number {
-    return this.u32() % n;
-  }
-  chance(p: number): boolean {
-    return this.u32() < p * 0x1_0000_0000;
-  }
-  u64(): bigint {
-    return (BigInt(this.u32()) << 32n) | BigInt(this.u32());
-  }
-}
 
 /** The fuzzer's own idea of guest RAM: outer-buffer index of [gpa, gpa+len), or -1. */
 function modelIndex(gpa: number, len: number): number {
