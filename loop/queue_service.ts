@@ -76,8 +76,13 @@ export class QueueService {
     return this.serving ? this.#handler!.inputFd?.() ?? -1 : -1;
   }
 
-  kick(): void {
-    this.#serve((vq, h) => h.kick(vq));
+  /** Serve what the guest made available; true when there is more to do right away. */
+  kick(): boolean {
+    let more = false;
+    this.#serve((vq, h) => {
+      more = h.kick(vq) === true;
+    });
+    return more && this.serving;
   }
 
   input(): void {

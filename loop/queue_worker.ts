@@ -96,7 +96,7 @@ class QueueThread {
         service.start();
         if (Atomics.compareExchange(ctl, stateWord, Q.START, Q.RUNNING) !== Q.START) continue;
         // Buffers made available before we started got no kick of their own.
-        service.kick();
+        if (service.kick()) eventfdSignal(device.ioFds[queue]);
         continue;
       }
       if (state !== Q.RUNNING || !service.serving) {
@@ -109,7 +109,9 @@ class QueueThread {
       if (woken) eventfdRead(device.wakeFds[queue]);
       if (kicked) {
         eventfdRead(device.ioFds[queue]);
-        service.kick();
+        // Budget spent with work left: kick ourselves, so the next poll
+        // returns at once yet still sees a stop on the wake fd.
+        if (service.kick()) eventfdSignal(device.ioFds[queue]);
       }
       if (input) service.input();
     }

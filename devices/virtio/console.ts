@@ -88,7 +88,9 @@ export class ConsoleRx implements QueueHandler {
 
   /** Copy pending input into guest buffers until one side runs out. */
   #deliver(vq: Virtqueue): void {
-    while (this.#pending.length > 0) {
+    // A guest vCPU can post empty buffers as fast as we return them: bound the loop.
+    let budget = 4 * vq.size;
+    while (this.#pending.length > 0 && budget-- > 0) {
       const chain = vq.pop();
       if (!chain) {
         // No buffer: ask to be kicked when one comes, unless one just did.
@@ -119,8 +121,8 @@ export class ConsoleTx implements QueueHandler {
     this.#onPanic = onPanic;
   }
 
-  kick(vq: Virtqueue): void {
-    serveAll(vq, (chain) => {
+  kick(vq: Virtqueue): boolean {
+    return serveAll(vq, (chain) => {
       for (const s of chain.readable) {
         if (!this.#outputBroken) {
           try {

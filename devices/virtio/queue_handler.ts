@@ -11,8 +11,12 @@
 import type { Chain, Virtqueue } from "./ring.ts";
 
 export interface QueueHandler {
-  /** The guest made buffers available (a kick, or the queue just started). */
-  kick(vq: Virtqueue): void;
+  /**
+   * The guest made buffers available (a kick, or the queue just started).
+   * Returns true when it stopped with work left (its budget ran out): the
+   * Worker then comes back after checking its other fds.
+   */
+  kick(vq: Virtqueue): boolean | void;
   /** A host fd to wait on besides the ioeventfd, or -1 for none right now. */
   inputFd?(): number;
   /** `inputFd()` polled readable (or hung up). */
@@ -22,14 +26,24 @@ export interface QueueHandler {
 }
 
 /**
- * Serve every available chain with `serve` (which returns the used length),
- * with notifications off meanwhile, until the ring stays empty after
+ * Serve available chains with `serve` (which returns the used length), with
+ * notifications off meanwhile, until the ring stays empty after
  * notifications are back on (virtio 1.2 §2.7.10: the re-check closes the
  * window where the driver added a buffer without kicking).
+ *
+ * At most `budget` chains per call: a guest can keep a ring full forever
+ * (even, with a disk read landing on its own avail ring, without running),
+ * and the Worker must still get back to its wake fd to hear a reset or the
+ * VM's stop. Returns true when the budget ran out with chains left.
  */
-export function serveAll(vq: Virtqueue, serve: (chain: Chain) => number): void {
+export function serveAll(vq: Virtqueue, serve: (chain: Chain) => number, budget = 4 * vq.size): boolean {
+  let served = 0;
   do {
     vq.setNotification(false);
-    for (let chain = vq.pop(); chain; chain = vq.pop()) vq.pushUsed(chain.head, serve(chain));
+    for (let chain = vq.pop(); chain; chain = vq.pop()) {
+      vq.pushUsed(chain.head, serve(chain));
+      if (++served >= budget) return true;
+    }
   } while (vq.enableNotificationAndCheck());
+  return false;
 }

@@ -79,7 +79,7 @@ export function usedRingSize(size: number): number {
 
 /** What the guest got wrong in a ring. */
 export type RingErrorKind =
-  | "InvalidQueueSize" | "Misaligned" | "InvalidAddress" // queue set-up, or a buffer
+  | "InvalidQueueSize" | "Misaligned" | "InvalidAddress" | "RingsOverlap" // queue set-up, or a buffer
   | "InvalidIndex" | "DescriptorLoop" | "ChainTooLong" | "BadIndirect" | "WriteBeforeRead" // chain walk
   | "AvailIdxJump" // avail.idx
   | "ChainTooShort"; // Reader/Writer: the device needs more bytes than the chain has
@@ -339,6 +339,14 @@ export class Virtqueue {
       if (gpa % align !== 0) {
         throw new GuestError("Misaligned", `${name} at 0x${gpa.toString(16)} is not ${align}-byte aligned`);
       }
+    }
+    // The device reads the available ring and writes the used ring: over each
+    // other, its own writes would read back as the driver's. Without EVENT_IDX,
+    // used.flags on avail.idx makes each enableNotificationAndCheck() see a
+    // buffer that the next setNotification(false) takes back, and serveAll()
+    // never returns.
+    if (availAddr < usedAddr + usedRingSize(size) && usedAddr < availAddr + availRingSize(size)) {
+      throw new GuestError("RingsOverlap", `Used ring at 0x${usedAddr.toString(16)} overlaps the available ring at 0x${availAddr.toString(16)}`);
     }
     this.#mem = mem;
     this.size = size;

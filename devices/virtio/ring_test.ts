@@ -181,6 +181,14 @@ test("new Virtqueue() rejects misaligned rings", () => {
   throwsKind(() => new Virtqueue(mem, { ...good, usedAddr: 0x3002 }), "Misaligned");
 });
 
+test("new Virtqueue() rejects a used ring over the available ring", () => {
+  const mem = new GuestMemory(new Uint8Array(RAM));
+  const good = { size: 8, descAddr: 0x1000, availAddr: 0x2000, usedAddr: 0x3000, eventIdx: false };
+  throwsKind(() => new Virtqueue(mem, { ...good, usedAddr: 0x2004 }), "RingsOverlap"); // used.flags on avail.idx: serveAll() would spin
+  throwsKind(() => new Virtqueue(mem, { ...good, usedAddr: 0x1ffc }), "RingsOverlap"); // used.ring[0] on avail.flags and avail.idx
+  new Virtqueue(mem, { ...good, usedAddr: 0x2018 }); // the available ring ends at 0x2016, after used_event
+});
+
 test("new Virtqueue() rejects rings that leave guest RAM", () => {
   const mem = new GuestMemory(new Uint8Array(RAM));
   const good = { size: 8, descAddr: 0x1000, availAddr: 0x2000, usedAddr: 0x3000, eventIdx: false };

@@ -19,8 +19,8 @@ export class RngQueue implements QueueHandler {
     this.#mem = mem;
   }
 
-  kick(vq: Virtqueue): void {
-    serveAll(vq, (chain) => this.serve(chain));
+  kick(vq: Virtqueue): boolean {
+    return serveAll(vq, (chain) => this.serve(chain));
   }
 
   /** Fill the chain's writable buffers; returns how many bytes it got. */
