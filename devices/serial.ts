@@ -14,6 +14,8 @@
  * is always true and raises its interrupt when enabled.
  */
 
+import { withSpinLock } from "./spinlock.ts";
+
 export const COM1_BASE = 0x3f8;
 export const COM1_IRQ = 4;
 
@@ -207,12 +209,6 @@ export class Serial {
   }
 
   #locked<T>(f: () => T): T {
-    const s = this.#s;
-    while (Atomics.compareExchange(s, S.LOCK, 0, 1) !== 0) { /* spin: held for a few hundred ns */ }
-    try {
-      return f();
-    } finally {
-      Atomics.store(s, S.LOCK, 0);
-    }
+    return withSpinLock(this.#s, S.LOCK, f);
   }
 }

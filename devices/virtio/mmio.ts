@@ -38,6 +38,7 @@
  * ```
  */
 
+import { withSpinLock } from "../spinlock.ts";
 import type { VirtqueueConfig } from "./ring.ts";
 
 // virtio 1.2 §4.2.2, table "MMIO Device Register Layout".
@@ -494,24 +495,9 @@ export class MmioTransport {
     s.fill(0, S.INTERRUPT_STATUS, S.QUEUES + this.#queueCount * QUEUE_WORDS);
   }
 
-  /**
-   * Run `f` holding the spinlock in word 0. It spins rather than sleeps: the
-   * state sits over a plain ArrayBuffer from FFI, where Atomics.wait is not
-   * allowed, and a holder keeps it only for a few hundred nanoseconds. The
-   * compareExchange that takes it and the store that frees it are sequentially
-   * consistent, so plain reads and writes in between are ordered between
-   * threads like the serial port's (`devices/serial.ts`). A thread killed
-   * while it holds the lock leaves it held for good, so Workers are asked to
-   * stop, not terminated in the middle of an access.
-   */
+  /** Run `f` holding the spinlock in word 0 (devices/spinlock.ts). */
   #locked<T>(f: () => T): T {
-    const s = this.#s;
-    while (Atomics.compareExchange(s, S.LOCK, 0, 1) !== 0) { /* spin: held for a few hundred ns */ }
-    try {
-      return f();
-    } finally {
-      Atomics.store(s, S.LOCK, 0);
-    }
+    return withSpinLock(this.#s, S.LOCK, f);
   }
 
   // The config space is per instance (our devices' is static), so these take no lock.
