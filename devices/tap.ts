@@ -71,6 +71,8 @@ export function parseNetSpec(s: string): NetSpec {
       const mac = parseMac(value);
       if (!mac) throw fail(`mac "${value}" is not six hex pairs like 52:54:00:12:34:56`);
       if (mac[0] & 1) throw fail(`mac ${value} is a multicast address; a NIC needs a unicast one`);
+      // Linux's eth_validate_addr refuses it too: the guest could not bring the link up.
+      if (mac.every((b) => b === 0)) throw fail(`mac ${value} is the all-zero address; a NIC needs a real one`);
       spec.mac = mac;
     } else if (key === "mtu") {
       const mtu = /^\d+$/.test(value) ? Number(value) : NaN;
@@ -103,7 +105,7 @@ export function openNet(spec: NetSpec): NetBackend {
     if (c === "EINVAL") throw fail(`${spec.tap} exists but is not a TAP device this vmm can attach to`);
     throw fail(e.message);
   }
-  return { tapFd: tap.fd, tap: spec.tap, mac: spec.mac ?? generateMac(), mtu: spec.mtu ?? tap.mtu };
+  return { tapFd: tap.fd, tap: tap.name, mac: spec.mac ?? generateMac(), mtu: spec.mtu ?? tap.mtu };
 }
 
 export function closeNet(net: NetBackend): void {

@@ -24,6 +24,7 @@ export const libc = runtime.dlopen("libc.so.6", {
   lseek: { args: [i32, i64, i32], result: i64 },
   ioctl: { args: [i32, u64, u64], result: i32 },
   socket: { args: [i32, i32, i32], result: i32 },
+  socketpair: { args: [i32, i32, i32, u64], result: i32 },
   readv: { args: [i32, u64, i32], result: i64 },
   writev: { args: [i32, u64, i32], result: i64 },
   mmap: { args: [u64, u64, i32, i32, i32, i64], result: u64 },

@@ -36,10 +36,10 @@ function ifreq(name: string): NativeBuf {
   return b;
 }
 
-/** A TAP name the kernel takes: 1–15 bytes, no '/', whitespace or ':'. */
+/** A TAP name the kernel takes: 1–15 bytes, no '/', whitespace, ':' or NUL (which would end it early). */
 export function validTapName(name: string): boolean {
   const n = new TextEncoder().encode(name).length;
-  return n >= 1 && n < IFNAMSIZ && !/[\s/:]/.test(name) && name !== "." && name !== "..";
+  return n >= 1 && n < IFNAMSIZ && !/[\s/:\0]/.test(name) && name !== "." && name !== "..";
 }
 
 export interface Tap {
@@ -49,7 +49,8 @@ export interface Tap {
 }
 
 /**
- * Attach to the TAP `name` (or create it, when vmm may: CAP_NET_ADMIN) with
+ * Attach to the TAP `name` (or create it, when vmm may: CAP_NET_ADMIN;
+ * `name` with `%d` creates the next free one, whose name is returned) with
  * virtio-net headers. The fd is non-blocking: the receive Worker reads
  * until EAGAIN and then sleeps in poll(2). Throws SysError naming the step
  * that failed.
@@ -60,10 +61,13 @@ export function openTap(name: string): Tap {
     const req = ifreq(name);
     req.view.setUint16(IFNAMSIZ, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, true);
     check("TUNSETIFF", libc.ioctl(fd, BigInt(TUNSETIFF), req.addr));
+    // The kernel writes back the link's name: a NAME with %d ("vmm%d") asks it to pick a free one.
+    const nul = req.bytes.indexOf(0);
+    const actual = new TextDecoder().decode(req.bytes.subarray(0, nul >= 0 && nul < IFNAMSIZ ? nul : IFNAMSIZ));
     const hdr = NativeBuf.alloc(4);
     hdr.view.setInt32(0, VNET_HDR_SIZE, true);
     check("TUNSETVNETHDRSZ", libc.ioctl(fd, BigInt(TUNSETVNETHDRSZ), hdr.addr));
-    return { fd, name, mtu: tapMtu(name) };
+    return { fd, name: actual, mtu: tapMtu(actual) };
   } catch (e) {
     close(fd);
     throw e;

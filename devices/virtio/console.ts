@@ -104,6 +104,8 @@ export class ConsoleRx implements QueueHandler {
       vq.pushUsed(chain.head, n);
       this.#pending = this.#pending.subarray(n);
     }
+    // Budget spent on input a hostile driver keeps us from placing: drop it.
+    if (!this.#starved) this.#pending = new Uint8Array(0);
   }
 }
 

@@ -123,8 +123,8 @@ export class NetTx implements QueueHandler {
     this.#iov = NativeBuf.alloc(16 * queueSize);
   }
 
-  kick(vq: Virtqueue): void {
-    serveAll(vq, (chain) => {
+  kick(vq: Virtqueue): boolean {
+    return serveAll(vq, (chain) => {
       this.#send(chain);
       return 0; // transmit buffers are only read
     });
@@ -158,6 +158,13 @@ export class NetTx implements QueueHandler {
       s.txDropped++;
       if (e === EAGAIN || e === 105 /* ENOBUFS */) return; // the host side is congested: drop, as a NIC would
       if (e === 5 /* EIO: the link is down */) return;
+      if (e === 22 /* EINVAL */) {
+        // The TAP checked the guest's virtio_net_hdr and refused it (an
+        // unknown gso_type, hdr_len past the frame: tun_get_user): this one
+        // frame is bad, the link is fine.
+        s.once("txRefused", `the TAP refused a frame from the guest (EINVAL: a malformed virtio_net_hdr?); further refusals are counted`);
+        return;
+      }
       if (tapGone(e)) this.#gone(e);
       return;
     }
@@ -191,7 +198,7 @@ export class NetRx implements QueueHandler {
     try {
       setTapOffload(tapFd, tapOffloads(driverFeatures));
     } catch (e) {
-      stats.once("offload", `TUNSETOFFLOAD: ${(e as Error).message}; receiving without offloads`);
+      stats.once("offload", `${(e as Error).message}; receiving without offloads`); // SysError names the call
       try {
         setTapOffload(tapFd, 0);
       } catch { /* the TAP is gone: reads will say so */ }
@@ -206,11 +213,14 @@ export class NetRx implements QueueHandler {
   input(vq: Virtqueue): void {
     for (let n = 0; n < RX_BATCH && this.#pending === 0 && !this.#starved; n++) {
       const r = Number(libc.read(this.#fd, this.#buf.addr, BigInt(MAX_FRAME)));
-      if (r < 0) {
-        const e = errno();
+      if (r <= 0) {
+        // A TAP never reads 0 bytes: 0 is end of file (the other end of a
+        // socket closed), and that fd would poll readable for ever.
+        const e = r < 0 ? errno() : 0;
         if (e === EAGAIN || e === EINTR) return;
         this.#stats.tapGone = true;
-        this.#stats.once("gone", `reading the TAP failed (${errnoName(e)}): its link went away? The guest keeps running without network`);
+        const why = r < 0 ? errnoName(e) : "end of file";
+        this.#stats.once("gone", `reading the TAP failed (${why}): its link went away? The guest keeps running without network`);
         return;
       }
       if (r < VNET_HDR_SIZE + ETH_HLEN) {
@@ -235,7 +245,9 @@ export class NetRx implements QueueHandler {
 
   /** Place the pending frame in guest buffers; with none left, ask for a kick and wait. */
   #deliver(vq: Virtqueue): void {
-    while (this.#pending > 0) {
+    // A guest vCPU can post empty buffers as fast as we return them: bound the loop.
+    let budget = 4 * vq.size;
+    while (this.#pending > 0 && budget-- > 0) {
       const chain = vq.pop();
       if (!chain) {
         if (vq.enableNotificationAndCheck()) continue;
@@ -270,6 +282,14 @@ export class NetRx implements QueueHandler {
       this.#offset += n;
       this.#pending -= n;
       if (this.#pending === 0) this.#finishMerged(vq);
+    }
+    if (this.#pending > 0 && !this.#starved) {
+      // Budget spent on a frame a hostile driver keeps us from placing: drop it and move on.
+      for (const h of this.#held) vq.pushUsed(h.head, 0);
+      this.#held = [];
+      this.#pending = 0;
+      this.#stats.rxDropped++;
+      this.#stats.once("rxBudget", "dropped a frame the guest's receive buffers could not hold");
     }
   }
 
