@@ -58,6 +58,11 @@ if [ -f /etc/vmm/modules ]; then
 	done </etc/vmm/modules
 fi
 
+# With console=hvc0 the console is virtio-console, a module: when the kernel
+# started init there was no console to open, so init has no stdin/stdout/stderr.
+# Now there is one.
+[ -t 1 ] || exec </dev/console >/dev/console 2>&1
+
 port_write 245 0
 
 if [ -n "$run_mode" ]; then
