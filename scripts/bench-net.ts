@@ -96,11 +96,12 @@ run_one() {  # NAME COMMAND
   i=0; until grep -q @@net-ready $O/out || [ $i -ge 1500 ]; do sleep 0.2; i=$((i+1)); done
   grep -q @@net-ready $O/out || { echo "@@fail $1 not-ready $(tail -c 300 $O/out | tr '\\n' ' ')"; kill -9 $pid; wait $pid 2>/dev/null; return; }
   # The process that owns the VM: the runtime or QEMU (ip netns exec execs it).
-  rtt=$(ip netns exec $NS busybox ping -c 20 -i 0.2 -q 10.0.2.2 2>&1 | sed -n 's/.*= [0-9.]*\\/\\([0-9.]*\\)\\/.*/\\1/p')
+  rtt=$(timeout 60 ip netns exec $NS busybox ping -c 20 -i 0.2 -q 10.0.2.2 2>&1 | sed -n 's/.*= [0-9.]*\\/\\([0-9.]*\\)\\/.*/\\1/p')
   c0=$(cpu $pid); t0=$(now)
-  got=$( (ip netns exec $NS busybox nc 10.0.2.2 5000 <$O/hold | head -c $SIZE | wc -c) 2>/dev/null)
+  # Every step is bounded: a stuck transfer costs one sample, not the run.
+  got=$( (timeout 300 ip netns exec $NS busybox nc 10.0.2.2 5000 <$O/hold | head -c $SIZE | wc -c) 2>/dev/null)
   t1=$(now); c1=$(cpu $pid)
-  head -c $SIZE /dev/zero | ip netns exec $NS busybox nc 10.0.2.2 5001 >/dev/null 2>&1
+  head -c $SIZE /dev/zero | timeout 300 ip netns exec $NS busybox nc 10.0.2.2 5001 >/dev/null 2>&1
   t2=$(now); c2=$(cpu $pid)
   echo "@@sample $1 rtt=$rtt g2h_bytes=$got g2h_s=$(awk "BEGIN { print $t1 - $t0 }") g2h_cpu=$((c1 - c0)) h2g_s=$(awk "BEGIN { print $t2 - $t1 }") h2g_cpu=$((c2 - c1))"
   kill $pid; wait $pid 2>/dev/null
