@@ -28,6 +28,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
 import { e2eTier } from "../support/tier.ts";
+import { field, type Outcome, parseScenarios, shaOf, showOutcome } from "../support/scenarios.ts";
 import { runNested } from "../support/nested.ts";
 import { defaultCacheDir, ensureDefaultGuest } from "../../guest/build.ts";
 import { isDeno } from "../../ffi/runtime.ts";
@@ -149,34 +150,6 @@ exit 0
 `;
 }
 
-interface Outcome {
-  rc: number;
-  seconds: number;
-  out: string;
-  err: string;
-  host: string;
-}
-
-function parse(output: string): Map<string, Outcome> {
-  const m = new Map<string, Outcome>();
-  for (const line of output.split("\n")) {
-    const head = /^@@blk (\w+) rc=(\d+) s=(\d+)$/.exec(line);
-    if (head) m.set(head[1], { rc: Number(head[2]), seconds: Number(head[3]), out: "", err: "", host: "" });
-    const body = /^@@(\w+)\.(out|err|host) (.*)$/.exec(line);
-    if (body && m.has(body[1]) && body[3] !== "") m.get(body[1])![body[2] as "out" | "err" | "host"] += body[3] + "\n";
-  }
-  return m;
-}
-
-/** `key=value` from an outcome's lines; undefined when absent. */
-function field(text: string, key: string): string | undefined {
-  return new RegExp(`^${key}=(.*)$`, "m").exec(text)?.[1].trim();
-}
-
-/** The digest of a `sha256sum FILE` line for `file`. */
-function shaOf(text: string, file: string): string | undefined {
-  return new RegExp(`^([0-9a-f]{64})  ${file.replace(/\//g, "\\/")}$`, "m").exec(text)?.[1];
-}
 
 const SHA = /^[0-9a-f]{64}$/;
 
@@ -204,7 +177,7 @@ describe(`end to end on ${RUNTIME}: virtio block, rng and console under vmm`, ()
       console.log(`nested: L1 boot ${r.ms.boot} ms, all scenarios ${r.ms.total} ms`);
       raw = r.output;
     }
-    results = parse(raw);
+    results = parseScenarios(raw, "blk");
     console.log(`scenario seconds: ${[...results].map(([k, o]) => `${k} ${o.seconds}`).join(", ")}`);
   });
   after(() => {
@@ -218,7 +191,7 @@ describe(`end to end on ${RUNTIME}: virtio block, rng and console under vmm`, ()
   }
 
   /** Everything a scenario left, for failure messages. */
-  const show = (o: Outcome) => `status ${o.rc}\n--- console ---\n${o.out}--- vmm stderr ---\n${o.err}--- host ---\n${o.host}`;
+  const show = showOutcome;
 
   test("a file the guest writes to an ext4 image on --drive reads back on the host with the same sha256", () => {
     const o = outcome("write");

@@ -19,6 +19,7 @@ import { execFileSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
 import { e2eTier } from "../support/tier.ts";
+import { field, type Outcome, parseScenarios, shaOf, showOutcome } from "../support/scenarios.ts";
 import { runNested } from "../support/nested.ts";
 import { defaultCacheDir, ensureDefaultGuest } from "../../guest/build.ts";
 import { isDeno } from "../../ffi/runtime.ts";
@@ -91,27 +92,6 @@ true
 `;
 }
 
-interface Outcome {
-  rc: number;
-  out: string;
-  err: string;
-  host: string;
-}
-
-function parse(output: string): Map<string, Outcome> {
-  const m = new Map<string, Outcome>();
-  for (const line of output.split("\n")) {
-    const head = /^@@net (\w+) rc=(\d+)$/.exec(line);
-    if (head) m.set(head[1], { rc: Number(head[2]), out: "", err: "", host: "" });
-    const body = /^@@(\w+)\.(out|err|host) (.*)$/.exec(line);
-    if (body && m.has(body[1]) && body[3] !== "") m.get(body[1])![body[2] as "out" | "err" | "host"] += body[3] + "\n";
-  }
-  return m;
-}
-
-function field(text: string, key: string): string | undefined {
-  return new RegExp(`^${key}=(.*)$`, "m").exec(text)?.[1].trim();
-}
 
 describe(`end to end on ${RUNTIME}: virtio-net over a TAP under vmm`, () => {
   const tier = e2eTier();
@@ -135,7 +115,7 @@ describe(`end to end on ${RUNTIME}: virtio-net over a TAP under vmm`, () => {
       console.log(`nested: L1 boot ${r.ms.boot} ms, all scenarios ${r.ms.total} ms`);
       raw = r.output;
     }
-    results = parse(raw);
+    results = parseScenarios(raw, "net");
   });
 
   function outcome(name: string): Outcome {
@@ -143,7 +123,7 @@ describe(`end to end on ${RUNTIME}: virtio-net over a TAP under vmm`, () => {
     assert.ok(o, `scenario ${name} did not run; output was:\n${raw.slice(-3000)}`);
     return o;
   }
-  const show = (o: Outcome) => `status ${o.rc}\n--- console ---\n${o.out}--- vmm stderr ---\n${o.err}--- host ---\n${o.host}`;
+  const show = showOutcome;
 
   test("the guest pings the host side of the TAP, with the MAC given and the TAP's MTU", () => {
     const o = outcome("ping");
@@ -157,7 +137,7 @@ describe(`end to end on ${RUNTIME}: virtio-net over a TAP under vmm`, () => {
     const o = outcome("g2h");
     assert.equal(o.rc, 0, show(o));
     assert.match(o.out, /^sent$/m, show(o));
-    const guest = /^([0-9a-f]{64})  \/tmp\/f$/m.exec(o.out)?.[1];
+    const guest = shaOf(o.out, "/tmp/f");
     assert.ok(guest, `no sha256sum from the guest\n${show(o)}`);
     assert.equal(field(o.host, "host-bytes"), String(TCP_BYTES), show(o));
     assert.equal(field(o.host, "host-sha"), guest, show(o));
@@ -166,7 +146,7 @@ describe(`end to end on ${RUNTIME}: virtio-net over a TAP under vmm`, () => {
   test(`${TCP_BYTES} bytes over TCP from the host arrive in the guest with the same sha256`, () => {
     const o = outcome("h2g");
     assert.equal(o.rc, 0, show(o));
-    const guest = /^([0-9a-f]{64})  \/tmp\/r$/m.exec(o.out)?.[1];
+    const guest = shaOf(o.out, "/tmp/r");
     assert.ok(guest, `no sha256sum from the guest\n${show(o)}`);
     assert.equal(guest, field(o.host, "host-sha"), show(o));
   });
