@@ -29,6 +29,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { gunzipSync } from "node:zlib";
 import { type CpioEntry, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio } from "./cpio.ts";
+import { staticElf64 } from "./elf.ts";
 
 /** A bootable kernel and initramfs. */
 export interface GuestImage {
@@ -153,6 +154,7 @@ function ensure(fl: Flavour, opts: BuildOptions): GuestImage {
     .update(BUILD_VERSION)
     .update(readFileSync(fileURLToPath(import.meta.url)))
     .update(readFileSync(fileURLToPath(new URL("./cpio.ts", import.meta.url))))
+    .update(readFileSync(fileURLToPath(new URL("./elf.ts", import.meta.url))))
     .update(init)
     .update(JSON.stringify(fl))
     .digest("hex");
@@ -462,30 +464,7 @@ export function outbElf(): Uint8Array {
     0xeb, 0xeb,                         // 65 jmp  next
     0xc3,                               // 67 done: ret
   ];
-  const BASE = 0x400000;
-  const EHDR = 64; // sizeof(Elf64_Ehdr)
-  const PHDR = 56; // sizeof(Elf64_Phdr)
-  const size = EHDR + PHDR + code.length;
-  const b = new Uint8Array(size);
-  const v = new DataView(b.buffer);
-  b.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1], 0); // \x7fELF, ELFCLASS64, little-endian, EV_CURRENT
-  v.setUint16(0x10, 2, true); // e_type: ET_EXEC
-  v.setUint16(0x12, 62, true); // e_machine: EM_X86_64
-  v.setUint32(0x14, 1, true); // e_version
-  v.setBigUint64(0x18, BigInt(BASE + EHDR + PHDR), true); // e_entry: the first code byte
-  v.setBigUint64(0x20, BigInt(EHDR), true); // e_phoff
-  v.setUint16(0x34, EHDR, true); // e_ehsize
-  v.setUint16(0x36, PHDR, true); // e_phentsize
-  v.setUint16(0x38, 1, true); // e_phnum
-  v.setUint32(EHDR + 0x00, 1, true); // p_type: PT_LOAD, the whole file
-  v.setUint32(EHDR + 0x04, 5, true); // p_flags: R + X
-  v.setBigUint64(EHDR + 0x10, BigInt(BASE), true); // p_vaddr
-  v.setBigUint64(EHDR + 0x18, BigInt(BASE), true); // p_paddr
-  v.setBigUint64(EHDR + 0x20, BigInt(size), true); // p_filesz
-  v.setBigUint64(EHDR + 0x28, BigInt(size), true); // p_memsz
-  v.setBigUint64(EHDR + 0x30, 0x1000n, true); // p_align
-  b.set(code, EHDR + PHDR);
-  return b;
+  return staticElf64(code);
 }
 
 function readManifest(cache: string, name: string): Manifest | undefined {
