@@ -9,8 +9,9 @@ import assert from "node:assert/strict";
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { GuestMemory, type MemoryRegion } from "../../vm/memory.ts";
-import { hostView, libc, mmapAnon, O_RDONLY, open, close } from "../../ffi/libc.ts";
+import { GuestMemory } from "../../vm/memory.ts";
+import { HIGH_GPA as HIGH, hostGuestMemory } from "../../test/support/host_memory.ts";
+import { close, libc, O_RDONLY, open } from "../../ffi/libc.ts";
 import { SysError } from "../../ffi/errno.ts";
 import { closeDisk, type Disk, openDisk } from "../disk.ts";
 import { GuestError, Virtqueue } from "./ring.ts";
@@ -51,34 +52,14 @@ import {
   VIRTIO_ID_BLOCK,
 } from "./blk.ts";
 
-// ---- guest memory: a real host mapping, two regions ----
+// ---- guest memory: test/support/host_memory.ts, a real host mapping in two regions ----
 
-const MiB = 1 << 20;
-const HOST_SIZE = 4 * MiB;
-const HOST_ADDR = mmapAnon(HOST_SIZE); // kept for the whole file
-/**
- * Low RAM at gpa 0, and a second region at 256 MiB backed by the second
- * half of the mapping: a gpa is not a mapping offset there, so a buffer
- * placed in it catches any translation that forgets the region.
- */
-const HIGH = 0x1000_0000;
-const REGIONS: MemoryRegion[] = [
-  { gpa: 0, size: 2 * MiB, offset: 0 },
-  { gpa: HIGH, size: 2 * MiB, offset: 2 * MiB },
-];
 const QUEUE = 0x1000; // rings, up to 2048 entries (~54 KiB)
 const TABLE = 0x20000; // an indirect table
 const HDR = 0x30000; // request header
 const STATUS = 0x31000; // status byte
 const DATA = HIGH; // data buffers, in the high region
 const SECTOR = 512;
-
-/** Guest RAM with fresh contents. */
-function guestMemory(): GuestMemory {
-  const bytes = hostView(HOST_ADDR, HOST_SIZE);
-  bytes.fill(0);
-  return new GuestMemory(bytes, REGIONS, HOST_ADDR);
-}
 
 /** The byte at offset `i` of a fresh image: differs from sector to sector and within one. */
 const pattern = (i: number) => (i * 7 + (i >>> 9) * 13 + 1) & 0xff;
@@ -115,7 +96,7 @@ function withRig(o: RigOptions, fn: (r: Rig) => void): void {
   writeFileSync(path, new Uint8Array(size).map((_, i) => pattern(i)));
   const disk = openDisk({ path, readOnly: o.readOnly ?? false, id: o.id });
   try {
-    const mem = guestMemory();
+    const mem = hostGuestMemory();
     const dq = new DriverQueue(mem, DriverQueue.layout(QUEUE, o.queueSize ?? 16));
     const vq = new Virtqueue(mem, dq.config(false));
     const blk = new BlkQueue(mem, disk);
@@ -369,7 +350,7 @@ test("BlkQueue answers a flush with OK once fdatasync returned", () => {
 });
 
 test("BlkQueue.flush() throws SysError when the disk cannot sync", () => {
-  const mem = guestMemory();
+  const mem = hostGuestMemory();
   assert.throws(() => new BlkQueue(mem, { fd: -1, sizeBytes: SECTOR, readOnly: false, id: "gone" }).flush(), (e: unknown) => {
     assert.ok(e instanceof SysError);
     assert.equal(e.message, "fdatasync of drive gone: EBADF (bad file descriptor)");
@@ -447,7 +428,7 @@ test("BlkQueue fails ranges longer than the config's maximum with IOERR", () => 
     truncateSync(path, 2 ** 31);
     const disk = openDisk({ path, readOnly: false });
     try {
-      const mem = guestMemory();
+      const mem = hostGuestMemory();
       const dq = new DriverQueue(mem, DriverQueue.layout(QUEUE, 16));
       const vq = new Virtqueue(mem, dq.config(false));
       const blk = new BlkQueue(mem, disk);

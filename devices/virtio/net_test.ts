@@ -14,9 +14,10 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { close, errno, EAGAIN, hostView, libc, mmapAnon, NativeBuf, pipe, POLLERR } from "../../ffi/libc.ts";
+import { close, EAGAIN, errno, libc, NativeBuf, pipe, POLLERR } from "../../ffi/libc.ts";
 import { TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 } from "../../ffi/tap.ts";
-import { GuestMemory, type MemoryRegion } from "../../vm/memory.ts";
+import type { GuestMemory } from "../../vm/memory.ts";
+import { HIGH_GPA as HIGH, hostGuestMemory } from "../../test/support/host_memory.ts";
 import { Virtqueue } from "./ring.ts";
 import { type DriverBuffer, DriverQueue } from "../../test/support/driver_queue.ts";
 import { inNetns } from "../../test/support/tap_netns.ts";
@@ -46,27 +47,12 @@ import {
   VIRTIO_NET_S_LINK_UP,
 } from "./net.ts";
 
-// ---- guest memory: a real host mapping, two regions ----
+// ---- guest memory: test/support/host_memory.ts, a real host mapping in two regions ----
 
-const MiB = 1 << 20;
-const HOST_SIZE = 4 * MiB;
-const HOST_ADDR = mmapAnon(HOST_SIZE); // kept for the whole file
-const HIGH = 0x1000_0000;
-const REGIONS: MemoryRegion[] = [
-  { gpa: 0, size: 2 * MiB, offset: 0 },
-  { gpa: HIGH, size: 2 * MiB, offset: 2 * MiB },
-];
 const RING = 0x1000; // up to 256 entries (~7 KiB)
 const TABLE = 0x4000; // an indirect table
 const TX_BUF = 0x10000; // frames the guest sends, up to MAX_FRAME + a little (to 0x30000)
 const RX_BUF = HIGH; // receive buffers, in the high region
-
-/** Guest RAM with fresh contents. */
-function guestMemory(): GuestMemory {
-  const bytes = hostView(HOST_ADDR, HOST_SIZE);
-  bytes.fill(0);
-  return new GuestMemory(bytes, REGIONS, HOST_ADDR);
-}
 
 // ---- the TAP stand-in ----
 
@@ -150,7 +136,7 @@ function withTx(o: { queueSize?: number; maxSegs?: number; eventIdx?: boolean },
     hostOpen = false;
   };
   try {
-    const mem = guestMemory();
+    const mem = hostGuestMemory();
     const dq = new DriverQueue(mem, DriverQueue.layout(RING, o.queueSize ?? 16));
     const vq = new Virtqueue(mem, dq.config(o.eventIdx ?? false));
     const log: string[] = [];
@@ -196,7 +182,7 @@ function withRx(o: { features?: bigint; queueSize?: number; eventIdx?: boolean }
     hostOpen = false;
   };
   try {
-    const mem = guestMemory();
+    const mem = hostGuestMemory();
     const dq = new DriverQueue(mem, DriverQueue.layout(RING, o.queueSize ?? 16));
     const vq = new Virtqueue(mem, dq.config(o.eventIdx ?? false));
     const log: string[] = [];
@@ -299,7 +285,7 @@ test("deviceHandler() serves a net device's queue 0 with NetRx and queue 1 with 
   try {
     const log: string[] = [];
     const spec = { kind: "net" as const, net: { tapFd: dev, tap: "tap0", mac: [0x52, 0x54, 0, 0, 0, 1], mtu: 1500 } };
-    const ctx = { mem: guestMemory(), features: 0n, end: () => {}, log: (l: string) => log.push(l) };
+    const ctx = { mem: hostGuestMemory(), features: 0n, end: () => {}, log: (l: string) => log.push(l) };
     assert.ok(deviceHandler(spec, NET_RX_QUEUE, ctx) instanceof NetRx);
     assert.ok(deviceHandler(spec, NET_TX_QUEUE, ctx) instanceof NetTx);
     assert.deepEqual(log, [NOT_A_TAP]);
@@ -422,7 +408,7 @@ test("NetTx after the host end closed: tapGone, one line, later frames dropped a
 test("NetTx on a fd it cannot write (EBADF) marks the TAP gone", () => {
   const [rd, wr] = pipe();
   try {
-    const mem = guestMemory();
+    const mem = hostGuestMemory();
     const dq = new DriverQueue(mem, DriverQueue.layout(RING, 16));
     const vq = new Virtqueue(mem, dq.config(false));
     const log: string[] = [];
@@ -630,7 +616,7 @@ test("NetRx when the host end closes: frames sent before still arrive, then tapG
 test("NetRx on a fd it cannot read (EBADF) marks the TAP gone", () => {
   const [rd, wr] = pipe();
   try {
-    const mem = guestMemory();
+    const mem = hostGuestMemory();
     const dq = new DriverQueue(mem, DriverQueue.layout(RING, 16));
     const vq = new Virtqueue(mem, dq.config(false));
     const log: string[] = [];
