@@ -5,7 +5,7 @@
  */
 import { parseArgs } from "node:util";
 import process from "node:process";
-import { ConfigError, Machine, type MachineOptions, parseDriveSpec, parseNetSpec } from "../mod.ts";
+import { ConfigError, DEVICE_KINDS, Machine, type MachineOptions } from "../mod.ts";
 import { kvmKind } from "../vm/host.ts";
 import { builtImage, ensureDefaultGuest, type GuestImage } from "../guest/build.ts";
 
@@ -34,18 +34,15 @@ Options:
   --append TEXT     added to the kernel command line
   --cpus N          vCPUs (default 1)
   --memory SIZE     guest RAM: MiB, or with a suffix M or G (default 512M)
-  --drive PATH[,readonly][,id=NAME]
-                    a raw disk image as virtio-blk (repeat: vda, vdb, …); id is its serial
-  --net tap=NAME[,mac=52:54:00:12:34:56][,mtu=N]
-                    a virtio-net card on the TAP device NAME (repeat: eth0, eth1, …)
-  --rng             a virtio-rng device fed from the host's getrandom (/dev/hwrng)
+${DEVICE_KINDS.flatMap((k) => (k.cli ? [`  ${k.cli.help}`] : [])).join("\n")}
   --console DEV     the guest console: serial (ttyS0, default) or hvc (virtio-console hvc0)
   --virtio-cmdline  also list the virtio devices on the kernel command line
                     (kernels with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES and no ACPI)
   -v, --verbose     report boot timing and why the VM ended
 
 Exit status: 0 when the guest powers off or reboots; CMD's status for vmm run;
-101 when the guest kernel panics; 130/143 on SIGINT/SIGTERM; 1 on errors; 2 on bad usage.
+101 when the guest kernel panics; 102 when it triple-faults; 130/143 on
+SIGINT/SIGTERM; 1 on errors; 2 on bad usage.
 Console: Ctrl-A x quits.`;
 
 const EXIT_USAGE = 2;
@@ -76,9 +73,7 @@ async function main(argv: string[]): Promise<number> {
       append: { type: "string" },
       cpus: { type: "string" },
       memory: { type: "string" },
-      drive: { type: "string", multiple: true },
-      net: { type: "string", multiple: true },
-      rng: { type: "boolean" },
+      ...Object.fromEntries(DEVICE_KINDS.flatMap((k) => (k.cli ? [[k.cli.flag, { type: k.cli.type, multiple: k.cli.multiple ?? false }]] : []))),
       console: { type: "string" },
       "virtio-cmdline": { type: "boolean" },
       verbose: { type: "boolean", short: "v" },
@@ -105,8 +100,12 @@ async function main(argv: string[]): Promise<number> {
   const memMiB = values.memory !== undefined ? parseMemory(values.memory) : 512;
   const consoleDev = values.console ?? "serial";
   if (consoleDev !== "serial" && consoleDev !== "hvc") throw new UsageError(`--console ${consoleDev}: expected serial or hvc`);
-  const drives = (values.drive ?? []).map(parseDriveSpec);
-  const nets = (values.net ?? []).map(parseNetSpec);
+  // Each device kind parses its own option (devices/registry.ts): bad values fail here, before KVM checks.
+  const deviceOpts: Record<string, unknown> = {};
+  for (const k of DEVICE_KINDS) {
+    const v = k.cli && (values as Record<string, string[] | string | boolean | undefined>)[k.cli.flag];
+    if (k.cli && v !== undefined) k.cli.apply(v, deviceOpts);
+  }
   const kind = kvmKind();
   if (kind === "none") throw new ConfigError("/dev/kvm: not found (is KVM enabled on this host?)");
   if (kind === "pvm" && !process.env.VMM_ALLOW_PVM) {
@@ -123,11 +122,10 @@ async function main(argv: string[]): Promise<number> {
     cpus,
     memMiB,
     command: cmd === "run" ? rest : undefined,
-    drives,
-    nets,
-    rng: values.rng ?? false,
+    ...deviceOpts,
     console: { outFd: 1, inFd: 0, device: consoleDev },
     virtioCmdline: values["virtio-cmdline"] ?? false,
+    signals: true,
   };
   if (!values.kernel) {
     const img = await defaultGuest(values.verbose ? (s) => console.error(`vmm: ${s}`) : undefined);
@@ -136,14 +134,14 @@ async function main(argv: string[]): Promise<number> {
   } else if (cmd === "run" && !values.initrd) {
     opts.initrd = (await defaultGuest()).initrd;
   }
-  const machine = await Machine.create(opts);
+  await using machine = await Machine.create(opts);
   const r = await machine.run();
   if (values.verbose) {
     if (r.readyMs !== undefined) console.error(`vmm: guest init ready after ${r.readyMs} ms`);
     console.error(`vmm: ${r.reason || r.kind.toLowerCase()} (exit ${r.code})`);
   } else if (r.kind === "PANIC") {
     console.error(`vmm: guest kernel panic: ${r.reason}`);
-  } else if (r.kind === "ERROR") {
+  } else if (r.kind === "ERROR" || r.kind === "TRIPLE_FAULT") {
     console.error(`vmm: ${r.reason}`);
   }
   return r.code;

@@ -17,6 +17,7 @@ export class KernelImageError extends Error {
 /** Setup header offsets, from the start of the image (== offsets in boot_params). */
 export const HDR = {
   SETUP_SECTS: 0x1f1,
+  SYSSIZE: 0x1f4, // 16-byte paragraphs of protected-mode code; 4 bytes wide from protocol 2.04
   BOOT_FLAG: 0x1fe, // 0xAA55
   JUMP: 0x200, // the byte at 0x201 gives the header's end: 0x202 + it
   HEADER: 0x202, // "HdrS"
@@ -77,6 +78,13 @@ export function parseBzImage(image: Uint8Array): BzImage {
   const kernelOffset = (setupSects + 1) * 512;
   if (kernelOffset >= image.length) {
     throw new KernelImageError(`Truncated: setup claims ${setupSects} sectors but the file is ${image.length} bytes`);
+  }
+  // The whole image is the boot sector and setup sectors, then syssize
+  // paragraphs of protected-mode kernel (boot.rst, "syssize"). A shorter file
+  // would load, jump into whatever follows its end, and triple-fault.
+  const expected = kernelOffset + v.getUint32(HDR.SYSSIZE, true) * 16;
+  if (image.length < expected) {
+    throw new KernelImageError(`bzImage is truncated: the header says ${expected} bytes, the file has ${image.length}`);
   }
   const headerEnd = 0x202 + v.getUint8(HDR.JUMP + 1);
   return {

@@ -93,6 +93,38 @@ test("parseBzImage() rejects a file that ends inside the setup sectors", () => {
   rejects(full.subarray(0, 1024), "Truncated: setup claims 1 sectors but the file is 1024 bytes");
 });
 
+test("parseBzImage() accepts a file as long as setup_sects and syssize say, or longer", () => {
+  // The fake kernel is 0x200 + 3 bytes after 2 sectors: 32 paragraphs fit in it, with 3 bytes to spare.
+  const longer = image((v) => v.setUint32(HDR.SYSSIZE, 32, true));
+  assert.equal(parseBzImage(longer).kernel.length, 0x200 + CODE.length, "bytes past syssize (a signature) are kept");
+  const exact = longer.subarray(0, 1024 + 32 * 16);
+  assert.equal(parseBzImage(exact).kernel.length, 32 * 16);
+});
+
+test("parseBzImage() rejects a file shorter than setup_sects and syssize say, naming both sizes", () => {
+  const len = 1024 + 0x200 + CODE.length;
+  rejects(image((v) => v.setUint32(HDR.SYSSIZE, 33, true)), `bzImage is truncated: the header says ${1024 + 33 * 16} bytes, the file has ${len}`);
+  // syssize is 4 bytes wide from protocol 2.04: its upper half counts.
+  rejects(image((v) => v.setUint32(HDR.SYSSIZE, 0x10000, true)), `bzImage is truncated: the header says ${1024 + 0x100000} bytes, the file has ${len}`);
+});
+
+test("parseBzImage() reads setup_sects 0 as 4 when it checks the length", () => {
+  const zero = image((v) => {
+    v.setUint8(HDR.SETUP_SECTS, 0);
+    v.setUint32(HDR.SYSSIZE, 33, true);
+  }, { setupSects: 4 });
+  rejects(zero, `bzImage is truncated: the header says ${5 * 512 + 33 * 16} bytes, the file has ${5 * 512 + 0x200 + CODE.length}`);
+});
+
+test("parseBzImage() refuses a 14 MiB kernel cut to 3 MiB before it can boot", () => {
+  const full = 14 * 1024 * 1024;
+  const big = makeBzImage(new Uint8Array(full - 1024 - 0x200)); // setup_sects 1: 2 sectors, then the kernel
+  new DataView(big.buffer).setUint32(HDR.SYSSIZE, (full - 1024) / 16, true);
+  assert.equal(big.length, full);
+  assert.equal(parseBzImage(big).kernel.length, full - 1024);
+  rejects(big.subarray(0, 3 * 1024 * 1024), "bzImage is truncated: the header says 14680064 bytes, the file has 3145728");
+});
+
 test("parseBzImage() copies the header: later edits to the image do not change it", () => {
   const img = image();
   const bz = parseBzImage(img);

@@ -39,6 +39,20 @@ export const ERRNO: Record<number, [string, string]> = {
   110: ["ETIMEDOUT", "timed out"],
 };
 
+/**
+ * errno values by name, the one place vmm spells them: `E.EINTR` is 4.
+ * Built from the table above so a name and its number cannot disagree.
+ */
+export const E = Object.freeze(Object.fromEntries(Object.entries(ERRNO).map(([n, [name]]) => [name, Number(n)]))) as Readonly<
+  Record<(typeof ERRNO_NAMES)[number], number>
+>;
+/** The names E knows, checked against ERRNO by ffi/errno_test.ts. */
+const ERRNO_NAMES = [
+  "EPERM", "ENOENT", "ESRCH", "EINTR", "EIO", "ENXIO", "E2BIG", "EBADF", "EAGAIN", "ENOMEM", "EACCES", "EFAULT",
+  "EBUSY", "EEXIST", "ENODEV", "ENOTDIR", "EISDIR", "EINVAL", "EMFILE", "ENOTTY", "EFBIG", "ENOSPC", "EROFS", "EPIPE",
+  "ERANGE", "ENAMETOOLONG", "ENOSYS", "EBADFD", "EOPNOTSUPP", "ETIMEDOUT",
+] as const;
+
 /** Symbolic name of an errno value (`EACCES`), or `errno N`. */
 export function errnoName(errno: number): string {
   return ERRNO[errno]?.[0] ?? `errno ${errno}`;

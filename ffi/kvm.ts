@@ -15,6 +15,13 @@ import {
   KVM_IRQFD_SIZE, KVM_LAPIC_STATE_SIZE, KVM_MSR_ENTRY_SIZE, KVM_MSRS_HEADER, KVM_PIT_CONFIG_SIZE, KVM_REGS_SIZE,
   KVM_SREGS_SIZE, KVM_USERSPACE_MEMORY_REGION_SIZE, Regs, Sregs,
 } from "./structs.ts";
+import {
+  type ClockData, type DebugRegs, decodeClockData, decodeDebugRegs, decodeFpu, decodeIoapic, decodeMsrList, decodeMsrs,
+  decodePic, decodePitState2, decodeXcrs, encodeClockData, encodeDebugRegs, encodeFpu, encodeIoapic, encodePic,
+  encodePitState2, encodeXcrs, type Fpu, type IoapicState, KVM_CLOCK_DATA_SIZE, KVM_DEBUGREGS_SIZE, KVM_IRQCHIP_IOAPIC,
+  KVM_IRQCHIP_SIZE, KVM_MP_STATE_SIZE, KVM_MSR_LIST_HEADER, KVM_MSRS_PER_CALL, KVM_PIT_STATE2_SIZE, KVM_VCPU_EVENTS_SIZE,
+  KVM_XCRS_SIZE, KVM_XSAVE_SIZE, type PicState, type PitState2, type Xcr,
+} from "./structs.ts";
 
 const IOC_NONE = 0, IOC_WRITE = 1, IOC_READ = 2;
 /** The kernel's _IOC(dir, type, nr, size) (include/uapi/asm-generic/ioctl.h). */
@@ -55,6 +62,29 @@ export const KVM = {
   SET_LAPIC: iow(0x8f, KVM_LAPIC_STATE_SIZE),
   SET_CPUID2: iow(0x90, KVM_CPUID2_HEADER),
   GET_TSC_KHZ: io(0xa3), // KVM_CAP_GET_TSC_KHZ
+  // State for snapshots: each GET has its SET; the header declares KVM_SET_IRQCHIP _IOR, kept as is.
+  GET_MSR_INDEX_LIST: iowr(0x02, KVM_MSR_LIST_HEADER), // /dev/kvm fd
+  GET_IRQCHIP: iowr(0x62, KVM_IRQCHIP_SIZE), // KVM_CAP_IRQCHIP
+  SET_IRQCHIP: ior(0x63, KVM_IRQCHIP_SIZE), // KVM_CAP_IRQCHIP
+  SET_CLOCK: iow(0x7b, KVM_CLOCK_DATA_SIZE), // KVM_CAP_ADJUST_CLOCK
+  GET_CLOCK: ior(0x7c, KVM_CLOCK_DATA_SIZE), // KVM_CAP_ADJUST_CLOCK
+  GET_MSRS: iowr(0x88, KVM_MSRS_HEADER),
+  GET_CPUID2: iowr(0x91, KVM_CPUID2_HEADER), // KVM_CAP_EXT_CPUID
+  GET_MP_STATE: ior(0x98, KVM_MP_STATE_SIZE), // KVM_CAP_MP_STATE
+  SET_MP_STATE: iow(0x99, KVM_MP_STATE_SIZE), // KVM_CAP_MP_STATE
+  GET_PIT2: ior(0x9f, KVM_PIT_STATE2_SIZE), // KVM_CAP_PIT_STATE2 (VM fd; same number as GET_VCPU_EVENTS)
+  SET_PIT2: iow(0xa0, KVM_PIT_STATE2_SIZE), // KVM_CAP_PIT_STATE2
+  GET_VCPU_EVENTS: ior(0x9f, KVM_VCPU_EVENTS_SIZE), // KVM_CAP_VCPU_EVENTS (vCPU fd)
+  SET_VCPU_EVENTS: iow(0xa0, KVM_VCPU_EVENTS_SIZE), // KVM_CAP_VCPU_EVENTS
+  GET_DEBUGREGS: ior(0xa1, KVM_DEBUGREGS_SIZE), // KVM_CAP_DEBUGREGS
+  SET_DEBUGREGS: iow(0xa2, KVM_DEBUGREGS_SIZE), // KVM_CAP_DEBUGREGS
+  SET_TSC_KHZ: io(0xa2), // KVM_CAP_TSC_CONTROL
+  GET_XSAVE: ior(0xa4, KVM_XSAVE_SIZE), // KVM_CAP_XSAVE
+  SET_XSAVE: iow(0xa5, KVM_XSAVE_SIZE), // KVM_CAP_XSAVE
+  GET_XCRS: ior(0xa6, KVM_XCRS_SIZE), // KVM_CAP_XCRS
+  SET_XCRS: iow(0xa7, KVM_XCRS_SIZE), // KVM_CAP_XCRS
+  KVMCLOCK_CTRL: io(0xad), // KVM_CAP_KVMCLOCK_CTRL
+  GET_XSAVE2: ior(0xcf, KVM_XSAVE_SIZE), // KVM_CAP_XSAVE2 (the size in the number stays 4096)
 } as const;
 
 /** Capabilities (KVM_CHECK_EXTENSION arguments). */
@@ -72,6 +102,18 @@ export const CAP = {
   GET_TSC_KHZ: 61,
   NR_VCPUS: 9,
   MAX_VCPUS: 66,
+  // State for snapshots.
+  MP_STATE: 14,
+  PIT_STATE2: 35,
+  ADJUST_CLOCK: 39,
+  VCPU_EVENTS: 41,
+  DEBUGREGS: 50,
+  XSAVE: 55,
+  XCRS: 56,
+  TSC_CONTROL: 60,
+  KVMCLOCK_CTRL: 76,
+  /** Returns the size of struct kvm_xsave KVM_GET_XSAVE2 fills (>= 4096); ask the VM fd. */
+  XSAVE2: 208,
 } as const;
 
 /** What vmm cannot run without. */
@@ -92,6 +134,8 @@ export const KVM_IOEVENTFD_FLAG_DATAMATCH = 1, KVM_IOEVENTFD_FLAG_PIO = 2, KVM_I
 export const KVM_PIT_SPEAKER_DUMMY = 1;
 
 const ioctlScratch = NativeBuf.alloc(4096);
+/** asm-generic/errno-base.h: KVM_GET_MSR_INDEX_LIST's answer to a list too short. */
+const E2BIG = 7;
 
 function ioctl(fd: number, req: number, arg: bigint, name: string): number {
   return check(`KVM_${name}`, libc.ioctl(fd, BigInt(req), arg));
@@ -130,6 +174,36 @@ export class Kvm {
   createVm(): number {
     return ioctl(this.fd, KVM.CREATE_VM, 0n, "CREATE_VM");
   }
+  #msrIndexList: number[] | null = null;
+  /**
+   * The MSRs KVM can save and restore (KVM_GET_MSR_INDEX_LIST): what the host
+   * supports of msrs_to_save plus the MSRs KVM emulates. Asked once: the answer
+   * is fixed for the life of the module. A vCPU may still refuse some of them
+   * (Hyper-V and KVM PV MSRs need their CPUID bits): VcpuFd.getMsrs() skips those.
+   */
+  msrIndexList(): number[] {
+    if (this.#msrIndexList) return [...this.#msrIndexList];
+    // A call with nmsrs 0 fails with E2BIG and writes back how many there are.
+    const head = ioctlScratch;
+    head.view.setUint32(0, 0, true);
+    try {
+      ioctl(this.fd, KVM.GET_MSR_INDEX_LIST, head.addr, "GET_MSR_INDEX_LIST");
+    } catch (e) {
+      if (!(e instanceof SysError && e.errno === E2BIG)) throw e;
+    }
+    const n = head.view.getUint32(0, true);
+    const len = KVM_MSR_LIST_HEADER + n * 4;
+    // The scratch holds 1023 indices; KVM lists a few hundred at most today.
+    const b = len <= head.bytes.length ? head : NativeBuf.alloc(len);
+    try {
+      b.view.setUint32(0, n, true);
+      ioctl(this.fd, KVM.GET_MSR_INDEX_LIST, b.addr, "GET_MSR_INDEX_LIST");
+      this.#msrIndexList = decodeMsrList(b.view);
+    } finally {
+      if (b !== head) b.free();
+    }
+    return [...this.#msrIndexList];
+  }
 }
 
 /** Operations on a VM fd. */
@@ -157,6 +231,63 @@ export class VmFd {
   }
   createVcpu(id: number): number {
     return ioctl(this.fd, KVM.CREATE_VCPU, BigInt(id), "CREATE_VCPU");
+  }
+  /** KVM_CHECK_EXTENSION on the VM: the answer for this VM (KVM_CAP_XSAVE2's size is per VM). */
+  checkExtension(cap: number): number {
+    return Number(libc.ioctl(this.fd, BigInt(KVM.CHECK_EXTENSION), BigInt(cap)));
+  }
+  /** KVM_GET_IRQCHIP for one chip: the union is read at IRQCHIP_CHIP by the caller's decoder. */
+  #getIrqchip(chipId: number): DataView {
+    const b = ioctlScratch;
+    b.bytes.fill(0, 0, KVM_IRQCHIP_SIZE);
+    b.view.setUint32(0, chipId, true);
+    ioctl(this.fd, KVM.GET_IRQCHIP, b.addr, "GET_IRQCHIP");
+    return b.view;
+  }
+  #setIrqchip(chipId: number, encode: (v: DataView) => void): void {
+    const b = ioctlScratch;
+    b.bytes.fill(0, 0, KVM_IRQCHIP_SIZE);
+    b.view.setUint32(0, chipId, true);
+    encode(b.view);
+    ioctl(this.fd, KVM.SET_IRQCHIP, b.addr, "SET_IRQCHIP");
+  }
+  /** One 8259A of the in-kernel PIC pair: KVM_IRQCHIP_PIC_MASTER or KVM_IRQCHIP_PIC_SLAVE. */
+  getPic(chipId: number): PicState {
+    return decodePic(this.#getIrqchip(chipId));
+  }
+  setPic(chipId: number, p: PicState): void {
+    this.#setIrqchip(chipId, (v) => encodePic(v, p));
+  }
+  getIoapic(): IoapicState {
+    return decodeIoapic(this.#getIrqchip(KVM_IRQCHIP_IOAPIC));
+  }
+  /** KVM re-delivers the IRR bits of edge-triggered, unmasked pins it is given (kvm_set_ioapic). */
+  setIoapic(s: IoapicState): void {
+    this.#setIrqchip(KVM_IRQCHIP_IOAPIC, (v) => encodeIoapic(v, s));
+  }
+  getPit2(): PitState2 {
+    ioctlScratch.bytes.fill(0, 0, KVM_PIT_STATE2_SIZE);
+    ioctl(this.fd, KVM.GET_PIT2, ioctlScratch.addr, "GET_PIT2");
+    return decodePitState2(ioctlScratch.view);
+  }
+  /** KVM reloads every channel's count, so count_load_time becomes "now" (kvm_vm_ioctl_set_pit2). */
+  setPit2(s: PitState2): void {
+    encodePitState2(ioctlScratch.view, s);
+    ioctl(this.fd, KVM.SET_PIT2, ioctlScratch.addr, "SET_PIT2");
+  }
+  getClock(): ClockData {
+    ioctlScratch.bytes.fill(0, 0, KVM_CLOCK_DATA_SIZE);
+    ioctl(this.fd, KVM.GET_CLOCK, ioctlScratch.addr, "GET_CLOCK");
+    return decodeClockData(ioctlScratch.view);
+  }
+  /**
+   * KVM_SET_CLOCK: kvmclock reads `c.clock` now. With KVM_CLOCK_REALTIME in
+   * `c.flags` (Linux 5.16+), KVM adds the wall time elapsed since `c.realtime`;
+   * kernels before 5.16 refuse any flag with EINVAL.
+   */
+  setClock(c: ClockData): void {
+    encodeClockData(ioctlScratch.view, c);
+    ioctl(this.fd, KVM.SET_CLOCK, ioctlScratch.addr, "SET_CLOCK");
   }
 }
 
@@ -244,5 +375,149 @@ export class VcpuFd {
   }
   tscKhz(): number {
     return Number(libc.ioctl(this.fd, BigInt(KVM.GET_TSC_KHZ), 0n));
+  }
+  /** KVM_SET_TSC_KHZ: the guest's TSC rate (scaled by hardware; needs KVM_CAP_TSC_CONTROL). */
+  setTscKhz(khz: number): void {
+    ioctl(this.fd, KVM.SET_TSC_KHZ, BigInt(khz), "SET_TSC_KHZ");
+  }
+  /**
+   * KVM_GET_MSRS for `indexes`, in order. KVM stops at the first MSR it cannot
+   * read and returns how many it read; that MSR is skipped (listed in
+   * `unreadable`) and the read goes on from the next one.
+   */
+  getMsrs(indexes: number[]): { msrs: [number, bigint][]; unreadable: number[] } {
+    const b = this.#buf; // 8 + 255 × 16 = 4088 bytes: one call's worth fits
+    const msrs: [number, bigint][] = [], unreadable: number[] = [];
+    for (let at = 0; at < indexes.length;) {
+      const chunk = indexes.slice(at, at + KVM_MSRS_PER_CALL);
+      encodeMsrs(b.view, chunk.map((i): [number, bigint] => [i, 0n]));
+      const n = ioctl(this.fd, KVM.GET_MSRS, b.addr, "GET_MSRS");
+      msrs.push(...decodeMsrs(b.view, n));
+      if (n < chunk.length) unreadable.push(chunk[n]);
+      at += Math.min(n + 1, chunk.length);
+    }
+    return { msrs, unreadable };
+  }
+  /**
+   * KVM_SET_MSRS for every entry, in order, without stopping at a refusal:
+   * KVM stops at the first MSR it refuses, which is skipped and returned.
+   */
+  setMsrsEach(msrs: [number, bigint][]): number[] {
+    const b = this.#buf;
+    const refused: number[] = [];
+    for (let at = 0; at < msrs.length;) {
+      const chunk = msrs.slice(at, at + KVM_MSRS_PER_CALL);
+      encodeMsrs(b.view, chunk);
+      const n = ioctl(this.fd, KVM.SET_MSRS, b.addr, "SET_MSRS");
+      if (n < chunk.length) refused.push(chunk[n][0]);
+      at += Math.min(n + 1, chunk.length);
+    }
+    return refused;
+  }
+  #cpuidBuf: NativeBuf | null = null;
+  /** KVM_GET_CPUID2: the CPUID this vCPU was given (KVM_SET_CPUID2). */
+  getCpuid(): CpuidEntry[] {
+    // KVM_MAX_CPUID_ENTRIES (arch/x86/include/asm/kvm_host.h) is 256; fewer fails with E2BIG.
+    const max = 256;
+    const b = this.#cpuidBuf ??= NativeBuf.alloc(KVM_CPUID2_HEADER + max * KVM_CPUID_ENTRY2_SIZE);
+    b.view.setUint32(0, max, true);
+    ioctl(this.fd, KVM.GET_CPUID2, b.addr, "GET_CPUID2");
+    return decodeCpuid2(b.view);
+  }
+  getFpu(): Fpu {
+    ioctl(this.fd, KVM.GET_FPU, this.#buf.addr, "GET_FPU");
+    return decodeFpu(this.#buf.view);
+  }
+  /**
+   * KVM_SET_FPU writes the legacy area of the guest's XSAVE image but not its
+   * XSTATE_BV, so where XSAVE exists KVM_SET_XSAVE is what makes state live.
+   */
+  setFpu(f: Fpu): void {
+    encodeFpu(this.#buf.view, f);
+    ioctl(this.fd, KVM.SET_FPU, this.#buf.addr, "SET_FPU");
+  }
+  #xsaveBuf: NativeBuf | null = null;
+  /** The XSAVE scratch, at least `len` bytes: allocated on first use, replaced only if a bigger one is needed. */
+  #xsave(len: number): NativeBuf {
+    if (!this.#xsaveBuf || this.#xsaveBuf.bytes.length < len) {
+      this.#xsaveBuf?.free();
+      this.#xsaveBuf = NativeBuf.alloc(Math.max(len, KVM_XSAVE_SIZE));
+    }
+    return this.#xsaveBuf;
+  }
+  /**
+   * The guest's XSAVE image. `xsave2Size` is KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)
+   * on the VM: when above 0, KVM_GET_XSAVE2 fills that many bytes (AMX and
+   * other big components need more than 4096); otherwise KVM_GET_XSAVE, which
+   * fails with EINVAL where the guest's XSAVE image is bigger than 4096.
+   */
+  getXsave(xsave2Size = 0): Uint8Array {
+    if (xsave2Size > 0) {
+      const b = this.#xsave(xsave2Size);
+      ioctl(this.fd, KVM.GET_XSAVE2, b.addr, "GET_XSAVE2");
+      return b.bytes.slice(0, Math.max(xsave2Size, KVM_XSAVE_SIZE));
+    }
+    const b = this.#xsave(KVM_XSAVE_SIZE);
+    ioctl(this.fd, KVM.GET_XSAVE, b.addr, "GET_XSAVE");
+    return b.bytes.slice(0, KVM_XSAVE_SIZE);
+  }
+  /**
+   * KVM_SET_XSAVE reads as many bytes as the guest's XSAVE image has (4096,
+   * or KVM_CAP_XSAVE2's size), whatever `image.length` is: the rest of the
+   * scratch is zeroed so a short image never carries stale bytes.
+   */
+  setXsave(image: Uint8Array): void {
+    const b = this.#xsave(image.length);
+    b.bytes.set(image);
+    b.bytes.fill(0, image.length);
+    ioctl(this.fd, KVM.SET_XSAVE, b.addr, "SET_XSAVE");
+  }
+  getXcrs(): Xcr[] {
+    ioctl(this.fd, KVM.GET_XCRS, this.#buf.addr, "GET_XCRS");
+    return decodeXcrs(this.#buf.view);
+  }
+  /** KVM checks XCR0 against the guest's CPUID leaf 0xD: set CPUID first. */
+  setXcrs(xcrs: Xcr[]): void {
+    encodeXcrs(this.#buf.view, xcrs);
+    ioctl(this.fd, KVM.SET_XCRS, this.#buf.addr, "SET_XCRS");
+  }
+  /** KVM_GET_MP_STATE (MP_STATE.*); KVM first takes any INIT/SIPI the LAPIC latched. */
+  getMpState(): number {
+    ioctl(this.fd, KVM.GET_MP_STATE, this.#buf.addr, "GET_MP_STATE");
+    return this.#buf.view.getUint32(0, true);
+  }
+  setMpState(mpState: number): void {
+    this.#buf.view.setUint32(0, mpState, true);
+    ioctl(this.fd, KVM.SET_MP_STATE, this.#buf.addr, "SET_MP_STATE");
+  }
+  /** struct kvm_vcpu_events as raw bytes (VCPU_EVENTS names the offsets). */
+  getVcpuEvents(): Uint8Array {
+    this.#buf.bytes.fill(0, 0, KVM_VCPU_EVENTS_SIZE);
+    ioctl(this.fd, KVM.GET_VCPU_EVENTS, this.#buf.addr, "GET_VCPU_EVENTS");
+    return this.#buf.bytes.slice(0, KVM_VCPU_EVENTS_SIZE);
+  }
+  setVcpuEvents(events: Uint8Array): void {
+    if (events.length !== KVM_VCPU_EVENTS_SIZE) {
+      throw new RangeError(`struct kvm_vcpu_events is ${KVM_VCPU_EVENTS_SIZE} bytes, not ${events.length}`);
+    }
+    this.#buf.bytes.set(events);
+    ioctl(this.fd, KVM.SET_VCPU_EVENTS, this.#buf.addr, "SET_VCPU_EVENTS");
+  }
+  getDebugRegs(): DebugRegs {
+    ioctl(this.fd, KVM.GET_DEBUGREGS, this.#buf.addr, "GET_DEBUGREGS");
+    return decodeDebugRegs(this.#buf.view);
+  }
+  /** KVM refuses DR6/DR7 with bits set above bit 31 (EINVAL). */
+  setDebugRegs(d: DebugRegs): void {
+    encodeDebugRegs(this.#buf.view, d);
+    ioctl(this.fd, KVM.SET_DEBUGREGS, this.#buf.addr, "SET_DEBUGREGS");
+  }
+  /**
+   * KVM_KVMCLOCK_CTRL: tell a guest using kvmclock that the VM was paused, so
+   * its soft-lockup watchdog does not fire on resume. EINVAL when the guest
+   * has not enabled kvmclock.
+   */
+  kvmclockCtrl(): void {
+    ioctl(this.fd, KVM.KVMCLOCK_CTRL, 0n, "KVMCLOCK_CTRL");
   }
 }

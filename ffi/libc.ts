@@ -7,7 +7,7 @@
  * that into a SysError naming the call and errno.
  */
 import { runtime } from "./runtime.ts";
-import { SysError } from "./errno.ts";
+import { E, SysError } from "./errno.ts";
 
 const u64 = "u64" as const, i32 = "i32" as const, i64 = "i64" as const, u32 = "u32" as const;
 
@@ -49,6 +49,7 @@ export const libc = runtime.dlopen("libc.so.6", {
   fallocate: { args: [i32, i32, i64, i64], result: i32 },
   getrandom: { args: [u64, u64, u32], result: i64 },
   malloc: { args: [u64], result: u64 },
+  free: { args: [u64], result: "void" },
   getpid: { args: [], result: i32 },
   gettid: { args: [], result: i32 },
   __errno_location: { args: [], result: u64 },
@@ -69,6 +70,14 @@ export function check(call: string, r: number | bigint): number {
   return n;
 }
 
+/**
+ * Every NativeBuf this thread allocated and has not freed. Each Worker has
+ * its own copy of this module, so a Worker that ends calls
+ * `NativeBuf.freeAll()` and gives back everything it allocated, its modules'
+ * scratch buffers included: malloc'd memory outlives a terminated Worker.
+ */
+const live = new Set<bigint>();
+
 /** Host memory that never moves: safe to hand to the kernel by address. */
 export class NativeBuf {
   readonly addr: bigint;
@@ -80,11 +89,12 @@ export class NativeBuf {
     this.bytes = len > 0 ? new Uint8Array(runtime.view(addr, len)) : new Uint8Array(0);
     this.view = new DataView(this.bytes.buffer, this.bytes.byteOffset, len);
   }
-  /** Allocate `len` zeroed bytes (never freed: vmm allocates scratch once per thread). */
+  /** Allocate `len` zeroed bytes; the caller frees them with `free()` (or the thread's `freeAll()`). */
   static alloc(len: number): NativeBuf {
     const n = Math.max(16, (len + 15) & ~15);
     const addr = BigInt(libc.malloc(BigInt(n)));
-    if (addr === 0n) throw new SysError("malloc", 12);
+    if (addr === 0n) throw new SysError("malloc", E.ENOMEM);
+    live.add(addr);
     const b = new NativeBuf(addr, len);
     b.bytes.fill(0);
     return b;
@@ -95,6 +105,19 @@ export class NativeBuf {
     const b = NativeBuf.alloc(enc.length + 1);
     b.bytes.set(enc);
     return b;
+  }
+  /** Give the memory back. The views must not be used afterwards. */
+  free(): void {
+    if (live.delete(this.addr)) libc.free(this.addr);
+  }
+  /** Free every buffer this thread allocated: the last call of a Worker that ends. */
+  static freeAll(): void {
+    for (const a of live) libc.free(a);
+    live.clear();
+  }
+  /** How many buffers this thread holds (for leak tests). */
+  static get liveCount(): number {
+    return live.size;
   }
 }
 
@@ -111,7 +134,7 @@ export const EFD_CLOEXEC = 0o2000000, EFD_NONBLOCK = 0o4000;
 export const POLLIN = 1, POLLOUT = 4, POLLERR = 8, POLLHUP = 16;
 export const SIGINT = 2, SIGKILL = 9, SIGUSR1 = 10, SIGTERM = 15, SIGCHLD = 17;
 export const LOCK_EX = 2, LOCK_NB = 4;
-export const EINTR = 4, EAGAIN = 11;
+export const EINTR = E.EINTR, EAGAIN = E.EAGAIN;
 const SYS_pidfd_open = 434;
 
 const scratch = NativeBuf.alloc(64);
@@ -119,7 +142,11 @@ const scratch = NativeBuf.alloc(64);
 /** open(2); throws SysError naming `what` (usually the path). */
 export function open(path: string, flags: number, mode = 0o644, what = `open ${path}`): number {
   const p = NativeBuf.cstring(path);
-  return check(what, libc.open(p.addr, flags | O_CLOEXEC, mode));
+  try {
+    return check(what, libc.open(p.addr, flags | O_CLOEXEC, mode));
+  } finally {
+    p.free();
+  }
 }
 
 export function close(fd: number): void {
@@ -131,18 +158,14 @@ export function read(fd: number, buf: NativeBuf, len = buf.bytes.length, call = 
   return check(call, libc.read(fd, buf.addr, BigInt(len)));
 }
 
-/** write(2) all of `data` (copied through a native buffer), retrying short writes. */
+/** write(2) all of `data` (copied through a native buffer), retrying short writes and EINTR. */
 export function writeAll(fd: number, data: Uint8Array, call = "write"): void {
-  const buf = data.length <= 64 ? scratch : NativeBuf.alloc(data.length);
-  buf.bytes.set(data);
-  let off = 0;
-  while (off < data.length) {
-    const r = Number(libc.write(fd, buf.addr + BigInt(off), BigInt(data.length - off)));
-    if (r < 0) {
-      if (errno() === EINTR) continue;
-      throw new SysError(call, errno());
-    }
-    off += r;
+  const buf = data.length <= scratch.bytes.length ? scratch : NativeBuf.alloc(data.length);
+  try {
+    buf.bytes.set(data);
+    writeAllAt(fd, buf.addr, data.length, call);
+  } finally {
+    if (buf !== scratch) buf.free();
   }
 }
 
@@ -213,6 +236,10 @@ export class Poller {
       this.#buf.view.setInt32(i * 8, fd, true);
       this.#buf.view.setInt16(i * 8 + 4, events[i], true);
     });
+  }
+  /** Free the poll array; the Poller must not be used afterwards. */
+  close(): void {
+    this.#buf.free();
   }
   wait(timeoutMs: number): number[] {
     for (let i = 0; i < this.#fds.length; i++) this.#buf.view.setInt16(i * 8 + 6, 0, true);

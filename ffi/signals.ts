@@ -13,12 +13,12 @@
  * KVM_RUN return EINTR, which a signal with a handler does and an ignored
  * one does not.
  */
-import { check, errno, libc, mmapAnon, NativeBuf, O_CLOEXEC, O_NONBLOCK, pipe, PROT_EXEC, PROT_READ, PROT_WRITE } from "./libc.ts";
+import { errno, libc, mmapAnon, NativeBuf, O_CLOEXEC, O_NONBLOCK, pipe, PROT_EXEC, PROT_READ, PROT_WRITE } from "./libc.ts";
 import { SysError } from "./errno.ts";
 
 const SA_RESTART = 0x10000000;
 /** glibc struct sigaction on x86-64: handler, 128-byte mask, flags, restorer. */
-const SIGACTION_SIZE = 152, SA_MASK = 8, SA_FLAGS = 136;
+const SIGACTION_SIZE = 152, SA_FLAGS = 136;
 
 /** x86-64 code: `push rdi; mov rsi,rsp; mov edx,1; mov edi,FD; mov eax,1 (write); syscall; pop rdi; ret`. */
 export function pipeWriterCode(fd: number): Uint8Array {
@@ -30,46 +30,113 @@ export function pipeWriterCode(fd: number): Uint8Array {
   return new Uint8Array(c);
 }
 const RET = new Uint8Array([0xc3]);
+const PAGE = 4096;
 
-let codePage: bigint | null = null;
-let codeUsed = 0;
-
-/** Copy machine code into an executable page; returns its address. */
-function installCode(code: Uint8Array): bigint {
-  if (codePage === null) {
-    codePage = mmapAnon(4096, PROT_READ | PROT_WRITE);
-  } else {
-    check("mprotect", libc.mprotect(codePage, 4096n, PROT_READ | PROT_WRITE));
+/** Copy machine code into a page of its own, made executable; returns its address. */
+function codePage(code: Uint8Array): bigint {
+  const page = mmapAnon(PAGE, PROT_READ | PROT_WRITE, undefined, "mmap signal handler page");
+  new NativeBuf(page, code.length).bytes.set(code);
+  if (Number(libc.mprotect(page, BigInt(PAGE), PROT_READ | PROT_EXEC)) < 0) {
+    const e = errno();
+    libc.munmap(page, BigInt(PAGE));
+    throw new SysError("mprotect signal handler page", e);
   }
-  const at = codeUsed;
-  new NativeBuf(codePage + BigInt(at), code.length).bytes.set(code);
-  codeUsed = (at + code.length + 15) & ~15;
-  check("mprotect", libc.mprotect(codePage, 4096n, PROT_READ | PROT_EXEC));
-  return codePage + BigInt(at);
+  return page;
 }
 
-function sigaction(sig: number, handler: bigint): void {
+/**
+ * Install `handler` (0n: SIG_DFL) for `sig`; returns the struct sigaction
+ * that was there, so it can be put back exactly (handler, mask, flags and
+ * restorer: whatever the runtime had installed).
+ */
+function sigaction(sig: number, handler: bigint): Uint8Array {
+  const sa = NativeBuf.alloc(SIGACTION_SIZE), old = NativeBuf.alloc(SIGACTION_SIZE);
+  try {
+    sa.view.setBigUint64(0, handler, true);
+    sa.view.setInt32(SA_FLAGS, SA_RESTART, true);
+    if (Number(libc.sigaction(sig, sa.addr, old.addr)) < 0) throw new SysError(`sigaction ${sig}`, errno());
+    return old.bytes.slice();
+  } finally {
+    sa.free();
+    old.free();
+  }
+}
+
+/** Put back a struct sigaction saved by `sigaction()`. */
+function restoreAction(sig: number, saved: Uint8Array): void {
   const sa = NativeBuf.alloc(SIGACTION_SIZE);
-  sa.view.setBigUint64(0, handler, true);
-  sa.bytes.fill(0, SA_MASK, SA_MASK + 128);
-  sa.view.setInt32(SA_FLAGS, SA_RESTART, true);
-  if (Number(libc.sigaction(sig, sa.addr, 0n)) < 0) throw new SysError(`sigaction ${sig}`, errno());
+  try {
+    sa.bytes.set(saved);
+    libc.sigaction(sig, sa.addr, 0n);
+  } finally {
+    sa.free();
+  }
 }
 
-/** Route `signals` to a pipe; returns the read end to poll (one byte per signal: its number). */
-export function signalPipe(signals: number[]): number {
+/** Signals routed to a pipe; `close()` puts the old handlers back and releases the pipe and code. */
+export interface SignalPipe {
+  /** Read end: one byte per signal, its number. */
+  readonly fd: number;
+  close(): void;
+}
+
+/** Route `signals` to a pipe the caller polls. */
+export function signalPipe(signals: number[]): SignalPipe {
   const [r, w] = pipe(O_CLOEXEC | O_NONBLOCK);
-  const handler = installCode(pipeWriterCode(w));
-  for (const s of signals) sigaction(s, handler);
-  return r;
+  let page: bigint;
+  try {
+    page = codePage(pipeWriterCode(w));
+  } catch (e) {
+    libc.close(r);
+    libc.close(w);
+    throw e;
+  }
+  const saved = new Map<number, Uint8Array>();
+  let closed = false;
+  const close = () => {
+    if (closed) return;
+    closed = true;
+    // Handlers first: a signal must never land on an unmapped page or a closed pipe.
+    for (const [sig, old] of saved) restoreAction(sig, old);
+    libc.munmap(page, BigInt(PAGE));
+    libc.close(r);
+    libc.close(w);
+  };
+  try {
+    for (const s of signals) saved.set(s, sigaction(s, page));
+  } catch (e) {
+    close();
+    throw e;
+  }
+  return { fd: r, close };
 }
 
-/** Give `sig` a handler that does nothing, so it interrupts blocking calls such as KVM_RUN. */
-export function interruptingSignal(sig: number): void {
-  sigaction(sig, installCode(RET));
+/**
+ * The vCPU kick signal: a handler that only returns, so the signal
+ * interrupts KVM_RUN (an ignored signal would not). Shared by every machine
+ * of the process: the first `acquireKickSignal` installs it, the last
+ * `releaseKickSignal` puts back what was there and unmaps the code.
+ */
+let kick: { sig: number; users: number; page: bigint; old: Uint8Array } | null = null;
+
+export function acquireKickSignal(sig: number): void {
+  if (kick) {
+    if (kick.sig !== sig) throw new Error(`The vCPU kick signal is ${kick.sig}, not ${sig}`);
+    kick.users++;
+    return;
+  }
+  const page = codePage(RET);
+  try {
+    kick = { sig, users: 1, page, old: sigaction(sig, page) };
+  } catch (e) {
+    libc.munmap(page, BigInt(PAGE));
+    throw e;
+  }
 }
 
-/** Restore the default action for `sig`. */
-export function defaultSignal(sig: number): void {
-  sigaction(sig, 0n);
+export function releaseKickSignal(): void {
+  if (!kick || --kick.users > 0) return;
+  restoreAction(kick.sig, kick.old);
+  libc.munmap(kick.page, BigInt(PAGE));
+  kick = null;
 }

@@ -1,26 +1,32 @@
 /**
- * The control loop: the main thread's whole job once the guest runs.
+ * The control loop: the one place that owns a running machine's lifecycle.
  *
- * It starts one Worker per vCPU (and one for stdin), then blocks in poll(2)
- * on two fds: the signal pipe (SIGINT, SIGTERM) and the control eventfd the
- * Workers write when something ends the VM. It is never on a data path: the
- * guest's console, disks and network are served by Workers.
+ * It blocks in poll(2) on the signal pipe (when the machine takes signals),
+ * the control eventfd the Workers write when something ended, and the
+ * command eventfd behind the mailbox (loop/shared.ts CMD) through which
+ * `Machine` asks for pause, resume and stop — the one door a future API
+ * server will also come in by. It is never on a data path: the guest's
+ * console, disks and network are served by Workers.
  *
- * Stopping is ordered: STOP is raised, every running vCPU is kicked out of
- * KVM_RUN (immediate_exit, then SIGUSR1), the main thread waits for each to
- * say it stopped, and only then is the terminal restored and vmm exits.
+ * It is plain synchronous code over plain data (`ControlInit`), so the same
+ * loop runs on the CLI's main thread and, for a library, on a control
+ * Worker that leaves the embedder's event loop free.
+ *
+ * Pause is a drain (QEMU's dataplane lesson): every vCPU is kicked out of
+ * KVM_RUN and parked, then every queue Worker finishes the request in hand,
+ * flushes and parks with its ring position kept. Stopping is ordered the
+ * same way: STOP is raised and every vCPU kicked until all have left their
+ * loops, then each queue Worker serves what the guest made available,
+ * flushes its disk and ends.
  */
+import { eventfdRead, eventfdSignal, hostView, libc, NativeBuf, Poller, SIGINT, SIGTERM, SIGUSR1 } from "../ffi/libc.ts";
+import { RUN as KVM_RUN_PAGE } from "../ffi/structs.ts";
 import {
-  eventfd, eventfdRead, hostView, libc, mmapAnon, mmapFd, Poller, SIGINT, SIGTERM, SIGUSR1, NativeBuf,
-  EFD_CLOEXEC, EFD_NONBLOCK,
-} from "../ffi/libc.ts";
-import { defaultSignal, interruptingSignal, signalPipe } from "../ffi/signals.ts";
-import { RawTerminal } from "../ffi/termios.ts";
-import { RUN } from "../ffi/structs.ts";
-import type { Vm } from "../vm/vm.ts";
-import { CTL, CTL_READY_TIME, CTL_TIDS, EXIT_KIND, exitReason, recordExit, SHARED_BYTES } from "./shared.ts";
-import type { QueueInit, StdinInit, VcpuInit, VirtioDeviceInit, WorkerReady } from "./messages.ts";
-import { stopQueues } from "./virtio.ts";
+  CMD, CTL, CTL_READY_TIME, CTL_TIDS, EXIT_KIND, exitReason, recordExit, RUN, SHARED_BYTES, sharedViews, type SharedViews, VCPU,
+  VCPU_STATE_WORD,
+} from "./shared.ts";
+import type { ControlEvent, ControlInit } from "./messages.ts";
+import { pauseQueues, resumeQueues, stopQueues } from "./virtio.ts";
 
 /** How a run ended. */
 export interface RunResult {
@@ -34,168 +40,188 @@ export interface RunResult {
 
 /** Exit status when the guest kernel panicked. */
 export const EXIT_PANIC = 101;
+/** Exit status when the guest triple-faulted (KVM_EXIT_SHUTDOWN): it crashed without a panic message. */
+export const EXIT_TRIPLE_FAULT = 102;
 /** Exit status when vmm or KVM failed while the guest ran. */
 export const EXIT_VMM_ERROR = 1;
 
-export interface ConsoleFds {
-  outFd: number;
-  /** Host fd the guest console reads; null for none. */
-  inFd: number | null;
-  /** Which device is the guest's console: the UART (default) or virtio-console's hvc0. */
-  device?: "serial" | "hvc";
-}
-
 const KIND_NAMES = Object.fromEntries(Object.entries(EXIT_KIND).map(([k, v]) => [v, k])) as Record<number, keyof typeof EXIT_KIND>;
-const STOP_TIMEOUT_MS = 3000;
-/** How long the VM's stop waits for queue Workers to finish their requests and flush. */
-const DRAIN_TIMEOUT_MS = 30_000;
+/** How long a stop or pause waits for the vCPUs to leave KVM_RUN. */
+const VCPU_TIMEOUT_MS = 3000;
+/** How long a stop or pause waits for queue Workers to finish their requests and flush. */
+export const DRAIN_TIMEOUT_MS = 30_000;
 
-/** Start the Worker at `url` with `init`; resolves once it reports ready. */
-export function startWorker(url: URL, init: unknown): Promise<Worker> {
-  const w = new Worker(url.href, { type: "module" });
-  return new Promise((resolve, reject) => {
-    w.onmessage = (ev: MessageEvent<WorkerReady>) => {
-      w.onmessage = null;
-      if (ev.data.ok) resolve(w);
-      else reject(new Error(ev.data.error ?? "Worker failed to start"));
-    };
-    w.onerror = (ev) => {
-      ev.preventDefault?.();
-      reject(new Error(`Worker ${url.pathname.split("/").pop()} failed: ${ev.message}`));
-    };
-    w.postMessage(init);
-  });
-}
+export class Controller {
+  readonly #init: ControlInit;
+  readonly #s: SharedViews;
+  readonly #runs: Uint8Array[];
+  readonly #poller: Poller;
+  readonly #kickPoller: Poller;
+  readonly #sigBuf = NativeBuf.alloc(16);
+  #signalled = 0;
 
-/**
- * Where the Worker scripts are. In a `bun build --compile` executable every
- * module is bundled into the entry file at the root of Bun's embedded file
- * system, and each Worker entry point keeps its path from the repository
- * root (scripts/build-exe.ts lists them).
- */
-const compiled = import.meta.url.includes("/$bunfs/");
-export const workerUrls = {
-  vcpu: new URL(compiled ? "./loop/vcpu_worker.ts" : "./vcpu_worker.ts", import.meta.url),
-  stdin: new URL(compiled ? "./loop/stdin_worker.ts" : "./stdin_worker.ts", import.meta.url),
-  queue: new URL(compiled ? "./loop/queue_worker.ts" : "./queue_worker.ts", import.meta.url),
-};
-
-/**
- * Run `vm` until the guest or a signal ends it. `virtio`: its devices,
- * wired by loop/virtio.ts `wireVirtio`; each queue gets its Worker here.
- */
-export async function runVm(
-  vm: Vm,
-  console_: ConsoleFds,
-  startedAt = Date.now(),
-  virtio: VirtioDeviceInit[] = [],
-): Promise<RunResult> {
-  const sigFd = signalPipe([SIGINT, SIGTERM]);
-  interruptingSignal(SIGUSR1);
-  const sharedAddr = mmapAnon(SHARED_BYTES);
-  const sharedBytes = hostView(sharedAddr, SHARED_BYTES);
-  const ctl = new Int32Array(sharedBytes.buffer, sharedBytes.byteOffset, SHARED_BYTES / 4);
-  const sharedView = new DataView(sharedBytes.buffer, sharedBytes.byteOffset, SHARED_BYTES);
-  const ctlFd = eventfd(EFD_CLOEXEC | EFD_NONBLOCK);
-  const runs = vm.vcpuFds.map((fd, i) => mmapFd(fd, vm.runSize, `mmap kvm_run of vCPU ${i}`));
-  const runBytes = runs.map((a) => hostView(a, vm.runSize));
-
-  const term = console_.inFd !== null && RawTerminal.isTty(console_.inFd) ? new RawTerminal(console_.inFd) : null;
-  const workers: Worker[] = [];
-  let signalled = 0;
-  let drainError = "";
-  try {
-    term?.enter();
-    const mem = { memAddr: vm.memAddr, memSize: vm.memSize, regions: vm.regions };
-    // Queue Workers first, all started together: they park until their
-    // driver is ready, and the guest needs a second or more to get there.
-    const starting: Promise<Worker>[] = [];
-    for (const device of virtio) {
-      device.ioFds.forEach((_, queue) => {
-        const init: QueueInit = { kind: "queue", device, queue, shared: sharedAddr, ctlFd, ...mem };
-        starting.push(startWorker(workerUrls.queue, init));
-      });
-    }
-    for (let id = 0; id < vm.vcpuFds.length; id++) {
-      const init: VcpuInit = {
-        kind: "vcpu", id, vcpuFd: vm.vcpuFds[id], vmFd: vm.vm.fd, runAddr: runs[id], runSize: vm.runSize,
-        shared: sharedAddr, ctlFd, outFd: console_.outFd, ...mem, virtio,
-      };
-      starting.push(startWorker(workerUrls.vcpu, init));
-    }
-    if (console_.inFd !== null && console_.device !== "hvc") {
-      const init: StdinInit = { kind: "stdin", vmFd: vm.vm.fd, shared: sharedAddr, ctlFd, inFd: console_.inFd };
-      starting.push(startWorker(workerUrls.stdin, init));
-    }
-    const started = await Promise.allSettled(starting);
-    for (const r of started) if (r.status === "fulfilled") workers.push(r.value);
-    const failed = started.find((r) => r.status === "rejected");
-    if (failed) throw (failed as PromiseRejectedResult).reason;
-
-    // The loop: sleep until a signal or a Worker has news.
-    const poller = new Poller([sigFd, ctlFd]);
-    const sigBuf = NativeBuf.alloc(16);
-    while (Atomics.load(ctl, CTL.EXIT_KIND) === EXIT_KIND.NONE) {
-      const [sig, ev] = poller.wait(-1);
-      if (sig) {
-        const n = Number(libc.read(sigFd, sigBuf.addr, 16n));
-        for (let i = 0; i < n; i++) {
-          const s = sigBuf.bytes[i];
-          if (s === SIGINT || s === SIGTERM) {
-            signalled = s;
-            recordExit(ctl, sharedBytes, EXIT_KIND.QUIT, 128 + s, `stopped by ${s === SIGINT ? "SIGINT" : "SIGTERM"}`);
-          }
-        }
-      }
-      if (ev) eventfdRead(ctlFd);
-      if (allStopped(ctl, vm.vcpuFds.length) && Atomics.load(ctl, CTL.EXIT_KIND) === EXIT_KIND.NONE) {
-        recordExit(ctl, sharedBytes, EXIT_KIND.ERROR, EXIT_VMM_ERROR, "every vCPU stopped");
-      }
-    }
-  } finally {
-    stopVcpus(ctl, sharedView, runBytes, ctlFd);
-    // Drain: no vCPU runs now, so no new requests come; let every queue
-    // Worker finish what the guest made available and flush its disk.
-    const late = stopQueues(ctl, virtio, "exit", DRAIN_TIMEOUT_MS);
-    if (late.length) drainError = `${late.join(", ")} did not finish its requests within ${DRAIN_TIMEOUT_MS / 1000} s`;
-    for (const w of workers) w.terminate();
-    term?.restore();
-    // Give SIGINT/SIGTERM back: after the run nothing reads the signal pipe.
-    defaultSignal(SIGINT);
-    defaultSignal(SIGTERM);
+  constructor(init: ControlInit) {
+    this.#init = init;
+    this.#s = sharedViews(hostView(init.shared, SHARED_BYTES));
+    this.#runs = init.runAddrs.map((a) => hostView(a, init.runSize));
+    this.#poller = new Poller([init.ctlFd, init.cmdFd, ...(init.sigFd >= 0 ? [init.sigFd] : [])]);
+    this.#kickPoller = new Poller([init.ctlFd]);
   }
 
+  /** Free what the loop allocated (on the main thread; a Worker frees everything as it ends). */
+  close(): void {
+    this.#poller.close();
+    this.#kickPoller.close();
+    this.#sigBuf.free();
+  }
+
+  /** Run until the guest, a signal or a stop command ends the VM; `report` hears each event. */
+  run(report: (ev: ControlEvent) => void): void {
+    const { ctl, bytes } = this.#s;
+    const { ctlFd, cmdFd, sigFd } = this.#init;
+    let drainError = "";
+    try {
+      while (Atomics.load(ctl, CTL.EXIT_KIND) === EXIT_KIND.NONE) {
+        const [ev, cmd, sig] = this.#poller.wait(-1);
+        if (sig) this.#signals();
+        if (ev) eventfdRead(ctlFd);
+        if (cmd) {
+          eventfdRead(cmdFd);
+          this.#command(report);
+        }
+        if (this.#allVcpus(VCPU.STOPPED) && Atomics.load(ctl, CTL.EXIT_KIND) === EXIT_KIND.NONE) {
+          recordExit(ctl, bytes, EXIT_KIND.ERROR, EXIT_VMM_ERROR, "every vCPU stopped");
+        }
+      }
+    } catch (e) {
+      recordExit(ctl, bytes, EXIT_KIND.ERROR, EXIT_VMM_ERROR, `control loop: ${(e as Error).message}`);
+    } finally {
+      drainError = this.#stop();
+    }
+    report({ type: "ended", signalled: this.#signalled, drainError });
+  }
+
+  #signals(): void {
+    const { ctl, bytes } = this.#s;
+    const n = Number(libc.read(this.#init.sigFd, this.#sigBuf.addr, 16n));
+    for (let i = 0; i < n; i++) {
+      const s = this.#sigBuf.bytes[i];
+      if (s === SIGINT || s === SIGTERM) {
+        this.#signalled = s;
+        recordExit(ctl, bytes, EXIT_KIND.QUIT, 128 + s, `stopped by ${s === SIGINT ? "SIGINT" : "SIGTERM"}`);
+      }
+    }
+  }
+
+  /** Carry out the mailbox's command and say it is done. */
+  #command(report: (ev: ControlEvent) => void): void {
+    const { ctl, bytes } = this.#s;
+    const seq = Atomics.load(ctl, CTL.CMD_SEQ);
+    if (seq === Atomics.load(ctl, CTL.CMD_DONE)) return; // already answered
+    let error: string | undefined;
+    switch (Atomics.load(ctl, CTL.CMD)) {
+      case CMD.PAUSE:
+        error = this.#pause();
+        break;
+      case CMD.RESUME:
+        this.#resume();
+        break;
+      case CMD.STOP:
+        recordExit(ctl, bytes, EXIT_KIND.STOPPED, 0, "stopped by stop()");
+        break;
+      default:
+        error = `unknown command ${Atomics.load(ctl, CTL.CMD)}`;
+    }
+    Atomics.store(ctl, CTL.CMD_DONE, seq);
+    report({ type: "done", seq, ok: error === undefined, error });
+  }
+
+  /** Park every vCPU, then every queue. Returns an error text when something did not answer. */
+  #pause(): string | undefined {
+    const { ctl } = this.#s;
+    Atomics.store(ctl, CTL.RUN, RUN.PAUSE);
+    const parked = (i: number) => {
+      const s = Atomics.load(ctl, VCPU_STATE_WORD + i);
+      return s === VCPU.PAUSED || s === VCPU.STOPPED;
+    };
+    if (!this.#kickUntil(parked)) {
+      this.#resume();
+      return `a vCPU did not pause within ${VCPU_TIMEOUT_MS / 1000} s`;
+    }
+    const late = pauseQueues(ctl, this.#init.virtio, DRAIN_TIMEOUT_MS);
+    if (late.length) {
+      this.#resume();
+      return `${late.join(", ")} did not pause within ${DRAIN_TIMEOUT_MS / 1000} s`;
+    }
+    return undefined;
+  }
+
+  /** Queues first, so the first thing a vCPU does finds its devices served. */
+  #resume(): void {
+    const { ctl } = this.#s;
+    resumeQueues(ctl, this.#init.virtio);
+    Atomics.store(ctl, CTL.RUN, RUN.GO);
+    this.#init.vcpuWakeFds.forEach(eventfdSignal);
+  }
+
+  /** Raise STOP, stop the vCPUs, drain the queues, release the stdin Worker. Returns a drain error, or "". */
+  #stop(): string {
+    const { ctl } = this.#s;
+    Atomics.store(ctl, CTL.STOP, 1);
+    this.#init.vcpuWakeFds.forEach(eventfdSignal); // a parked vCPU wakes and leaves
+    this.#kickUntil((i) => Atomics.load(ctl, VCPU_STATE_WORD + i) === VCPU.STOPPED);
+    if (this.#init.stdinWakeFd >= 0) eventfdSignal(this.#init.stdinWakeFd);
+    // Drain: no vCPU runs now, so no new requests come; let every queue
+    // Worker finish what the guest made available and flush its disk.
+    const late = stopQueues(ctl, this.#init.virtio, "exit", DRAIN_TIMEOUT_MS);
+    return late.length ? `${late.join(", ")} did not finish its requests within ${DRAIN_TIMEOUT_MS / 1000} s` : "";
+  }
+
+  #allVcpus(state: number): boolean {
+    const { ctl } = this.#s;
+    for (let i = 0; i < this.#runs.length; i++) if (Atomics.load(ctl, VCPU_STATE_WORD + i) !== state) return false;
+    return true;
+  }
+
+  /** Kick every vCPU not yet `done` out of KVM_RUN until all are; false on timeout. */
+  #kickUntil(done: (i: number) => boolean): boolean {
+    const { ctl, view } = this.#s;
+    const deadline = Date.now() + VCPU_TIMEOUT_MS;
+    for (;;) {
+      let all = true;
+      this.#runs.forEach((run, i) => {
+        if (done(i)) return;
+        all = false;
+        if (Atomics.load(ctl, VCPU_STATE_WORD + i) !== VCPU.RUNNING) return;
+        // immediate_exit first: a signal that lands while the Worker runs JS
+        // would be lost, but the flag makes its next KVM_RUN return at once.
+        Atomics.store(run, KVM_RUN_PAGE.IMMEDIATE_EXIT, 1);
+        const tid = view.getBigUint64(CTL_TIDS + i * 8, true);
+        if (tid !== 0n) libc.pthread_kill(tid, SIGUSR1);
+      });
+      if (all) return true;
+      if (Date.now() >= deadline) return false;
+      if (this.#kickPoller.wait(20)[0]) eventfdRead(this.#init.ctlFd);
+    }
+  }
+}
+
+/** How the machine ended, from the shared block once the loop is over. */
+export function runResult(
+  shared: SharedViews,
+  startedAt: number,
+  ended: { signalled: number; drainError: string },
+): RunResult {
+  const { ctl, bytes, view } = shared;
   const kind = KIND_NAMES[Atomics.load(ctl, CTL.EXIT_KIND)] ?? "ERROR";
-  const reason = exitReason(sharedBytes);
-  const ready = Atomics.load(ctl, CTL.READY) ? sharedView.getFloat64(CTL_READY_TIME, true) - startedAt : undefined;
+  const reason = exitReason(bytes);
+  const readyMs = Atomics.load(ctl, CTL.READY) ? view.getFloat64(CTL_READY_TIME, true) - startedAt : undefined;
   let code = 0;
   if (kind === "EXIT_CODE" || kind === "QUIT") code = Atomics.load(ctl, CTL.EXIT_CODE);
   else if (kind === "PANIC") code = EXIT_PANIC;
+  else if (kind === "TRIPLE_FAULT") code = EXIT_TRIPLE_FAULT;
   else if (kind === "ERROR") code = EXIT_VMM_ERROR;
-  if (signalled) code = 128 + signalled;
-  if (drainError) return { code: code || EXIT_VMM_ERROR, kind: "ERROR", reason: `${reason}; then ${drainError}`, readyMs: ready };
-  return { code, kind, reason, readyMs: ready };
-}
-
-function allStopped(ctl: Int32Array, n: number): boolean {
-  for (let i = 0; i < n; i++) if (Atomics.load(ctl, CTL.VCPU_STATE + i) !== 2) return false;
-  return true;
-}
-
-/** Raise STOP and kick every running vCPU until all have left KVM_RUN. */
-function stopVcpus(ctl: Int32Array, shared: DataView, runs: Uint8Array[], ctlFd: number): void {
-  Atomics.store(ctl, CTL.STOP, 1);
-  const poller = new Poller([ctlFd]);
-  const deadline = Date.now() + STOP_TIMEOUT_MS;
-  while (!allStopped(ctl, runs.length) && Date.now() < deadline) {
-    runs.forEach((run, i) => {
-      if (Atomics.load(ctl, CTL.VCPU_STATE + i) !== 1) return;
-      // immediate_exit first: a signal that lands while the Worker runs JS
-      // would be lost, but the flag makes its next KVM_RUN return at once.
-      Atomics.store(run, RUN.IMMEDIATE_EXIT, 1);
-      const tid = shared.getBigUint64(CTL_TIDS + i * 8, true);
-      if (tid !== 0n) libc.pthread_kill(tid, SIGUSR1);
-    });
-    if (poller.wait(20)[0]) eventfdRead(ctlFd);
-  }
+  if (ended.signalled) code = 128 + ended.signalled;
+  if (ended.drainError) return { code: code || EXIT_VMM_ERROR, kind: "ERROR", reason: `${reason}; then ${ended.drainError}`, readyMs };
+  return { code, kind, reason, readyMs };
 }

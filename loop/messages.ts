@@ -1,11 +1,17 @@
-import type { VirtioSpec } from "../devices/virtio/device.ts";
-
 /**
  * The init message each Worker starts from: plain data only (fds as numbers,
  * host addresses as bigint), since FFI handles cannot cross threads.
  */
+import type { VirtioSpec } from "../devices/registry.ts";
 
-export interface VcpuInit {
+/** Guest RAM as every thread maps it. */
+export interface MemoryInit {
+  memAddr: bigint;
+  memSize: number;
+  regions: { gpa: number; size: number; offset: number }[];
+}
+
+export interface VcpuInit extends MemoryInit {
   kind: "vcpu";
   id: number;
   vcpuFd: number;
@@ -15,14 +21,12 @@ export interface VcpuInit {
   runSize: number;
   /** Host address of the block described in loop/shared.ts. */
   shared: bigint;
-  /** eventfd the main thread polls. */
+  /** eventfd the control loop polls. */
   ctlFd: number;
+  /** eventfd this vCPU sleeps on while paused. */
+  wakeFd: number;
   /** Where guest console output goes. */
   outFd: number;
-  /** Guest RAM: host address, size and regions (for the MMIO devices of later issues). */
-  memAddr: bigint;
-  memSize: number;
-  regions: { gpa: number; size: number; offset: number }[];
   /** The virtio-mmio devices this vCPU answers for. */
   virtio: VirtioDeviceInit[];
 }
@@ -47,15 +51,12 @@ export interface VirtioDeviceInit {
 }
 
 /** A queue Worker's init. */
-export interface QueueInit {
+export interface QueueInit extends MemoryInit {
   kind: "queue";
   device: VirtioDeviceInit;
   queue: number;
   shared: bigint;
   ctlFd: number;
-  memAddr: bigint;
-  memSize: number;
-  regions: { gpa: number; size: number; offset: number }[];
 }
 
 export interface StdinInit {
@@ -64,7 +65,33 @@ export interface StdinInit {
   shared: bigint;
   ctlFd: number;
   inFd: number;
+  /** Written when the VM stops: the Worker leaves. */
+  wakeFd: number;
 }
+
+/** What the control loop needs, on the main thread (CLI) or its own Worker (library). */
+export interface ControlInit {
+  kind: "control";
+  shared: bigint;
+  /** Per vCPU: its kvm_run mapping (for immediate_exit) and its wake eventfd. */
+  runAddrs: bigint[];
+  runSize: number;
+  vcpuWakeFds: number[];
+  /** Workers → loop: something ended or changed. */
+  ctlFd: number;
+  /** Machine → loop: a command is in the mailbox (loop/shared.ts CMD). */
+  cmdFd: number;
+  /** The signal pipe (SIGINT, SIGTERM), or -1 when the machine does not take signals. */
+  sigFd: number;
+  /** The stdin Worker's wake eventfd, or -1. */
+  stdinWakeFd: number;
+  virtio: VirtioDeviceInit[];
+}
+
+/** What the control loop reports, in order. */
+export type ControlEvent =
+  | { type: "done"; seq: number; ok: boolean; error?: string }
+  | { type: "ended"; signalled: number; drainError: string };
 
 /** What a Worker posts back once it is set up. */
 export interface WorkerReady {

@@ -9,14 +9,11 @@
 import { writeAll } from "../ffi/libc.ts";
 import type { GuestMemory } from "../vm/memory.ts";
 import { GuestError, Virtqueue } from "../devices/virtio/ring.ts";
-import { type QueueHandler, serveAll } from "../devices/virtio/queue_handler.ts";
-import { NET_QUEUE_SIZE, type VirtioSpec } from "../devices/virtio/device.ts";
+import type { QueueHandler } from "../devices/virtio/queue_handler.ts";
 import { type MmioTransport, VIRTIO_MMIO_INT_VRING } from "../devices/virtio/mmio.ts";
-import { BlkQueue } from "../devices/virtio/blk.ts";
-import { RngQueue } from "../devices/virtio/rng.ts";
-import { CONSOLE_RX_QUEUE, ConsoleRx, ConsoleTx } from "../devices/virtio/console.ts";
-import { NET_RX_QUEUE, NetRx, NetStats, NetTx } from "../devices/virtio/net.ts";
-import { EXIT_KIND } from "./shared.ts";
+import type { DeviceSpec, HandlerContext } from "../devices/virtio/kind.ts";
+import { kindOf } from "../devices/registry.ts";
+import { QPOS } from "./shared.ts";
 
 export interface QueueServiceOptions {
   /** For log lines: "virtio-blk vda (disk.img): queue 0". */
@@ -36,6 +33,12 @@ export interface QueueServiceOptions {
   running: () => boolean;
   /** Where the one line about a broken queue goes; default stderr. */
   log?: (line: string) => void;
+  /**
+   * Where the ring position is published (loop/shared.ts QPOS words), so
+   * that a paused machine's queue state can be read, and later saved, from
+   * another thread; and where a restored one is taken from.
+   */
+  positions?: Int32Array;
 }
 
 export class QueueService {
@@ -69,6 +72,36 @@ export class QueueService {
     } catch (e) {
       this.#fail(e);
     }
+    this.#publish();
+  }
+
+  /**
+   * Pause: the request in hand is finished (this thread was serving it, so
+   * it is done by the time this runs); make what was written durable and
+   * keep the queue, its ring position and its handler for `resume()`.
+   */
+  pause(): void {
+    try {
+      this.#handler?.drain?.();
+    } catch (e) {
+      this.#log(`flush failed: ${(e as Error).message}`);
+    }
+    this.#publish();
+  }
+
+  /** The ring position: the next avail slot to read, the next used index to publish. */
+  get position(): { nextAvail: number; nextUsed: number } | null {
+    return this.#vq ? { nextAvail: this.#vq.nextAvail, nextUsed: this.#vq.nextUsed } : null;
+  }
+
+  /** Store the ring position in the shared words (Atomics: another thread reads them). */
+  #publish(): void {
+    const p = this.#o.positions;
+    if (!p) return;
+    const vq = this.#vq;
+    Atomics.store(p, QPOS.NEXT_AVAIL, vq ? vq.nextAvail : 0);
+    Atomics.store(p, QPOS.NEXT_USED, vq ? vq.nextUsed : 0);
+    Atomics.store(p, QPOS.VALID, vq ? 1 : 0);
   }
 
   /** The host fd the handler waits on now, or -1. */
@@ -99,6 +132,8 @@ export class QueueService {
     }
     this.#vq = null;
     this.#handler = null;
+    // A reset forgets the ring; a stop leaves its last position readable.
+    if (!serveFirst) this.#publish();
   }
 
   /** Run one handler call, then interrupt the guest if it wants to hear. */
@@ -114,6 +149,7 @@ export class QueueService {
       this.#o.transport.raiseInterrupt(VIRTIO_MMIO_INT_VRING);
       this.#o.interrupt();
     }
+    this.#publish();
   }
 
   /** The guest broke the queue (or vmm hit a bug serving it): tell the driver, log once, stop serving. */
@@ -134,37 +170,7 @@ export class QueueService {
   }
 }
 
-/** What a device's queue handler may use. */
-export interface HandlerContext {
-  mem: GuestMemory;
-  /** Features the driver accepted. */
-  features: bigint;
-  /** End the VM (a panic on hvc0, Ctrl-A x). */
-  end: (kind: number, code: number, reason: string) => void;
-  /** One line about the device (already prefixed with its name). */
-  log: (line: string) => void;
-}
-
-/** The handler of queue `queue` of a device. */
-export function deviceHandler(spec: VirtioSpec, queue: number, ctx: HandlerContext): QueueHandler {
-  const { mem, end } = ctx;
-  switch (spec.kind) {
-    case "blk": {
-      const blk = new BlkQueue(mem, spec.disk);
-      return { kick: (vq) => serveAll(vq, (chain) => blk.serve(chain)), drain: () => blk.flush() };
-    }
-    case "rng":
-      return new RngQueue(mem);
-    case "net": {
-      const stats = new NetStats(ctx.log);
-      if (queue === NET_RX_QUEUE) return new NetRx(mem, spec.net.tapFd, ctx.features, stats);
-      return new NetTx(mem, spec.net.tapFd, NET_QUEUE_SIZE, stats);
-    }
-    case "console":
-      if (queue === CONSOLE_RX_QUEUE) {
-        if (spec.inFd === null) return { kick() {} }; // no input: the buffers wait
-        return new ConsoleRx(mem, spec.inFd, () => end(EXIT_KIND.QUIT, 0, "console escape Ctrl-A x"), spec.escape);
-      }
-      return new ConsoleTx(mem, spec.outFd, (reason) => end(EXIT_KIND.PANIC, 0, reason));
-  }
+/** The handler of queue `queue` of a device: its kind's (devices/registry.ts). */
+export function deviceHandler(spec: DeviceSpec, ctx: HandlerContext): QueueHandler {
+  return kindOf(spec).handler(spec, ctx);
 }

@@ -43,8 +43,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { close, hostView, mmapAnon, O_CLOEXEC, O_NONBLOCK, O_WRONLY, open, pipe, writeAll } from "../ffi/libc.ts";
 import { GuestMemory, type MemoryRegion } from "../vm/memory.ts";
-import { closeDisk, type Disk, openDisk } from "../devices/disk.ts";
-import { describe, transportFor, type VirtioSpec } from "../devices/virtio/device.ts";
+import { closeDisk, type Disk, openDisk } from "../devices/blk/disk.ts";
+import { describe, initConfig, transportFor } from "../devices/virtio/device.ts";
+import type { VirtioSpec } from "../devices/registry.ts";
+import { DEV, DEVICE_STATE_WORDS, VIRTIO_BLOCK_BYTES } from "./shared.ts";
 import {
   mmioStateWords,
   type MmioTransport,
@@ -81,8 +83,8 @@ import {
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
   VIRTIO_BLK_T_WRITE_ZEROES,
-} from "../devices/virtio/blk_request.ts";
-import { CONSOLE_RX_QUEUE, CONSOLE_TX_QUEUE } from "../devices/virtio/console.ts";
+} from "../devices/blk/request.ts";
+import { CONSOLE_RX_QUEUE, CONSOLE_TX_QUEUE } from "../devices/console/console.ts";
 import { Rng } from "../test/support/fuzz_rng.ts";
 import { deviceHandler, QueueService } from "./queue_service.ts";
 import { EXIT_KIND } from "./shared.ts";
@@ -582,7 +584,11 @@ function runCase(f: Fuzz, fx: Fixtures, totals: Totals): void {
     spec = { kind: "console", inFd: input?.r ?? null, outFd: fx.devNull, escape: rng.chance(0.5) };
   }
   const sizes = describe(spec).queueSizes;
-  const t = transportFor(spec, new Int32Array(mmioStateWords(sizes.length)));
+  const block = new Uint8Array(VIRTIO_BLOCK_BYTES); // the device's slice of the shared block, on one thread here
+  initConfig(spec, block);
+  const t = transportFor(spec, block);
+  const config = block.subarray(DEV.CONFIG, DEV.CONFIG + describe(spec).config.length);
+  const state = new Int32Array(DEVICE_STATE_WORDS);
   const capacity = disk ? disk.sizeBytes / SECTOR_SIZE : 0;
   const request = (q: number) =>
     spec.kind === "blk" ? blkRequest(f, capacity) : spec.kind === "rng" ? rngRequest(f) : q === CONSOLE_RX_QUEUE ? rxRequest(f) : txRequest(f);
@@ -600,7 +606,7 @@ function runCase(f: Fuzz, fx: Fixtures, totals: Totals): void {
       queue,
       handler: (features, log) => {
         const end = (kind: number, _code: number, reason: string) => ends.push({ queue, kind, reason });
-        return counted(deviceHandler(spec, queue, { mem, features, log, end }), totals);
+        return counted(deviceHandler(spec, { mem, features, queue, log, end, state, config, configChanged: () => {} }), totals);
       },
       interrupt: () => interrupts++,
       running: () => running,

@@ -7,14 +7,15 @@
  *   queue's index to QueueNotify: a guest kick goes from the vCPU straight to
  *   this thread, never through the main thread or a vCPU Worker's JS;
  * - its wake eventfd, written when its state word changes (loop/shared.ts Q);
- * - the device's host fd when the device wants one (console input).
+ * - the device's host fd when the device wants one (console input, a TAP).
  * It processes the ring in guest memory, does the I/O, and raises the
  * guest's interrupt itself through the device's irqfd.
  *
  * The Worker exists from VM start, parked until the driver sets DRIVER_OK
- * (a vCPU moves its state to START); a device reset parks it again (STOP),
- * and the VM's stop ends it (EXIT), after it has drained: requests already
- * made available are served and writable disks are flushed.
+ * (a vCPU moves its state to START); a device reset parks it again (STOP);
+ * a pause parks it with its queue kept (PAUSE → PAUSED, after the request in
+ * hand and a flush); the VM's stop ends it (EXIT), after it has drained:
+ * requests already made available are served and writable disks are flushed.
  *
  * A queue the guest broke (a bad chain, rings outside RAM) marks the device
  * DEVICE_NEEDS_RESET, logs one line, and stops being served until the
@@ -23,24 +24,15 @@
 import { eventfdRead, eventfdSignal, hostView, Poller } from "../ffi/libc.ts";
 import { GuestMemory } from "../vm/memory.ts";
 import { transportFor } from "../devices/virtio/device.ts";
+import { DEV, DEVICE_STATE_WORDS, Q, queuePosWord, queueRunWord, recordExit, SHARED_BYTES, sharedViews, VIRTIO_BLOCK_BYTES } from "./shared.ts";
 import { deviceHandler, QueueService } from "./queue_service.ts";
-import { Q, QUEUE_STATE_WORD, recordExit, SHARED_BYTES, VIRTIO_BLOCK_BYTES } from "./shared.ts";
+import { workerMain } from "./workers.ts";
 import type { QueueInit } from "./messages.ts";
 
-// deno-lint-ignore no-explicit-any
-const self_ = globalThis as any;
-
-self_.onmessage = (ev: MessageEvent<QueueInit>) => {
-  let thread: QueueThread;
-  try {
-    thread = new QueueThread(ev.data);
-  } catch (e) {
-    self_.postMessage({ ok: false, error: (e as Error).message });
-    return;
-  }
-  self_.postMessage({ ok: true });
-  thread.run();
-};
+workerMain((init: QueueInit) => {
+  const thread = new QueueThread(init);
+  return () => thread.run();
+});
 
 class QueueThread {
   readonly init: QueueInit;
@@ -56,20 +48,32 @@ class QueueThread {
   constructor(init: QueueInit) {
     this.init = init;
     const { device, queue } = init;
-    this.sharedBytes = hostView(init.shared, SHARED_BYTES);
-    this.ctl = new Int32Array(this.sharedBytes.buffer, this.sharedBytes.byteOffset, SHARED_BYTES / 4);
-    const state = new Int32Array(this.sharedBytes.buffer, this.sharedBytes.byteOffset + device.block, VIRTIO_BLOCK_BYTES / 4);
-    this.stateWord = device.block / 4 + QUEUE_STATE_WORD + queue;
+    const shared = sharedViews(hostView(init.shared, SHARED_BYTES));
+    this.sharedBytes = shared.bytes;
+    this.ctl = shared.ctl;
+    const block = this.sharedBytes.subarray(device.block, device.block + VIRTIO_BLOCK_BYTES);
+    this.stateWord = queueRunWord(device.block, queue);
     const mem = new GuestMemory(hostView(init.memAddr, init.memSize), init.regions, init.memAddr);
+    const transport = transportFor(device.spec, block);
+    const state = new Int32Array(block.buffer, block.byteOffset + DEV.STATE, DEVICE_STATE_WORDS);
+    const config = block.subarray(DEV.CONFIG, DEV.CONFIG + transport.device.config.length);
+    const pos = queuePosWord(device.block, queue);
     this.service = new QueueService({
       name: `${device.name}: queue ${queue}`,
       mem,
-      transport: transportFor(device.spec, state),
+      transport,
       queue,
       handler: (features, log) =>
-        deviceHandler(device.spec, queue, { mem, features, log, end: (kind, code, reason) => this.#end(kind, code, reason) }),
+        deviceHandler(device.spec, {
+          mem, features, queue, log, state, config,
+          end: (kind, code, reason) => this.#end(kind, code, reason),
+          configChanged: () => {
+            if (transport.configChanged()) eventfdSignal(device.irqFd);
+          },
+        }),
       interrupt: () => eventfdSignal(device.irqFd),
       running: () => Atomics.load(this.ctl, this.stateWord) === Q.RUNNING,
+      positions: this.ctl.subarray(pos, pos + 4),
     });
     this.#idle = new Poller([device.wakeFds[queue]]);
     this.#running = new Poller([device.wakeFds[queue], device.ioFds[queue]]);
@@ -78,6 +82,7 @@ class QueueThread {
   run(): void {
     const { ctl, stateWord, service } = this;
     const { device, queue } = this.init;
+    let paused = false;
     for (;;) {
       const state = Atomics.load(ctl, stateWord);
       if (state === Q.EXIT) {
@@ -88,6 +93,7 @@ class QueueThread {
       }
       if (state === Q.STOP) {
         service.stop(false);
+        paused = false;
         Atomics.compareExchange(ctl, stateWord, Q.STOP, Q.IDLE);
         eventfdSignal(device.ackFd);
         continue;
@@ -99,6 +105,21 @@ class QueueThread {
         if (service.kick()) eventfdSignal(device.ioFds[queue]);
         continue;
       }
+      if (state === Q.PAUSE) {
+        // The request in hand is done (we are here, not serving it); flush and keep the ring.
+        service.pause();
+        paused = true;
+        Atomics.compareExchange(ctl, stateWord, Q.PAUSE, Q.PAUSED);
+        eventfdSignal(device.ackFd);
+        continue;
+      }
+      if (state === Q.RUNNING && paused) {
+        // Resumed: serve what the guest left in the ring while we slept
+        // (its kicks, if any, are still counted in the ioeventfd too).
+        paused = false;
+        if (service.kick()) eventfdSignal(device.ioFds[queue]);
+        continue;
+      }
       if (state !== Q.RUNNING || !service.serving) {
         if (this.#idle.wait(-1)[0]) eventfdRead(device.wakeFds[queue]);
         continue;
@@ -107,6 +128,8 @@ class QueueThread {
       const poller = inFd < 0 ? this.#running : this.#pollerWithInput(inFd);
       const [woken, kicked, input] = poller.wait(-1);
       if (woken) eventfdRead(device.wakeFds[queue]);
+      // A pause or stop that woke us comes first: serve nothing new.
+      if (Atomics.load(ctl, stateWord) !== Q.RUNNING) continue;
       if (kicked) {
         eventfdRead(device.ioFds[queue]);
         // Budget spent with work left: kick ourselves, so the next poll

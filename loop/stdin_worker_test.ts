@@ -13,6 +13,7 @@ import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { makeBzImage } from "../test/support/tiny_kernel.ts";
 import { isDeno } from "../ffi/runtime.ts";
+import { requireKvm } from "../test/support/require_kvm.ts";
 
 const VMM = fileURLToPath(new URL("../bin/vmm.ts", import.meta.url));
 
@@ -33,6 +34,7 @@ const ECHO = new Uint8Array([
 
 /** Boot the echo guest with `stdin` as shell redirection text (e.g. `< file`) or piped `input`. */
 function boot(o: { input?: string; file?: string }) {
+  requireKvm();
   const dir = mkdtempSync(join(tmpdir(), "vmm-stdin-"));
   try {
     const k = join(dir, "echo.bz");
@@ -46,7 +48,7 @@ function boot(o: { input?: string; file?: string }) {
     return spawnSync("sh", ["-c", script, "sh", ...run], {
       input: o.input ?? "",
       env: { ...process.env, VMM_ALLOW_PVM: "1" },
-      timeout: 30_000,
+      timeout: 120_000,
       encoding: "utf8",
     });
   } finally {

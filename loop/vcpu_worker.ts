@@ -4,11 +4,15 @@
  *
  * Timers and interrupt controllers live in the kernel (KVM irqchip, PIT), so
  * an idle guest leaves this thread asleep inside KVM_RUN: no polling.
- * The main thread stops it by setting STOP, then `immediate_exit` in
- * kvm_run, then sending SIGUSR1 to this thread: whichever moment the signal
- * lands, KVM_RUN returns EINTR, before or during the guest's run.
+ * The control loop stops or pauses it by setting STOP or RUN.PAUSE, then
+ * `immediate_exit` in kvm_run, then sending SIGUSR1 to this thread:
+ * whichever moment the signal lands, KVM_RUN returns EINTR, before or during
+ * the guest's run. A paused vCPU first lets KVM finish the instruction whose
+ * I/O it was handling (one KVM_RUN with immediate_exit set completes it and
+ * returns at once), so its registers are a consistent state to resume or
+ * save, then sleeps in poll(2) on its wake eventfd: no CPU while paused.
  */
-import { errno, EINTR, EAGAIN, hostView, libc, NativeBuf, eventfdSignal } from "../ffi/libc.ts";
+import { errno, EINTR, EAGAIN, eventfdRead, hostView, libc, NativeBuf, eventfdSignal, Poller } from "../ffi/libc.ts";
 import { EXIT, EXIT_NAMES, irqLine, KVM, KVM_EXIT_IO_OUT, VcpuFd } from "../ffi/kvm.ts";
 import { RUN } from "../ffi/structs.ts";
 import { errnoName } from "../ffi/errno.ts";
@@ -22,21 +26,17 @@ import { transportFor } from "../devices/virtio/device.ts";
 import { type MmioTransport, VIRTIO_MMIO_STATUS } from "../devices/virtio/mmio.ts";
 import { VIRTIO_MMIO_SIZE } from "../boot/layout.ts";
 import { startQueues, stopQueues } from "./virtio.ts";
-import { CTL, CTL_READY_TIME, CTL_TIDS, EXIT_KIND, recordExit, SERIAL_OFFSET, SHARED_BYTES, VIRTIO_BLOCK_BYTES } from "./shared.ts";
+import {
+  CTL, CTL_READY_TIME, CTL_TIDS, EXIT_KIND, recordExit, RUN as RUN_STATE, SERIAL_BYTES, SERIAL_OFFSET, SHARED_BYTES, sharedViews,
+  VCPU, VCPU_STATE_WORD, VIRTIO_BLOCK_BYTES,
+} from "./shared.ts";
+import { workerMain } from "./workers.ts";
 import type { VcpuInit, VirtioDeviceInit } from "./messages.ts";
 
-// deno-lint-ignore no-explicit-any
-const self_ = globalThis as any;
-
-self_.onmessage = (ev: MessageEvent<VcpuInit>) => {
-  try {
-    const vcpu = new VcpuThread(ev.data);
-    self_.postMessage({ ok: true });
-    vcpu.run();
-  } catch (e) {
-    self_.postMessage({ ok: false, error: (e as Error).message });
-  }
-};
+workerMain((init: VcpuInit) => {
+  const vcpu = new VcpuThread(init);
+  return () => vcpu.run();
+});
 
 const KVM_RUN = BigInt(KVM.RUN);
 /** How long a device reset waits for its queue Workers to finish the request in hand. */
@@ -53,20 +53,23 @@ class VcpuThread {
   readonly mmio = new Bus();
   readonly out = NativeBuf.alloc(64);
   readonly panic = new PanicWatch();
+  readonly #wake: Poller;
   done = false;
 
   constructor(init: VcpuInit) {
     this.init = init;
     this.run_ = hostView(init.runAddr, init.runSize);
     this.runView = new DataView(this.run_.buffer, this.run_.byteOffset, init.runSize);
-    this.sharedBytes = hostView(init.shared, SHARED_BYTES);
-    this.ctl = new Int32Array(this.sharedBytes.buffer, this.sharedBytes.byteOffset, SHARED_BYTES / 4);
+    const shared = sharedViews(hostView(init.shared, SHARED_BYTES));
+    this.sharedBytes = shared.bytes;
+    this.ctl = shared.ctl;
+    this.#wake = new Poller([init.wakeFd]);
     new DataView(this.sharedBytes.buffer, this.sharedBytes.byteOffset).setBigUint64(
       CTL_TIDS + init.id * 8, BigInt(libc.pthread_self()), true,
     );
 
     const irqScratch = NativeBuf.alloc(16);
-    const serial = new Serial(new Int32Array(this.sharedBytes.buffer, this.sharedBytes.byteOffset + SERIAL_OFFSET, 16384 / 4), {
+    const serial = new Serial(new Int32Array(this.sharedBytes.buffer, this.sharedBytes.byteOffset + SERIAL_OFFSET, SERIAL_BYTES / 4), {
       output: (b) => this.#console(b),
       irq: (level) => irqLine(init.vmFd, COM1_IRQ, level, irqScratch),
     });
@@ -104,8 +107,7 @@ class VcpuThread {
    * ioeventfd did not match (a 1- or 2-byte write), passed on by hand.
    */
   #addVirtio(dev: VirtioDeviceInit): void {
-    const state = new Int32Array(this.sharedBytes.buffer, this.sharedBytes.byteOffset + dev.block, VIRTIO_BLOCK_BYTES / 4);
-    const t: MmioTransport = transportFor(dev.spec, state);
+    const t: MmioTransport = transportFor(dev.spec, this.sharedBytes.subarray(dev.block, dev.block + VIRTIO_BLOCK_BYTES));
     this.mmio.add(dev.base, VIRTIO_MMIO_SIZE, {
       read: (o, size) => t.read(o, size),
       write: (o, size, v) => {
@@ -135,7 +137,7 @@ class VcpuThread {
   /** Record why the VM ends, wake the main thread and leave the run loop. */
   #end(kind: number, code: number, reason: string): void {
     // A reset right after a panic message is the panic's reboot (panic=-1).
-    if (kind === EXIT_KIND.RESET && this.panic.reason) {
+    if ((kind === EXIT_KIND.RESET || kind === EXIT_KIND.TRIPLE_FAULT) && this.panic.reason) {
       kind = EXIT_KIND.PANIC;
       reason = this.panic.reason;
     }
@@ -146,10 +148,14 @@ class VcpuThread {
 
   run(): void {
     const { ctl, runView, run_ } = this;
-    const fd = this.init.vcpuFd;
-    Atomics.store(ctl, CTL.VCPU_STATE + this.init.id, 1);
+    const fd = this.init.vcpuFd, stateWord = VCPU_STATE_WORD + this.init.id;
+    Atomics.store(ctl, stateWord, VCPU.RUNNING);
     try {
       while (!this.done && Atomics.load(ctl, CTL.STOP) === 0) {
+        if (Atomics.load(ctl, CTL.RUN) === RUN_STATE.PAUSE) {
+          this.#park(stateWord);
+          continue;
+        }
         const r = libc.ioctl(fd, KVM_RUN, 0n);
         if (r < 0) {
           const e = errno();
@@ -165,8 +171,33 @@ class VcpuThread {
     } catch (e) {
       this.#end(EXIT_KIND.ERROR, 1, `vCPU ${this.init.id}: ${(e as Error).message}`);
     }
-    Atomics.store(ctl, CTL.VCPU_STATE + this.init.id, 2);
+    Atomics.store(ctl, stateWord, VCPU.STOPPED);
     eventfdSignal(this.init.ctlFd);
+  }
+
+  /**
+   * Pause: finish the instruction in flight, then sleep until resumed or stopped.
+   * KVM completes a pending port or MMIO read on the next KVM_RUN, before it
+   * looks at immediate_exit (x86 kvm_arch_vcpu_ioctl_run: complete_userspace_io
+   * first), so one KVM_RUN with the flag set leaves no half-done exit behind.
+   */
+  #park(stateWord: number): void {
+    const { ctl, run_ } = this;
+    Atomics.store(run_, RUN.IMMEDIATE_EXIT, 1);
+    for (;;) {
+      const r = libc.ioctl(this.init.vcpuFd, KVM_RUN, 0n);
+      if (r < 0) break; // EINTR: nothing in flight any more
+      this.#exit(this.runView.getUint32(RUN.EXIT_REASON, true)); // an exit that completing I/O caused
+      if (this.done) break;
+    }
+    Atomics.store(run_, RUN.IMMEDIATE_EXIT, 0);
+    if (this.done) return;
+    Atomics.store(ctl, stateWord, VCPU.PAUSED);
+    eventfdSignal(this.init.ctlFd);
+    while (Atomics.load(ctl, CTL.RUN) === RUN_STATE.PAUSE && Atomics.load(ctl, CTL.STOP) === 0) {
+      if (this.#wake.wait(-1)[0]) eventfdRead(this.init.wakeFd);
+    }
+    Atomics.store(ctl, stateWord, VCPU.RUNNING);
   }
 
   #exit(reason: number): void {
@@ -203,7 +234,9 @@ class VcpuThread {
       case EXIT.INTR:
         return;
       case EXIT.SHUTDOWN:
-        this.#end(EXIT_KIND.RESET, 0, "guest reset (triple fault)");
+        // A triple fault: the guest crashed; a guest that wants a reset asks
+        // through the i8042 or the ACPI reset register instead.
+        this.#end(EXIT_KIND.TRIPLE_FAULT, 0, `vCPU ${this.init.id}: the guest triple-faulted (KVM_EXIT_SHUTDOWN) at rip 0x${this.#rip()}`);
         return;
       case EXIT.SYSTEM_EVENT: {
         const t = v.getUint32(RUN.SYSTEM_EVENT_TYPE, true);

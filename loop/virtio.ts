@@ -3,50 +3,72 @@
  *
  * The main thread, before the guest runs, gives each device an irqfd on its
  * GSI and each queue an ioeventfd on QueueNotify matching the queue's index
- * (`wireVirtio`). From then on a guest kick is a write KVM turns into an
+ * (`wireVirtio`), and puts the device's reset-time configuration space into
+ * its shared block. From then on a guest kick is a write KVM turns into an
  * eventfd signal, and an interrupt is an eventfd write KVM turns into an
  * IOAPIC pulse: neither passes through user space on the vCPU.
  *
- * `startQueues` and `stopQueues` move the queue Workers' state words
- * (loop/shared.ts Q). A vCPU calls them when the driver sets DRIVER_OK or
- * resets the device; the main thread calls `stopQueues(…, "exit")` when the
- * VM stops. Waiting uses poll(2) on the device's ack eventfd with a timeout,
- * since Atomics.wait is not available on memory mapped through FFI.
+ * `startQueues`, `stopQueues`, `pauseQueues` and `resumeQueues` move the
+ * queue Workers' state words (loop/shared.ts Q). A vCPU starts and resets
+ * them as the driver sets DRIVER_OK or writes 0 to Status; the control loop
+ * pauses, resumes and ends them. Waiting uses poll(2) on the device's ack
+ * eventfd with a timeout, since Atomics.wait is not available on memory
+ * mapped through FFI.
  */
-import { EFD_CLOEXEC, EFD_NONBLOCK, eventfd, eventfdRead, eventfdSignal, Poller } from "../ffi/libc.ts";
+import { close, EFD_CLOEXEC, EFD_NONBLOCK, eventfd, eventfdRead, eventfdSignal, Poller } from "../ffi/libc.ts";
 import { ioeventfd, irqfd } from "../ffi/kvm.ts";
-import { deviceNames, describe, virtioSlot, type VirtioSpec } from "../devices/virtio/device.ts";
-import { mmioStateWords, VIRTIO_MMIO_QUEUE_NOTIFY } from "../devices/virtio/mmio.ts";
-import { Q, QUEUE_STATE_WORD, VIRTIO_MAX_DEVICES, VIRTIO_MAX_QUEUES, virtioBlock } from "./shared.ts";
+import { deviceNames, describe, initConfig, virtioSlot } from "../devices/virtio/device.ts";
+import { VIRTIO_MMIO_QUEUE_NOTIFY } from "../devices/virtio/mmio.ts";
+import type { VirtioSpec } from "../devices/registry.ts";
+import { Q, queueRunWord, VIRTIO_MAX_DEVICES, virtioBlock } from "./shared.ts";
 import type { VirtioDeviceInit } from "./messages.ts";
 
-/** Create the eventfds of every device and register them with KVM. */
-export function wireVirtio(vmFd: number, specs: readonly VirtioSpec[]): VirtioDeviceInit[] {
+/**
+ * Create the eventfds of every device, register them with KVM, and write
+ * each device's configuration space into `shared` (the whole shared block).
+ * On failure, closes what it made.
+ */
+export function wireVirtio(vmFd: number, specs: readonly VirtioSpec[], shared: Uint8Array): VirtioDeviceInit[] {
   if (specs.length > VIRTIO_MAX_DEVICES) throw new RangeError(`vmm supports at most ${VIRTIO_MAX_DEVICES} virtio devices`);
   const names = deviceNames(specs);
-  return specs.map((spec, index) => {
-    const { base, irq } = virtioSlot(index);
-    const queues = describe(spec).queueSizes.length;
-    if (queues > VIRTIO_MAX_QUEUES || mmioStateWords(queues) > QUEUE_STATE_WORD) {
-      throw new RangeError(`${names[index]}: too many queues (${queues})`);
-    }
-    const irqFd = eventfd(EFD_CLOEXEC | EFD_NONBLOCK);
-    irqfd(vmFd, irqFd, irq);
-    const ioFds: number[] = [], wakeFds: number[] = [];
-    for (let q = 0; q < queues; q++) {
-      const fd = eventfd(EFD_CLOEXEC | EFD_NONBLOCK);
-      // virtio 1.2 §4.2.2: without VIRTIO_F_NOTIFICATION_DATA the driver
-      // writes the queue index, 32 bits wide, to QueueNotify.
-      ioeventfd(vmFd, { fd, addr: base + VIRTIO_MMIO_QUEUE_NOTIFY, len: 4, datamatch: q });
-      ioFds.push(fd);
-      wakeFds.push(eventfd(EFD_CLOEXEC | EFD_NONBLOCK));
-    }
-    return { spec, name: names[index], base, block: virtioBlock(index), ioFds, wakeFds, ackFd: eventfd(EFD_CLOEXEC | EFD_NONBLOCK), irqFd };
-  });
+  const made: number[] = [];
+  const fd = () => {
+    const f = eventfd(EFD_CLOEXEC | EFD_NONBLOCK);
+    made.push(f);
+    return f;
+  };
+  try {
+    return specs.map((spec, index) => {
+      const { base, irq } = virtioSlot(index);
+      const queues = describe(spec).queueSizes.length;
+      const block = virtioBlock(index);
+      initConfig(spec, shared.subarray(block));
+      const irqFd = fd();
+      irqfd(vmFd, irqFd, irq);
+      const ioFds: number[] = [], wakeFds: number[] = [];
+      for (let q = 0; q < queues; q++) {
+        const io = fd();
+        // virtio 1.2 §4.2.2: without VIRTIO_F_NOTIFICATION_DATA the driver
+        // writes the queue index, 32 bits wide, to QueueNotify.
+        ioeventfd(vmFd, { fd: io, addr: base + VIRTIO_MMIO_QUEUE_NOTIFY, len: 4, datamatch: q });
+        ioFds.push(io);
+        wakeFds.push(fd());
+      }
+      return { spec, name: names[index], base, block, ioFds, wakeFds, ackFd: fd(), irqFd };
+    });
+  } catch (e) {
+    made.forEach(close);
+    throw e;
+  }
+}
+
+/** Close every eventfd of `devs` (KVM drops its irqfds and ioeventfds with the VM fd). */
+export function unwireVirtio(devs: readonly VirtioDeviceInit[]): void {
+  for (const d of devs) [d.irqFd, d.ackFd, ...d.ioFds, ...d.wakeFds].forEach(close);
 }
 
 function stateWord(dev: VirtioDeviceInit, q: number): number {
-  return dev.block / 4 + QUEUE_STATE_WORD + q;
+  return queueRunWord(dev.block, q);
 }
 
 /** DRIVER_OK: wake every parked queue Worker of `dev`. */
@@ -56,13 +78,37 @@ export function startQueues(ctl: Int32Array, dev: VirtioDeviceInit): void {
   });
 }
 
+type Waiting = { dev: VirtioDeviceInit; q: number };
+
+/**
+ * Poll the ack eventfds of `waits` until `done` holds for each or the
+ * deadline passes; returns the names of the queues still waiting.
+ */
+function waitQueues(waits: Waiting[], done: (x: Waiting) => boolean, timeoutMs: number, retry?: (x: Waiting) => void): string[] {
+  const deadline = Date.now() + timeoutMs;
+  const pollers = new Map<number, Poller>();
+  try {
+    for (;;) {
+      const left = waits.filter((x) => !done(x));
+      if (left.length === 0 || Date.now() >= deadline) return left.map((x) => `${x.dev.name}: queue ${x.q}`);
+      if (retry) left.forEach(retry);
+      const ack = left[0].dev.ackFd;
+      let p = pollers.get(ack);
+      if (!p) pollers.set(ack, p = new Poller([ack]));
+      if (p.wait(Math.min(50, Math.max(1, deadline - Date.now())))[0]) eventfdRead(ack);
+    }
+  } finally {
+    pollers.forEach((p) => p.close());
+  }
+}
+
 /**
  * Stop the queue Workers of `devs` and wait until each has drained:
  * "reset" parks them (a device reset), "exit" ends them (the VM stops).
  * Returns the names of queues that did not answer within `timeoutMs`.
  */
 export function stopQueues(ctl: Int32Array, devs: readonly VirtioDeviceInit[], how: "reset" | "exit", timeoutMs: number): string[] {
-  const waits: { dev: VirtioDeviceInit; q: number }[] = [];
+  const waits: Waiting[] = [];
   for (const dev of devs) {
     dev.wakeFds.forEach((fd, q) => {
       const w = stateWord(dev, q);
@@ -76,18 +122,42 @@ export function stopQueues(ctl: Int32Array, devs: readonly VirtioDeviceInit[], h
       waits.push({ dev, q });
     });
   }
-  const done = (x: { dev: VirtioDeviceInit; q: number }) => {
+  return waitQueues(waits, (x) => {
     const s = Atomics.load(ctl, stateWord(x.dev, x.q));
     return how === "exit" ? s === Q.GONE : s !== Q.STOP;
+  }, timeoutMs);
+}
+
+/**
+ * Pause every running queue of `devs`: each Worker finishes the request in
+ * hand, flushes, keeps its ring position and answers PAUSED. Call it with
+ * every vCPU parked, so no driver starts or resets a queue meanwhile (a
+ * queue caught in START, just after DRIVER_OK, is paused once its Worker
+ * took it). Returns the names of queues that did not pause within `timeoutMs`.
+ */
+export function pauseQueues(ctl: Int32Array, devs: readonly VirtioDeviceInit[], timeoutMs: number): string[] {
+  const waits: Waiting[] = [];
+  const ask = (x: Waiting) => {
+    if (Atomics.compareExchange(ctl, stateWord(x.dev, x.q), Q.RUNNING, Q.PAUSE) === Q.RUNNING) eventfdSignal(x.dev.wakeFds[x.q]);
   };
-  const deadline = Date.now() + timeoutMs;
-  const pollers = new Map<number, Poller>();
-  for (;;) {
-    const left = waits.filter((x) => !done(x));
-    if (left.length === 0 || Date.now() >= deadline) return left.map((x) => `${x.dev.name}: queue ${x.q}`);
-    const ack = left[0].dev.ackFd;
-    let p = pollers.get(ack);
-    if (!p) pollers.set(ack, p = new Poller([ack]));
-    if (p.wait(Math.min(50, Math.max(1, deadline - Date.now())))[0]) eventfdRead(ack);
+  for (const dev of devs) {
+    dev.wakeFds.forEach((_, q) => {
+      const s = Atomics.load(ctl, stateWord(dev, q));
+      if (s === Q.RUNNING || s === Q.START) waits.push({ dev, q });
+    });
+  }
+  waits.forEach(ask);
+  return waitQueues(waits, (x) => {
+    const s = Atomics.load(ctl, stateWord(x.dev, x.q));
+    return s === Q.PAUSED || s === Q.GONE || s === Q.EXIT;
+  }, timeoutMs, ask);
+}
+
+/** Resume every paused queue of `devs`; each Worker serves what arrived meanwhile. */
+export function resumeQueues(ctl: Int32Array, devs: readonly VirtioDeviceInit[]): void {
+  for (const dev of devs) {
+    dev.wakeFds.forEach((fd, q) => {
+      if (Atomics.compareExchange(ctl, stateWord(dev, q), Q.PAUSED, Q.RUNNING) === Q.PAUSED) eventfdSignal(fd);
+    });
   }
 }

@@ -12,10 +12,11 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { eventfdSignal, hostView, mmapAnon } from "../ffi/libc.ts";
+import { eventfdSignal, hostView, libc, mmapAnon } from "../ffi/libc.ts";
 import { Vm } from "../vm/vm.ts";
-import { closeDisk, openDisk } from "../devices/disk.ts";
-import { transportFor, type VirtioSpec } from "../devices/virtio/device.ts";
+import { closeDisk, openDisk } from "../devices/blk/disk.ts";
+import { transportFor } from "../devices/virtio/device.ts";
+import type { VirtioSpec } from "../devices/registry.ts";
 import {
   type MmioTransport,
   STATUS_ACKNOWLEDGE,
@@ -38,12 +39,12 @@ import {
   VIRTIO_MMIO_QUEUE_SEL,
   VIRTIO_MMIO_STATUS,
 } from "../devices/virtio/mmio.ts";
-import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from "../devices/virtio/blk_request.ts";
+import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from "../devices/blk/request.ts";
 import { DriverQueue } from "../test/support/driver_queue.ts";
 import { requireKvm } from "../test/support/require_kvm.ts";
-import { startWorker, workerUrls } from "./control.ts";
-import { startQueues, stopQueues, wireVirtio } from "./virtio.ts";
-import { EXIT_KIND, Q, QUEUE_STATE_WORD, SHARED_BYTES, VIRTIO_BLOCK_BYTES } from "./shared.ts";
+import { joinWorkers, startWorker, type WorkerHandle } from "./workers.ts";
+import { pauseQueues, resumeQueues, startQueues, stopQueues, unwireVirtio, wireVirtio } from "./virtio.ts";
+import { EXIT_KIND, Q, QPOS, queuePosWord, queueRunWord, SHARED_BYTES, VIRTIO_BLOCK_BYTES } from "./shared.ts";
 import type { QueueInit, VirtioDeviceInit } from "./messages.ts";
 
 const QSIZE = 16;
@@ -58,26 +59,32 @@ async function rig(specs: VirtioSpec[]) {
   const shared = mmapAnon(SHARED_BYTES);
   const bytes = hostView(shared, SHARED_BYTES);
   const ctl = new Int32Array(bytes.buffer, bytes.byteOffset, SHARED_BYTES / 4);
-  const devs = wireVirtio(vm.vm.fd, specs);
-  const workers: Worker[] = [];
+  const devs = wireVirtio(vm.vm.fd, specs, bytes);
+  const workers: WorkerHandle[] = [];
   for (const device of devs) {
     for (let queue = 0; queue < device.ioFds.length; queue++) {
       const init: QueueInit = {
         kind: "queue", device, queue, shared, ctlFd: device.ackFd, // ctlFd: anything pollable; the VM never ends here
         memAddr: vm.memAddr, memSize: vm.memSize, regions: vm.regions,
       };
-      workers.push(await startWorker(workerUrls.queue, init));
+      workers.push(await startWorker("queue", init));
     }
   }
-  const transport = (i: number) =>
-    transportFor(specs[i], new Int32Array(bytes.buffer, bytes.byteOffset + devs[i].block, VIRTIO_BLOCK_BYTES / 4));
-  const qstate = (i: number, q: number) => Atomics.load(ctl, devs[i].block / 4 + QUEUE_STATE_WORD + q);
-  const close = () => {
+  const transport = (i: number) => transportFor(specs[i], bytes.subarray(devs[i].block, devs[i].block + VIRTIO_BLOCK_BYTES));
+  const qstate = (i: number, q: number) => Atomics.load(ctl, queueRunWord(devs[i].block, q));
+  /** Stop the Workers (drained) and wait for them to end; returns the queues that were late. */
+  const close = async () => {
     const late = stopQueues(ctl, devs, "exit", 5000);
-    workers.forEach((w) => w.terminate());
+    assert.equal(await joinWorkers(workers, 5000), 0, "every queue Worker ended");
     return late;
   };
-  return { vm, ctl, bytes, devs, transport, qstate, close };
+  /** After close(): give back the fds and mappings (no view of them may be used afterwards). */
+  const free = () => {
+    unwireVirtio(devs);
+    libc.munmap(shared, BigInt(SHARED_BYTES));
+    vm.close();
+  };
+  return { vm, ctl, bytes, devs, transport, qstate, close, free };
 }
 
 /** What Linux's virtio_mmio probe does, up to DRIVER_OK, with queue `q` at `ringBase`; returns the driver's queues. */
@@ -133,7 +140,8 @@ test("virtio-rng queue Worker fills a buffer the guest posted and raises VRING",
     t.write(VIRTIO_MMIO_INTERRUPT_ACK, 4, VIRTIO_MMIO_INT_VRING);
     assert.equal(t.interruptStatus, 0);
   } finally {
-    assert.deepEqual(r.close(), []);
+    assert.deepEqual(await r.close(), []);
+    r.free();
   }
 });
 
@@ -183,7 +191,8 @@ test("virtio-blk queue Worker writes, flushes and reads a real image; reset park
     assert.equal(mem.readU8(BUFS + 0x102), VIRTIO_BLK_S_OK);
     assert.equal(mem.readU8(BUFS + 0x103), VIRTIO_BLK_S_IOERR);
   } finally {
-    assert.deepEqual(r.close(), []);
+    assert.deepEqual(await r.close(), []);
+    r.free();
     closeDisk(disk);
     rmSync(dir, { recursive: true });
   }
@@ -210,7 +219,8 @@ test("a hostile chain marks the device DEVICE_NEEDS_RESET with a config interrup
     eventfdSignal(r.devs[0].ioFds[0]);
     await until(() => dq.usedIdx === 1, "the fresh queue served");
   } finally {
-    assert.deepEqual(r.close(), []);
+    assert.deepEqual(await r.close(), []);
+    r.free();
   }
 });
 
@@ -220,8 +230,60 @@ test("stopping the VM drains: requests made available but never kicked are serve
   const [dq] = probe(t, r.devs[0], r.ctl, r.vm, RINGS);
   await until(() => r.qstate(0, 0) === Q.RUNNING, "the Worker to run");
   dq.add([{ gpa: BUFS, len: 32, write: true }]); // no kick
-  assert.deepEqual(r.close(), []);
+  assert.deepEqual(await r.close(), []);
   assert.equal(r.qstate(0, 0), Q.GONE);
   assert.equal(dq.usedIdx, 1);
   assert.equal(Atomics.load(r.ctl, 1), EXIT_KIND.NONE, "nothing ended the VM");
+  r.free();
+});
+
+test("a paused blk queue serves nothing, keeps its ring position in shared memory, and completes the requests on resume", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "vmm-vq-"));
+  const path = join(dir, "disk.img");
+  writeFileSync(path, new Uint8Array(64 * 1024));
+  const disk = openDisk({ path, readOnly: false });
+  const r = await rig([{ kind: "blk", disk }]);
+  try {
+    const t = r.transport(0);
+    const [dq] = probe(t, r.devs[0], r.ctl, r.vm, RINGS);
+    const mem = r.vm.mem;
+    await until(() => r.qstate(0, 0) === Q.RUNNING, "the Worker to run");
+    const write = (sector: number, at: number, fill: number) => {
+      const h = new DataView(new ArrayBuffer(16));
+      h.setUint32(0, VIRTIO_BLK_T_OUT, true);
+      h.setBigUint64(8, BigInt(sector), true);
+      mem.write(at, new Uint8Array(h.buffer));
+      mem.write(at + 0x100, new Uint8Array(512).fill(fill));
+      mem.writeU8(at + 0x80, 0xff);
+      dq.add([{ gpa: at, len: 16 }, { gpa: at + 0x100, len: 512 }, { gpa: at + 0x80, len: 1, write: true }]);
+    };
+    write(1, BUFS, 0x11);
+    eventfdSignal(r.devs[0].ioFds[0]);
+    await until(() => dq.usedIdx === 1, "the first write");
+
+    assert.deepEqual(pauseQueues(r.ctl, r.devs, 5000), []);
+    assert.equal(r.qstate(0, 0), Q.PAUSED);
+    const pos = queuePosWord(r.devs[0].block, 0);
+    assert.deepEqual([QPOS.VALID, QPOS.NEXT_AVAIL, QPOS.NEXT_USED].map((w) => Atomics.load(r.ctl, pos + w)), [1, 1, 1]);
+    // The driver queues two more writes and kicks: a paused Worker serves neither.
+    write(2, BUFS + 0x1000, 0x22);
+    write(3, BUFS + 0x2000, 0x33);
+    eventfdSignal(r.devs[0].ioFds[0]);
+    await new Promise((res) => setTimeout(res, 200));
+    assert.equal(dq.usedIdx, 1, "a paused queue served a request");
+    assert.equal(mem.readU8(BUFS + 0x1080), 0xff, "a paused queue wrote a status");
+
+    resumeQueues(r.ctl, r.devs);
+    await until(() => dq.usedIdx === 3, "the two writes after resume");
+    assert.equal(mem.readU8(BUFS + 0x1080), VIRTIO_BLK_S_OK);
+    assert.equal(mem.readU8(BUFS + 0x2080), VIRTIO_BLK_S_OK);
+    const img = new Uint8Array(readFileSync(path));
+    assert.deepEqual([img[512], img[1024], img[1536]], [0x11, 0x22, 0x33]);
+    assert.deepEqual([QPOS.NEXT_AVAIL, QPOS.NEXT_USED].map((w) => Atomics.load(r.ctl, pos + w)), [3, 3]);
+  } finally {
+    assert.deepEqual(await r.close(), []);
+    r.free();
+    closeDisk(disk);
+    rmSync(dir, { recursive: true });
+  }
 });

@@ -23,6 +23,16 @@ export interface MachineConfig {
 /** Create the VM and load the guest; the vCPUs are ready for KVM_RUN. */
 export function buildMachine(c: MachineConfig): Vm {
   const vm = new Vm({ memMiB: c.memMiB, cpus: c.cpus, kvmPath: c.kvmPath });
+  try {
+    load(vm, c);
+  } catch (e) {
+    vm.close(); // a kernel the loader refuses must not leak the VM's fds and RAM
+    throw e;
+  }
+  return vm;
+}
+
+function load(vm: Vm, c: MachineConfig): void {
   const acpi = buildAcpiTables({ cpus: c.cpus, addr: ACPI_START, mmioDevices: c.mmioDevices ?? [] });
   if (acpi.bytes.length > ACPI_MAX) throw new RangeError(`ACPI tables (${acpi.bytes.length} bytes) overflow their area`);
   vm.mem.write(ACPI_START, acpi.bytes);
@@ -34,5 +44,4 @@ export function buildMachine(c: MachineConfig): Vm {
     acpiRsdpAddr: acpi.rsdpAddr,
   });
   vm.vcpuFds.forEach((fd, id) => setupVcpuBoot(new VcpuFd(fd), id === 0 ? boot : null));
-  return vm;
 }

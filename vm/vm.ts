@@ -5,7 +5,7 @@
  * (fds, addresses) and open their own views.
  */
 import { Kvm, REQUIRED_CAPS, CAP, VmFd, KVM_API_VERSION, VcpuFd } from "../ffi/kvm.ts";
-import { MAP_ANONYMOUS, MAP_NORESERVE, MAP_SHARED, mmapAnon, hostView, PROT_READ, PROT_WRITE } from "../ffi/libc.ts";
+import { close, libc, MAP_ANONYMOUS, MAP_NORESERVE, MAP_SHARED, mmapAnon, hostView, PROT_READ, PROT_WRITE } from "../ffi/libc.ts";
 import { GuestMemory, type MemoryRegion } from "./memory.ts";
 import { KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, ramRegions } from "../boot/layout.ts";
 import { vcpuCpuid } from "./cpuid.ts";
@@ -31,23 +31,38 @@ export interface VmOptions {
 export const MIN_MEM_MIB = 16;
 export const MAX_MEM_MIB = 1024 * 1024;
 
-/** The VM: fds and the guest memory mapping. */
+/**
+ * The VM: fds and the guest memory mapping. It owns them: `close()` gives
+ * them all back, and a constructor that fails half-way closes what it made.
+ */
 export class Vm {
-  readonly kvm: Kvm;
-  readonly vm: VmFd;
-  readonly memSize: number;
-  readonly memAddr: bigint;
-  readonly regions: MemoryRegion[];
-  readonly mem: GuestMemory;
+  readonly kvm!: Kvm;
+  readonly vm!: VmFd;
+  readonly memSize!: number;
+  readonly memAddr: bigint = 0n;
+  readonly regions!: MemoryRegion[];
+  readonly mem!: GuestMemory;
   readonly vcpuFds: number[] = [];
-  readonly runSize: number;
-  readonly supportedCpuid: CpuidEntry[];
+  readonly runSize!: number;
+  readonly supportedCpuid!: CpuidEntry[];
+  #closed = false;
 
   constructor(o: VmOptions) {
     if (!Number.isInteger(o.memMiB) || o.memMiB < MIN_MEM_MIB || o.memMiB > MAX_MEM_MIB) {
       throw new ConfigError(`--memory ${o.memMiB}: must be a whole number of MiB from ${MIN_MEM_MIB} to ${MAX_MEM_MIB}`);
     }
     this.kvm = new Kvm(o.kvmPath);
+    try {
+      this.#build(o);
+    } catch (e) {
+      this.close();
+      throw e;
+    }
+  }
+
+  #build(o: VmOptions): void {
+    // deno-lint-ignore no-explicit-any
+    const self = this as any; // the readonly fields are set here, once
     const api = this.kvm.apiVersion();
     if (api !== KVM_API_VERSION) throw new ConfigError(`/dev/kvm speaks API version ${api}, vmm needs ${KVM_API_VERSION}`);
     for (const c of REQUIRED_CAPS) {
@@ -57,9 +72,9 @@ export class Vm {
     if (!Number.isInteger(o.cpus) || o.cpus < 1 || o.cpus > Math.min(maxCpus, 254)) {
       throw new ConfigError(`--cpus ${o.cpus}: must be a whole number from 1 to ${Math.min(maxCpus, 254)}`);
     }
-    this.vm = new VmFd(this.kvm.createVm());
-    this.runSize = this.kvm.vcpuMmapSize();
-    this.supportedCpuid = this.kvm.supportedCpuid();
+    self.vm = new VmFd(this.kvm.createVm());
+    self.runSize = this.kvm.vcpuMmapSize();
+    self.supportedCpuid = this.kvm.supportedCpuid();
 
     // Intel VMX needs these pages for real mode; harmless elsewhere.
     this.vm.setTssAddr(KVM_TSS_ADDR);
@@ -69,21 +84,32 @@ export class Vm {
 
     // One shared, lazily-populated mapping for all of RAM: every thread
     // reaches guest memory by address; pages cost nothing until touched.
-    this.memSize = o.memMiB * 1024 * 1024;
-    this.memAddr = mmapAnon(this.memSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, "mmap guest RAM");
+    self.memSize = o.memMiB * 1024 * 1024;
+    self.memAddr = mmapAnon(this.memSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, "mmap guest RAM");
     let offset = 0;
-    this.regions = ramRegions(this.memSize).map((r) => {
+    self.regions = ramRegions(this.memSize).map((r) => {
       const m = { gpa: r.gpa, size: r.size, offset };
       offset += r.size;
       return m;
     });
     this.regions.forEach((r, slot) => this.vm.setUserMemoryRegion(slot, r.gpa, r.size, this.memAddr + BigInt(r.offset)));
-    this.mem = new GuestMemory(hostView(this.memAddr, this.memSize), this.regions, this.memAddr);
+    self.mem = new GuestMemory(hostView(this.memAddr, this.memSize), this.regions, this.memAddr);
 
     for (let id = 0; id < o.cpus; id++) {
       const fd = this.vm.createVcpu(id);
-      new VcpuFd(fd).setCpuid(vcpuCpuid(this.supportedCpuid, id, o.cpus));
       this.vcpuFds.push(fd);
+      new VcpuFd(fd).setCpuid(vcpuCpuid(this.supportedCpuid, id, o.cpus));
     }
+  }
+
+  /** Release the vCPU, VM and /dev/kvm fds and unmap guest RAM; no Worker may touch them any more. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.vcpuFds.forEach(close);
+    this.vcpuFds.length = 0;
+    if (this.vm) close(this.vm.fd);
+    if (this.memAddr !== 0n) libc.munmap(this.memAddr, BigInt(this.memSize));
+    if (this.kvm) close(this.kvm.fd);
   }
 }

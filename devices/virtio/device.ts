@@ -1,37 +1,24 @@
 /**
- * The virtio devices of a VM, as plain data every thread can rebuild them
- * from: the main thread decides them (from the command line), and each vCPU
- * Worker and queue Worker receives the same `VirtioSpec` and builds its own
- * `MmioTransport` over the device's shared register state.
+ * Where each virtio device sits and how every thread sees it.
+ *
+ * The main thread decides the devices (devices/registry.ts, from the
+ * machine's options); each vCPU Worker and queue Worker receives the same
+ * specs and builds its own `MmioTransport` over the device's block of
+ * shared memory (loop/shared.ts DEV), whose registers and configuration
+ * space are therefore one device for all of them.
  *
  * Each device gets the next virtio-mmio window and the next interrupt, in
  * order, so `--drive a --drive b` is vda then vdb, as with QEMU and kvmtool.
  */
 import { VIRTIO_IRQ_START, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START } from "../../boot/layout.ts";
-import type { Disk } from "../disk.ts";
-import type { NetBackend } from "../tap.ts";
-import { NET_FEATURES, netConfig, VIRTIO_ID_NET } from "./net.ts";
-import { blkConfig, blkFeatures, VIRTIO_ID_BLOCK } from "./blk.ts";
-import { consoleConfig, VIRTIO_ID_CONSOLE } from "./console.ts";
-import { type MmioDevice, MmioTransport } from "./mmio.ts";
-import { VIRTIO_ID_ENTROPY } from "./rng.ts";
+import { DEV, VIRTIO_CONFIG_MAX, VIRTIO_MAX_QUEUES } from "../../loop/shared.ts";
+import { kindOf } from "../registry.ts";
+import type { DeviceModel, DeviceSpec } from "./kind.ts";
+import { MmioTransport, mmioStateWords } from "./mmio.ts";
 
 /** The last GSI of the IOAPIC's 24 pins: virtio devices take 5…23. */
 const LAST_GSI = 23;
 export const MAX_VIRTIO_DEVICES = LAST_GSI - VIRTIO_IRQ_START + 1;
-
-/** Queue sizes: room for a deep block queue, small ones for the chatty-free devices. */
-export const BLK_QUEUE_SIZE = 256;
-export const RNG_QUEUE_SIZE = 64;
-export const CONSOLE_QUEUE_SIZE = 128;
-export const NET_QUEUE_SIZE = 256;
-
-export type VirtioSpec =
-  | { kind: "blk"; disk: Disk }
-  | { kind: "rng" }
-  | { kind: "net"; net: NetBackend }
-  /** `inFd` null: the guest gets no input. `escape`: Ctrl-A x quits (terminal input). */
-  | { kind: "console"; inFd: number | null; outFd: number; escape: boolean };
 
 /** Where device `index` sits: its MMIO window and interrupt. */
 export function virtioSlot(index: number): { base: number; size: number; irq: number } {
@@ -51,47 +38,39 @@ export function virtioCmdline(index: number): string {
   return `virtio_mmio.device=${size / 1024}K@0x${base.toString(16)}:${irq}`;
 }
 
-/** What the transport must know of a device. */
-export function describe(spec: VirtioSpec): MmioDevice {
-  switch (spec.kind) {
-    case "blk":
-      return {
-        deviceId: VIRTIO_ID_BLOCK,
-        features: blkFeatures(spec.disk),
-        queueSizes: [BLK_QUEUE_SIZE],
-        config: blkConfig(spec.disk, BLK_QUEUE_SIZE),
-      };
-    case "net":
-      return {
-        deviceId: VIRTIO_ID_NET,
-        features: NET_FEATURES,
-        queueSizes: [NET_QUEUE_SIZE, NET_QUEUE_SIZE],
-        config: netConfig(spec.net.mac, spec.net.mtu),
-      };
-    case "rng":
-      return { deviceId: VIRTIO_ID_ENTROPY, features: 0n, queueSizes: [RNG_QUEUE_SIZE], config: new Uint8Array(0) };
-    case "console":
-      return {
-        deviceId: VIRTIO_ID_CONSOLE,
-        features: 0n,
-        queueSizes: [CONSOLE_QUEUE_SIZE, CONSOLE_QUEUE_SIZE],
-        config: consoleConfig(),
-      };
+/** What the transport must know of a device, checked against what its shared block holds. */
+export function describe(spec: DeviceSpec): DeviceModel {
+  const m = kindOf(spec).model(spec);
+  if (m.queueSizes.length > VIRTIO_MAX_QUEUES || mmioStateWords(m.queueSizes.length) * 4 > DEV.QUEUE_RUN - DEV.MMIO) {
+    throw new RangeError(`virtio-${spec.kind}: too many queues (${m.queueSizes.length})`);
   }
+  if (m.config.length > VIRTIO_CONFIG_MAX) throw new RangeError(`virtio-${spec.kind}: config space of ${m.config.length} bytes`);
+  return m;
 }
 
 /** A short name of each device for log lines: `virtio-blk vda (disk.img)`. */
-export function deviceNames(specs: readonly VirtioSpec[]): string[] {
-  let blk = 0;
+export function deviceNames(specs: readonly DeviceSpec[]): string[] {
+  const seen = new Map<string, number>();
   return specs.map((spec) => {
-    if (spec.kind === "net") return `virtio-net (${spec.net.tap})`;
-    if (spec.kind !== "blk") return `virtio-${spec.kind}`;
-    // vda…vdz, then vdaa like Linux's sd_format_disk_name; 19 devices never get there.
-    return `virtio-blk vd${String.fromCharCode(0x61 + blk++)} (${spec.disk.path})`;
+    const n = seen.get(spec.kind) ?? 0;
+    seen.set(spec.kind, n + 1);
+    return kindOf(spec).name(spec, n);
   });
 }
 
-/** This thread's view of the device's registers: every thread passes the same `state`. */
-export function transportFor(spec: VirtioSpec, state: Int32Array): MmioTransport {
-  return new MmioTransport(describe(spec), { eventIdx: true, indirectDesc: true, state });
+/**
+ * This thread's view of a device's block (`block`: the bytes at its DEV
+ * offset 0): registers and configuration space in shared memory. Every
+ * thread passes its own view of the same block.
+ */
+export function transportFor(spec: DeviceSpec, block: Uint8Array): MmioTransport {
+  const model = describe(spec);
+  const state = new Int32Array(block.buffer, block.byteOffset + DEV.MMIO, (DEV.QUEUE_RUN - DEV.MMIO) / 4);
+  const config = block.subarray(DEV.CONFIG, DEV.CONFIG + model.config.length);
+  return new MmioTransport({ ...model, config }, { eventIdx: true, indirectDesc: true, state });
+}
+
+/** Put a device's reset-time configuration space into its shared block (the main thread, once). */
+export function initConfig(spec: DeviceSpec, block: Uint8Array): void {
+  block.set(describe(spec).config, DEV.CONFIG);
 }

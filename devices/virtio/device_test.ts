@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { deviceNames, describe, MAX_VIRTIO_DEVICES, virtioCmdline, virtioSlot, type VirtioSpec } from "./device.ts";
+import { deviceNames, describe, MAX_VIRTIO_DEVICES, virtioCmdline, virtioSlot } from "./device.ts";
+import type { VirtioSpec } from "../registry.ts";
 import { buildDsdt } from "../../boot/acpi.ts";
 
 const disk = (path: string, readOnly = false) => ({ fd: -1, path, sizeBytes: 1 << 20, readOnly, id: "x" });

@@ -276,7 +276,7 @@ export class MmioTransport {
   /** A guest read of `size` bytes at `offset` in the window. */
   read(offset: number, size: number): number {
     if (!Number.isInteger(offset) || offset < 0) return 0;
-    // The config space is this instance's device.config, not shared state: no lock.
+    // The config space is not under the lock: ConfigGeneration guards it (see #readConfig).
     if (offset >= VIRTIO_MMIO_CONFIG) return this.#readConfig(offset - VIRTIO_MMIO_CONFIG, size);
     // §4.2.2.2: the driver MUST use 32-bit wide, aligned accesses to registers.
     if (size !== 4 || offset % 4 !== 0) return 0;
@@ -500,7 +500,10 @@ export class MmioTransport {
     return withSpinLock(this.#s, S.LOCK, f);
   }
 
-  // The config space is per instance (our devices' is static), so these take no lock.
+  // The config space lives where the creator put it (in vmm, the device's
+  // block of shared memory: devices/virtio/device.ts transportFor). It takes
+  // no lock: a device that changes it bumps ConfigGeneration afterwards
+  // (configChanged), and the driver re-reads a field that changed under it.
 
   #readConfig(off: number, size: number): number {
     const cfg = this.device.config;

@@ -87,7 +87,7 @@ export type RingErrorKind =
 /**
  * A guest broke the virtio contract. Never a vmm bug: the device answers it
  * with DEVICE_NEEDS_RESET and one log line, and keeps running. `K` lets other
- * parsers (`blk_request.ts`) name their own kinds.
+ * parsers (`devices/blk/request.ts`) name their own kinds.
  */
 export class GuestError<K extends string = RingErrorKind> extends Error {
   readonly kind: K;

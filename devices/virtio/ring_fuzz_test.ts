@@ -33,7 +33,7 @@ import {
   VIRTQ_DESC_F_WRITE,
   Virtqueue,
 } from "./ring.ts";
-import { parseBlkRequest } from "./blk_request.ts";
+import { parseBlkRequest } from "../blk/request.ts";
 import { Rng } from "../../test/support/fuzz_rng.ts";
 
 const GUARD = 4096;

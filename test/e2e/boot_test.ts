@@ -37,7 +37,8 @@ set -u
 VMM="${VMM}"
 say() { echo; echo "@@e2e $1 rc=$2"; { cat /tmp/e2e/$1.out; echo; } | tr -d '\\r' | sed "s/^/@@$1.out /"; { cat /tmp/e2e/$1.err; echo; } | sed "s/^/@@$1.err /"; }
 mkdir -p /tmp/e2e
-wait_for() { i=0; until grep -q "$1" "$2" 2>/dev/null || [ $i -ge 900 ]; do sleep 0.2; i=$((i+1)); done; }
+# wait_for TEXT FILE: until FILE holds TEXT, at most 180 s (wall time: each poll costs a fork in the nested host).
+wait_for() { timeout 180 sh -c 'until grep -q "$1" "$2" 2>/dev/null; do sleep 0.2; done' sh "$1" "$2"; }
 # wait_exit PID: its status; a watchdog kills it after 180 s (status 137), so a hang fails one scenario, not the run.
 wait_exit() { ( sleep 180; kill -9 $1 2>/dev/null ) & wd=$!; wait $1; rc=$?; kill $wd 2>/dev/null; return $rc; }
 

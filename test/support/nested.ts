@@ -16,7 +16,7 @@
  * lines on the serial console, which separate them from L1's own boot noise.
  */
 import { execFileSync, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -116,14 +116,18 @@ function runFiles(script: string, cwd: string, shares: string[], env: Record<str
     'mkdir -p "$R/dev/pts" "$R/dev/shm"',
     'mount -t devpts devpts "$R/dev/pts"',
     'mount -t tmpfs tmpfs "$R/dev/shm"',
+    // The chroot's /tmp and /run must be writable, so they are tmpfs; the
+    // host's are kept at /mnt/host so that what lives there can be bound back.
+    'mkdir -p /mnt/host/tmp /mnt/host/run',
+    'mount --bind "$R/tmp" /mnt/host/tmp && mount --bind "$R/run" /mnt/host/run || fail "cannot keep the host /tmp and /run"',
     'mount -t tmpfs tmpfs "$R/tmp" || fail "cannot mount /tmp"',
     'mount -t tmpfs tmpfs "$R/run" || fail "cannot mount /run"',
-    ...shares
-      .map((p, i) => ({ p, tag: `rw${i}` }))
+    ...[
+      ...shares.map((p, i) => ({ p, cmd: `mount -t 9p -o ${P9} rw${i}` })),
+      ...hiddenPaths([REPO, cwd], shares).map(({ p, real }) => ({ p, cmd: `mount --bind ${bindSource(real)}` })),
+    ]
       .sort((a, b) => a.p.length - b.p.length) // parents before children
-      .map(({ p, tag }) =>
-        `mkdir -p "$R"${q(p)} && mount -t 9p -o ${P9} ${tag} "$R"${q(p)} || fail ${q(`cannot mount ${p}`)}`
-      ),
+      .map(({ p, cmd }) => `mkdir -p "$R"${q(p)} && ${cmd} "$R"${q(p)} || fail ${q(`cannot mount ${p}`)}`),
     'mkdir -p "$R/tmp/.vmm-nested" && cp /vmm/wrap.sh "$R/tmp/.vmm-nested/wrap.sh"',
     `echo ${q(START)}`,
     'env -i chroot "$R" /bin/sh /tmp/.vmm-nested/wrap.sh </dev/null',
@@ -136,6 +140,31 @@ function runFiles(script: string, cwd: string, shares: string[], env: Record<str
     { path: "vmm/run.sh", mode: S_IFREG | 0o755, data: enc.encode(run.join("\n") + "\n") },
     { path: "vmm/wrap.sh", mode: S_IFREG | 0o755, data: enc.encode(wrap.join("\n") + "\n") },
   ];
+}
+
+/** Directories under /tmp or /run: the chroot's tmpfs hides the host's there. */
+const HIDDEN_RE = /^\/(tmp|run)(\/|$)/;
+
+/**
+ * Of `paths` (the checkout, the working directory), those the chroot's tmpfs
+ * would hide and no rw share shows, with where they really are on the host:
+ * they are bound back read-only from the host root, so a checkout in /tmp works.
+ */
+function hiddenPaths(paths: string[], shares: string[]): { p: string; real: string }[] {
+  const within = (p: string, dir: string) => p === dir || p.startsWith(dir.endsWith("/") ? dir : dir + "/");
+  const seen = new Set<string>();
+  const out: { p: string; real: string }[] = [];
+  for (const p of paths) {
+    if (!HIDDEN_RE.test(p) || seen.has(p) || shares.some((s) => within(p, s)) || !existsSync(p)) continue;
+    seen.add(p);
+    out.push({ p, real: realpathSync(p) });
+  }
+  return out;
+}
+
+/** Where L1 finds a host directory to bind: under /mnt/host if the tmpfs hides it, else in the 9p root. */
+function bindSource(real: string): string {
+  return HIDDEN_RE.test(real) ? `/mnt/host${q(real)}` : `"$R"${q(real)}`;
 }
 
 /** QEMU's command line for L1. */

@@ -24,7 +24,7 @@ import { fileURLToPath } from "node:url";
 import { scriptCommand } from "./vmm_cli.ts";
 import { hostView, libc, mmapAnon, NativeBuf, Poller } from "../../ffi/libc.ts";
 import { openTap, setTapOffload, tapMtu, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUNGETIFF } from "../../ffi/tap.ts";
-import { closeNet, openNet } from "../../devices/tap.ts";
+import { closeNet, openNet } from "../../devices/net/tap.ts";
 import { GuestMemory } from "../../vm/memory.ts";
 import { Virtqueue } from "../../devices/virtio/ring.ts";
 import {
@@ -35,7 +35,7 @@ import {
   VIRTIO_NET_F_GUEST_CSUM,
   VIRTIO_NET_F_GUEST_TSO4,
   VIRTIO_NET_F_GUEST_TSO6,
-} from "../../devices/virtio/net.ts";
+} from "../../devices/net/net.ts";
 import { DriverQueue } from "./driver_queue.ts";
 
 const SELF = fileURLToPath(import.meta.url);

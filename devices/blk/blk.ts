@@ -34,8 +34,8 @@
 import type { GuestMemory } from "../../vm/memory.ts";
 import { EINTR, errno, libc, mmapAnon, NativeBuf, PROT_READ } from "../../ffi/libc.ts";
 import { SysError } from "../../ffi/errno.ts";
-import type { Disk } from "../disk.ts";
-import { type Chain, type Segment, Writer } from "./ring.ts";
+import type { Disk } from "./disk.ts";
+import { type Chain, type Segment, Writer } from "../virtio/ring.ts";
 import {
   type BlkLimits,
   type BlkRange,
@@ -44,7 +44,7 @@ import {
   VIRTIO_BLK_ID_BYTES,
   VIRTIO_BLK_S_IOERR,
   VIRTIO_BLK_S_OK,
-} from "./blk_request.ts";
+} from "./request.ts";
 
 /** Device ID of a block device (virtio 1.2 §5, table "Device Types"). */
 export const VIRTIO_ID_BLOCK = 2;

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { GuestMemory } from "../../vm/memory.ts";
-import { GuestError, Virtqueue } from "./ring.ts";
+import { GuestError, Virtqueue } from "../virtio/ring.ts";
 import { type DriverBuffer, DriverQueue } from "../../test/support/driver_queue.ts";
 import {
   parseBlkRequest,
@@ -13,7 +13,7 @@ import {
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
   VIRTIO_BLK_T_WRITE_ZEROES,
-} from "./blk_request.ts";
+} from "./request.ts";
 
 const HDR = 0x8000; // request header
 const DATA = 0x9000; // data buffers

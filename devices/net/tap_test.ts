@@ -1,14 +1,14 @@
 /**
- * devices/tap.ts: the `--net` option, MAC addresses, and openNet()'s one
+ * devices/net/tap.ts: the `--net` option, MAC addresses, and openNet()'s one
  * line for each way a TAP cannot be had. openNet runs against real TAPs in
  * private network namespaces (test/support/tap_netns.ts), some of them
  * built to fail: no CAP_NET_ADMIN, no /dev/net/tun, an unreadable one.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { ConfigError } from "../vm/vm.ts";
+import { ConfigError } from "../../vm/vm.ts";
 import { formatMac, generateMac, MAX_MTU, MIN_MTU, parseMac, parseNetSpec } from "./tap.ts";
-import { inNetns } from "../test/support/tap_netns.ts";
+import { inNetns } from "../../test/support/tap_netns.ts";
 
 // ---- --net tap=NAME[,mac=..][,mtu=N] ----
 

@@ -7,10 +7,10 @@
  * CAP_NET_ADMIN (it then lasts as long as vmm). Every way the user can get
  * it wrong becomes one ConfigError line naming the option.
  */
-import { close } from "../ffi/libc.ts";
-import { SysError } from "../ffi/errno.ts";
-import { openTap, validTapName } from "../ffi/tap.ts";
-import { ConfigError } from "../vm/vm.ts";
+import { close } from "../../ffi/libc.ts";
+import { SysError } from "../../ffi/errno.ts";
+import { openTap, validTapName } from "../../ffi/tap.ts";
+import { ConfigError } from "../../vm/vm.ts";
 
 /** One `--net` option, parsed but not yet opened. */
 export interface NetSpec {

@@ -6,8 +6,8 @@
  */
 import { getrandom } from "../../ffi/libc.ts";
 import type { GuestMemory } from "../../vm/memory.ts";
-import type { Chain, Virtqueue } from "./ring.ts";
-import { type QueueHandler, serveAll } from "./queue_handler.ts";
+import type { Chain, Virtqueue } from "../virtio/ring.ts";
+import { type QueueHandler, serveAll } from "../virtio/queue_handler.ts";
 
 export const VIRTIO_ID_ENTROPY = 4;
 /** A driver may hand us a huge buffer; fill at most this much per request (Linux asks for ≤ 64 bytes at a time). */

@@ -25,7 +25,7 @@
  */
 
 import type { GuestMemory } from "../../vm/memory.ts";
-import { type Chain, GuestError, Reader, type Segment, subSegments } from "./ring.ts";
+import { type Chain, GuestError, Reader, type Segment, subSegments } from "../virtio/ring.ts";
 
 // virtio 1.2 §5.2.6: request types.
 export const VIRTIO_BLK_T_IN = 0;

@@ -1,5 +1,5 @@
 /**
- * `--drive` parsing and opening real image files (devices/disk.ts): the
+ * `--drive` parsing and opening real image files (devices/blk/disk.ts): the
  * sizes, types and locks a VM may be refused with, each as one ConfigError.
  */
 import { test } from "node:test";
@@ -9,8 +9,8 @@ import { chmodSync, mkdirSync, mkdtempSync, rmSync, truncateSync, writeFileSync 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { closeDisk, defaultDriveId, type Disk, openDisk, parseDriveSpec } from "./disk.ts";
-import { ConfigError } from "../vm/vm.ts";
-import { libc, O_RDONLY, O_RDWR } from "../ffi/libc.ts";
+import { ConfigError } from "../../vm/vm.ts";
+import { libc, O_RDONLY, O_RDWR } from "../../ffi/libc.ts";
 
 const F_GETFD = 1, F_GETFL = 3, FD_CLOEXEC = 1, O_ACCMODE = 3;
 const isRoot = process.getuid?.() === 0;

@@ -1,5 +1,5 @@
 /**
- * virtio-net (devices/virtio/net.ts) against a TAP stand-in: one end of an
+ * virtio-net (devices/net/net.ts) against a TAP stand-in: one end of an
  * AF_UNIX SOCK_SEQPACKET socketpair keeps frame boundaries as a TAP does,
  * so each write(2) is one frame and each read(2) one frame, and the test
  * holds the other end as "the host network". Guest RAM is a real anonymous
@@ -18,10 +18,10 @@ import { close, EAGAIN, errno, libc, NativeBuf, pipe, POLLERR } from "../../ffi/
 import { TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 } from "../../ffi/tap.ts";
 import type { GuestMemory } from "../../vm/memory.ts";
 import { HIGH_GPA as HIGH, hostGuestMemory } from "../../test/support/host_memory.ts";
-import { Virtqueue } from "./ring.ts";
+import { Virtqueue } from "../virtio/ring.ts";
 import { type DriverBuffer, DriverQueue } from "../../test/support/driver_queue.ts";
 import { inNetns } from "../../test/support/tap_netns.ts";
-import { describe } from "./device.ts";
+import { describe } from "../virtio/device.ts";
 import { deviceHandler } from "../../loop/queue_service.ts";
 import {
   MAX_FRAME,
@@ -285,9 +285,12 @@ test("deviceHandler() serves a net device's queue 0 with NetRx and queue 1 with 
   try {
     const log: string[] = [];
     const spec = { kind: "net" as const, net: { tapFd: dev, tap: "tap0", mac: [0x52, 0x54, 0, 0, 0, 1], mtu: 1500 } };
-    const ctx = { mem: hostGuestMemory(), features: 0n, end: () => {}, log: (l: string) => log.push(l) };
-    assert.ok(deviceHandler(spec, NET_RX_QUEUE, ctx) instanceof NetRx);
-    assert.ok(deviceHandler(spec, NET_TX_QUEUE, ctx) instanceof NetTx);
+    const ctx = {
+      mem: hostGuestMemory(), features: 0n, end: () => {}, log: (l: string) => log.push(l),
+      state: new Int32Array(4), config: new Uint8Array(12), configChanged: () => {},
+    };
+    assert.ok(deviceHandler(spec, { ...ctx, queue: NET_RX_QUEUE }) instanceof NetRx);
+    assert.ok(deviceHandler(spec, { ...ctx, queue: NET_TX_QUEUE }) instanceof NetTx);
     assert.deepEqual(log, [NOT_A_TAP]);
   } finally {
     close(dev);

@@ -1,5 +1,5 @@
 /**
- * virtio-blk against real files (devices/virtio/blk.ts): guest RAM here is
+ * virtio-blk against real files (devices/blk/blk.ts): guest RAM here is
  * a real anonymous host mapping, so preadv/pwritev/fallocate really run
  * between the image and guest memory, and every result is checked by
  * reading the file back with node:fs.
@@ -13,8 +13,8 @@ import { GuestMemory } from "../../vm/memory.ts";
 import { HIGH_GPA as HIGH, hostGuestMemory } from "../../test/support/host_memory.ts";
 import { close, libc, O_RDONLY, open } from "../../ffi/libc.ts";
 import { SysError } from "../../ffi/errno.ts";
-import { closeDisk, type Disk, openDisk } from "../disk.ts";
-import { GuestError, Virtqueue } from "./ring.ts";
+import { closeDisk, type Disk, openDisk } from "./disk.ts";
+import { GuestError, Virtqueue } from "../virtio/ring.ts";
 import { type DriverBuffer, DriverQueue } from "../../test/support/driver_queue.ts";
 import {
   VIRTIO_BLK_S_IOERR,
@@ -26,7 +26,7 @@ import {
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
   VIRTIO_BLK_T_WRITE_ZEROES,
-} from "./blk_request.ts";
+} from "./request.ts";
 import {
   BLK_CFG_BLK_SIZE,
   BLK_CFG_CAPACITY,

@@ -23,8 +23,8 @@ import { EAGAIN, EINTR, errno, libc, NativeBuf } from "../../ffi/libc.ts";
 import { errnoName } from "../../ffi/errno.ts";
 import { setTapOffload, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_SIZE } from "../../ffi/tap.ts";
 import type { GuestMemory } from "../../vm/memory.ts";
-import type { Chain, Virtqueue } from "./ring.ts";
-import { type QueueHandler, serveAll } from "./queue_handler.ts";
+import type { Chain, Virtqueue } from "../virtio/ring.ts";
+import { type QueueHandler, serveAll } from "../virtio/queue_handler.ts";
 
 export const VIRTIO_ID_NET = 1;
 export const NET_RX_QUEUE = 0;
@@ -60,12 +60,15 @@ const RX_BATCH = 64;
 /** num_buffers: the last u16 of the 12-byte header. */
 const NUM_BUFFERS_OFFSET = 10;
 
+/** Offset of `status` in struct virtio_net_config. */
+export const NET_STATUS_OFFSET = 6;
+
 /** struct virtio_net_config: mac[6], status u16, max_virtqueue_pairs u16, mtu u16. */
 export function netConfig(mac: number[], mtu: number): Uint8Array {
   const c = new Uint8Array(12);
   const v = new DataView(c.buffer);
   c.set(mac.slice(0, 6), 0);
-  v.setUint16(6, VIRTIO_NET_S_LINK_UP, true);
+  v.setUint16(NET_STATUS_OFFSET, VIRTIO_NET_S_LINK_UP, true);
   v.setUint16(8, 1, true);
   v.setUint16(10, mtu, true);
   return c;
@@ -82,17 +85,38 @@ export function tapOffloads(driverFeatures: bigint): number {
   return f;
 }
 
-/** Counters of one device, and its one-line reports. */
+/**
+ * The link as both queues of a device see it: each queue runs on its own
+ * Worker, so "the TAP is gone" must live in memory both threads share.
+ */
+export interface NetLink {
+  isDown(): boolean;
+  /** Called once by the queue that found the TAP gone. */
+  goDown(): void;
+}
+
+/** Counters of one queue, and its one-line reports. */
 export class NetStats {
   txFrames = 0;
   txDropped = 0;
   rxFrames = 0;
   rxDropped = 0;
-  tapGone = false;
+  #gone = false;
   readonly #log: (line: string) => void;
   readonly #said = new Set<string>();
-  constructor(log: (line: string) => void) {
+  readonly #link?: NetLink;
+  constructor(log: (line: string) => void, link?: NetLink) {
     this.#log = log;
+    this.#link = link;
+  }
+  /** This queue, or the device's other queue, found the TAP gone. */
+  get tapGone(): boolean {
+    return this.#gone || (this.#link?.isDown() ?? false);
+  }
+  set tapGone(gone: boolean) {
+    if (!gone || this.#gone) return;
+    this.#gone = true;
+    this.#link?.goDown();
   }
   /** Log `line` the first time `kind` happens; later ones are only counted. */
   once(kind: string, line: string): void {

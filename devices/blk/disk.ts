@@ -24,9 +24,9 @@
  * ```
  */
 
-import { close, errno, libc, LOCK_EX, LOCK_NB, NativeBuf, O_NONBLOCK, O_RDONLY, O_RDWR, open } from "../ffi/libc.ts";
-import { errnoName, SysError } from "../ffi/errno.ts";
-import { ConfigError } from "../vm/vm.ts";
+import { close, errno, libc, LOCK_EX, LOCK_NB, NativeBuf, O_NONBLOCK, O_RDONLY, O_RDWR, open } from "../../ffi/libc.ts";
+import { errnoName, SysError } from "../../ffi/errno.ts";
+import { ConfigError } from "../../vm/vm.ts";
 
 /** The virtio-blk serial (GET_ID answer) is at most 20 bytes (virtio 1.2 §5.2.6). */
 export const DRIVE_ID_MAX_BYTES = 20;

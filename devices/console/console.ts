@@ -16,8 +16,8 @@ import { EAGAIN, EINTR, errno, libc, NativeBuf, writeAllAt } from "../../ffi/lib
 import type { GuestMemory } from "../../vm/memory.ts";
 import { ConsoleEscape } from "../console_escape.ts";
 import { PanicWatch } from "../panic_watch.ts";
-import type { Virtqueue } from "./ring.ts";
-import { type QueueHandler, serveAll } from "./queue_handler.ts";
+import type { Virtqueue } from "../virtio/ring.ts";
+import { type QueueHandler, serveAll } from "../virtio/queue_handler.ts";
 
 export const VIRTIO_ID_CONSOLE = 3;
 export const CONSOLE_RX_QUEUE = 0;

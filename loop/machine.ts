@@ -1,0 +1,393 @@
+/**
+ * A machine with a lifecycle: create → start → (pause ⇄ resume) → stop or
+ * the guest's own end → close. The states live in loop/lifecycle.ts; this
+ * file owns what each step makes and releases.
+ *
+ * `create()` builds everything that does not run: the VM, guest RAM with the
+ * kernel in it, the devices' host side (disk images, TAPs), the shared block,
+ * the kvm_run mappings and every eventfd. `start()` starts the Workers — one
+ * per vCPU, one per virtqueue, one for stdin — and the control loop on a
+ * Worker of its own, then returns. Commands reach the loop through the
+ * mailbox in the shared block plus an eventfd; the loop answers with
+ * messages. `run()` is the CLI's form: the same loop, on the calling thread.
+ *
+ * Everything made is recorded in an `Owner` as it is made, so a failed
+ * `create()` and `close()` release exactly what exists, in reverse order.
+ */
+import { readFileSync } from "node:fs";
+import {
+  close as closeFd, EFD_CLOEXEC, EFD_NONBLOCK, eventfd, eventfdSignal, hostView, libc, mmapAnon, mmapFd, SIGINT, SIGTERM, SIGUSR1,
+} from "../ffi/libc.ts";
+import { acquireKickSignal, releaseKickSignal, signalPipe } from "../ffi/signals.ts";
+import { RawTerminal } from "../ffi/termios.ts";
+import { buildMachine } from "../vm/machine.ts";
+import { ConfigError, type Vm } from "../vm/vm.ts";
+import { concatInitrd, runArchive } from "../guest/command.ts";
+import { DEVICE_KINDS, type DeviceOptions, kindOf, type VirtioSpec } from "../devices/registry.ts";
+import type { ConsoleOptions } from "../devices/virtio/kind.ts";
+import { virtioCmdline, virtioSlot } from "../devices/virtio/device.ts";
+import { CMD, CTL, EXIT_KIND, recordExit, SHARED_BYTES, sharedViews, type SharedViews } from "./shared.ts";
+import { Controller, type RunResult, runResult } from "./control.ts";
+import { Lifecycle, type MachineState, StateError } from "./lifecycle.ts";
+import { joinWorkers, startWorker, type WorkerHandle } from "./workers.ts";
+import { unwireVirtio, wireVirtio } from "./virtio.ts";
+import type { ControlEvent, ControlInit, QueueInit, StdinInit, VcpuInit, VirtioDeviceInit } from "./messages.ts";
+
+/** The command line vmm gives a kernel unless told otherwise. */
+export const DEFAULT_CMDLINE = [
+  "console=ttyS0",
+  // Only critical kernel messages (panics, oopses) reach the console, so
+  // `vmm run` prints what the command prints; --append loglevel=7 shows all.
+  "loglevel=3",
+  "reboot=k", // reboot through the i8042 reset line, which ends the VM
+  "panic=-1", // reboot at once on panic: vmm reports it and exits
+  "pci=off", // no PCI bus: skip probing it
+].join(" ");
+
+export interface MachineOptions extends DeviceOptions {
+  /** bzImage path or bytes. */
+  kernel: string | Uint8Array;
+  /** initramfs path or bytes. */
+  initrd?: string | Uint8Array;
+  /** Kernel command line; default DEFAULT_CMDLINE. */
+  cmdline?: string;
+  /** Appended to the command line. */
+  append?: string;
+  cpus?: number;
+  memMiB?: number;
+  /** Run this command in the default guest's init and exit with its status. */
+  command?: string[];
+  /** Console: guest output fd, input fd (null: none) and device. Default stdout/stdin on the UART. */
+  console?: ConsoleOptions;
+  /** Also list the virtio devices on the kernel command line (`virtio_mmio.device=`). */
+  virtioCmdline?: boolean;
+  /** Take SIGINT and SIGTERM while running: the machine stops with status 130 or 143 (the CLI does). */
+  signals?: boolean;
+}
+
+/** How long `wait()` gives the Workers to leave their loops once the control loop ended. */
+const JOIN_TIMEOUT_MS = 10_000;
+
+/** Releases, in reverse order, what was recorded as it was made. */
+class Owner {
+  readonly #undo: (() => void)[] = [];
+  add(undo: () => void): void {
+    this.#undo.push(undo);
+  }
+  release(): void {
+    while (this.#undo.length) {
+      try {
+        this.#undo.pop()!();
+      } catch { /* keep releasing the rest */ }
+    }
+  }
+}
+
+function load(what: string, v: string | Uint8Array): Uint8Array {
+  if (typeof v !== "string") return v;
+  try {
+    return new Uint8Array(readFileSync(v));
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    const why = code === "ENOENT" ? "no such file" : code === "EACCES" ? "permission denied" : code === "EISDIR" ? "is a directory" : (e as Error).message;
+    throw new ConfigError(`${what} ${v}: ${why}`);
+  }
+}
+
+/** What a machine holds between create() and close(). */
+interface Parts {
+  vm: Vm;
+  console: ConsoleOptions;
+  specs: VirtioSpec[];
+  virtio: VirtioDeviceInit[];
+  sharedAddr: bigint;
+  shared: SharedViews;
+  runAddrs: bigint[];
+  ctlFd: number;
+  cmdFd: number;
+  vcpuWakeFds: number[];
+  stdinWakeFd: number;
+  signals: boolean;
+}
+
+/**
+ * A virtual machine. Make one with `Machine.create()`, then either `start()`
+ * it and `wait()` (or `stop()`) without blocking this thread, or `run()` it
+ * on this thread.
+ */
+export class Machine {
+  readonly #life = new Lifecycle();
+  readonly #own: Owner;
+  readonly #p: Parts;
+  readonly #startedAt: number;
+  #workers: WorkerHandle[] = [];
+  /** Set once start() or run() began launching. */
+  #launched: Promise<void> | null = null;
+  /** Per run: released when it ends (signal handlers, the terminal). */
+  readonly #runOwn = new Owner();
+  readonly #ended: Promise<RunResult>;
+  #resolveEnded!: (r: RunResult) => void;
+  #result: RunResult | null = null;
+  #pending = new Map<number, { op: "pause" | "resume" | "stop"; resolve: () => void; reject: (e: Error) => void }>();
+  /** A Worker outlived the drain: its memory must stay mapped. */
+  #unsafeToUnmap = false;
+
+  /** The VM (fds, guest memory) while the machine is open. */
+  get vm(): Vm {
+    return this.#p.vm;
+  }
+
+  /** created, running, paused, stopped or closed. */
+  get state(): MachineState {
+    return this.#life.state;
+  }
+
+  private constructor(parts: Parts, own: Owner, startedAt: number) {
+    this.#p = parts;
+    this.#startedAt = startedAt;
+    this.#own = own;
+    this.#ended = new Promise((r) => (this.#resolveEnded = r));
+  }
+
+  /** Check the options, create the VM and load the guest into it. Errors reject the promise. */
+  static async create(o: MachineOptions): Promise<Machine> {
+    const startedAt = Date.now();
+    const own = new Owner();
+    try {
+      return new Machine(await build(o, own), own, startedAt);
+    } catch (e) {
+      own.release();
+      throw e;
+    }
+  }
+
+  /** Start the guest and return at once; the control loop runs on a Worker. */
+  start(): void {
+    this.#life.done("start");
+    this.#launched = this.#launch(false);
+  }
+
+  /**
+   * Start the guest and run the control loop on this thread until the guest
+   * ends: this thread's event loop stops meanwhile (the CLI's way; an
+   * application wants `start()` and `wait()`).
+   */
+  async run(): Promise<RunResult> {
+    this.#life.done("start");
+    this.#launched = this.#launch(true);
+    await this.#launched;
+    return await this.#ended;
+  }
+
+  /** Every vCPU out of KVM_RUN and parked, every queue quiesced and flushed. */
+  async pause(): Promise<void> {
+    this.#life.check("pause");
+    await this.#command(CMD.PAUSE, "pause");
+    this.#life.done("pause");
+  }
+
+  /** Continue exactly where pause() stopped. */
+  async resume(): Promise<void> {
+    this.#life.check("resume");
+    await this.#command(CMD.RESUME, "resume");
+    this.#life.done("resume");
+  }
+
+  /** How the guest ended, once it has; disks are flushed and closed by then. */
+  wait(): Promise<RunResult> {
+    this.#life.check("wait");
+    return this.#ended;
+  }
+
+  /** Stop the guest in order (vCPUs, then queues drained and disks flushed); resolves with how it ended. */
+  async stop(): Promise<RunResult> {
+    this.#life.check("stop");
+    if (this.#life.state !== "stopped") {
+      try {
+        await this.#command(CMD.STOP, "stop");
+      } catch (e) {
+        if (!(e instanceof StateError)) throw e; // the guest ended first: that is a stop too
+      }
+    }
+    const r = await this.#ended;
+    this.#life.done("stop");
+    return r;
+  }
+
+  /** Release everything: stops a running machine first. */
+  async close(): Promise<void> {
+    if (this.#life.state === "closed") return;
+    if (this.#life.state === "running" || this.#life.state === "paused") await this.stop();
+    else if (this.#launched) await this.#ended;
+    this.#life.done("close");
+    if (this.#unsafeToUnmap) {
+      // A Worker would touch these after munmap: keep them mapped (a leak, not a crash).
+      console.error("vmm: a Worker did not end; guest memory stays mapped");
+      return;
+    }
+    this.#own.release();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  /** Put a command in the mailbox, wake the loop, and wait for its answer. */
+  async #command(cmd: number, op: "pause" | "resume" | "stop"): Promise<void> {
+    await this.#launched;
+    if (this.#result) throw new StateError(op, "stopped");
+    const { ctl } = this.#p.shared;
+    const seq = Atomics.load(ctl, CTL.CMD_SEQ) + 1;
+    const done = new Promise<void>((resolve, reject) => this.#pending.set(seq, { op, resolve, reject }));
+    Atomics.store(ctl, CTL.CMD, cmd);
+    Atomics.store(ctl, CTL.CMD_SEQ, seq);
+    eventfdSignal(this.#p.cmdFd);
+    await done;
+  }
+
+  #onEvent = (ev: ControlEvent): void => {
+    if (ev.type === "done") {
+      const p = this.#pending.get(ev.seq);
+      this.#pending.delete(ev.seq);
+      if (ev.ok) p?.resolve();
+      else p?.reject(new Error(ev.error ?? "command failed"));
+      return;
+    }
+    void this.#finish(ev);
+  };
+
+  /** Start the Workers and the control loop (`inline`: on this thread, blocking it). */
+  async #launch(inline: boolean): Promise<void> {
+    const p = this.#p, vm = p.vm;
+    acquireKickSignal(SIGUSR1);
+    this.#runOwn.add(releaseKickSignal);
+    let sigFd = -1;
+    if (p.signals) {
+      const pipe = signalPipe([SIGINT, SIGTERM]);
+      this.#runOwn.add(pipe.close);
+      sigFd = pipe.fd;
+    }
+    const inFd = p.console.inFd;
+    if (inFd !== null && RawTerminal.isTty(inFd)) {
+      const term = new RawTerminal(inFd);
+      term.enter();
+      this.#runOwn.add(() => term.restore());
+    }
+
+    const mem = { memAddr: vm.memAddr, memSize: vm.memSize, regions: vm.regions };
+    const ctlFd = p.ctlFd, shared = p.sharedAddr;
+    // Queue Workers first, all started together: they park until their
+    // driver is ready, and the guest needs a second or more to get there.
+    const starting: Promise<WorkerHandle>[] = [];
+    for (const device of p.virtio) {
+      device.ioFds.forEach((_, queue) => {
+        const init: QueueInit = { kind: "queue", device, queue, shared, ctlFd, ...mem };
+        starting.push(startWorker("queue", init));
+      });
+    }
+    vm.vcpuFds.forEach((vcpuFd, id) => {
+      const init: VcpuInit = {
+        kind: "vcpu", id, vcpuFd, vmFd: vm.vm.fd, runAddr: p.runAddrs[id], runSize: vm.runSize, shared, ctlFd,
+        wakeFd: p.vcpuWakeFds[id], outFd: p.console.outFd, ...mem, virtio: p.virtio,
+      };
+      starting.push(startWorker("vcpu", init));
+    });
+    if (inFd !== null && p.console.device !== "hvc") {
+      const init: StdinInit = { kind: "stdin", vmFd: vm.vm.fd, shared, ctlFd, inFd, wakeFd: p.stdinWakeFd };
+      starting.push(startWorker("stdin", init));
+    }
+    const started = await Promise.allSettled(starting);
+    for (const r of started) if (r.status === "fulfilled") this.#workers.push(r.value);
+    const failed = started.find((r) => r.status === "rejected") as PromiseRejectedResult | undefined;
+    if (failed) {
+      // End at once: the loop below sees the exit and stops what did start.
+      recordExit(p.shared.ctl, p.shared.bytes, EXIT_KIND.ERROR, 1, (failed.reason as Error).message);
+      inline = true;
+    }
+
+    const init: ControlInit = {
+      kind: "control", shared, runAddrs: p.runAddrs, runSize: vm.runSize, vcpuWakeFds: p.vcpuWakeFds, ctlFd, cmdFd: p.cmdFd,
+      sigFd, stdinWakeFd: inFd !== null && p.console.device !== "hvc" ? p.stdinWakeFd : -1, virtio: p.virtio,
+    };
+    if (!inline) {
+      try {
+        this.#workers.push(await startWorker("control", init, (d) => this.#onEvent(d as ControlEvent)));
+        return;
+      } catch (e) {
+        recordExit(p.shared.ctl, p.shared.bytes, EXIT_KIND.ERROR, 1, (e as Error).message);
+      }
+    }
+    const c = new Controller(init);
+    try {
+      c.run(this.#onEvent);
+    } finally {
+      c.close();
+    }
+  }
+
+  /** The loop ended: join the Workers, close the devices' host side, then resolve wait(). */
+  async #finish(ev: { signalled: number; drainError: string }): Promise<void> {
+    const late = await joinWorkers(this.#workers, JOIN_TIMEOUT_MS);
+    this.#workers = [];
+    if (late) this.#unsafeToUnmap = true;
+    for (const spec of this.#p.specs) {
+      try {
+        kindOf(spec).close(spec);
+      } catch { /* closing is best effort; the fds go with the process */ }
+    }
+    this.#p.specs.length = 0;
+    this.#runOwn.release();
+    let r = runResult(this.#p.shared, this.#startedAt, ev);
+    if (late) r = { ...r, code: r.code || 1, kind: "ERROR", reason: `${r.reason}; then ${late} Worker(s) did not end` };
+    this.#result = r;
+    this.#life.ended();
+    for (const [, p] of this.#pending) p.reject(new StateError(p.op, "stopped"));
+    this.#pending.clear();
+    this.#resolveEnded(r);
+  }
+}
+
+/** Everything create() makes, each piece recorded in `own` as it is made. */
+async function build(o: MachineOptions, own: Owner): Promise<Parts> {
+  const kernel = load("--kernel", o.kernel);
+  let initrd = o.initrd !== undefined ? load("--initrd", o.initrd) : undefined;
+  if (o.command) {
+    if (!initrd) throw new ConfigError("A command needs an initrd whose init runs /vmm/run.sh (the default guest's)");
+    initrd = concatInitrd(initrd, runArchive(o.command));
+  }
+  const console_ = o.console ?? { outFd: 1, inFd: 0 };
+  let cmdline = o.cmdline ?? DEFAULT_CMDLINE;
+  if (console_.device === "hvc" && o.cmdline === undefined) cmdline = cmdline.replace("console=ttyS0", "console=hvc0");
+
+  const specs: VirtioSpec[] = [];
+  own.add(() => specs.forEach((s) => kindOf(s).close(s)));
+  for (const kind of DEVICE_KINDS) specs.push(...kind.open(o, console_));
+  if (o.virtioCmdline) cmdline = [cmdline, ...specs.map((_, i) => virtioCmdline(i))].join(" ");
+  cmdline = [cmdline, o.append ?? ""].join(" ").trim();
+
+  const vm = buildMachine({
+    kernel, initrd, cmdline, cpus: o.cpus ?? 1, memMiB: o.memMiB ?? 512, mmioDevices: specs.map((_, i) => virtioSlot(i)),
+  });
+  own.add(() => vm.close());
+
+  const sharedAddr = mmapAnon(SHARED_BYTES, undefined, undefined, "mmap shared block");
+  own.add(() => libc.munmap(sharedAddr, BigInt(SHARED_BYTES)));
+  const shared = sharedViews(hostView(sharedAddr, SHARED_BYTES));
+  const runAddrs = vm.vcpuFds.map((fd, i) => {
+    const a = mmapFd(fd, vm.runSize, `mmap kvm_run of vCPU ${i}`);
+    own.add(() => libc.munmap(a, BigInt(vm.runSize)));
+    return a;
+  });
+  const fd = () => {
+    const f = eventfd(EFD_CLOEXEC | EFD_NONBLOCK);
+    own.add(() => closeFd(f));
+    return f;
+  };
+  const ctlFd = fd(), cmdFd = fd(), stdinWakeFd = fd();
+  const vcpuWakeFds = vm.vcpuFds.map(() => fd());
+  const virtio = wireVirtio(vm.vm.fd, specs, shared.bytes);
+  own.add(() => unwireVirtio(virtio));
+  return {
+    vm, console: console_, specs, virtio, sharedAddr, shared, runAddrs, ctlFd, cmdFd, vcpuWakeFds, stdinWakeFd, signals: o.signals ?? false,
+  };
+}

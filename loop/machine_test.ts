@@ -1,0 +1,157 @@
+/**
+ * A machine's lifecycle on the real /dev/kvm, as a library user drives it:
+ * start() leaves the caller's event loop running, pause() freezes a guest
+ * that counts in memory, resume() lets it go on, stop() ends it, close()
+ * gives back every fd, and a create() that fails half-way leaks nothing.
+ * Tiny guests (test/support/tiny_kernel.ts) keep each run short.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+import { Machine, type MachineOptions, StateError } from "../mod.ts";
+import { makeBzImage, printAndExit } from "../test/support/tiny_kernel.ts";
+import { requireKvm } from "../test/support/require_kvm.ts";
+import { scriptCommand } from "../test/support/vmm_cli.ts";
+
+/** Where the counting guest keeps its count: after the command line area, below the kernel. */
+const COUNTER = 0x30000;
+const le32 = (x: number) => [x & 0xff, (x >> 8) & 0xff, (x >> 16) & 0xff, (x >>> 24) & 0xff];
+/** `inc qword [COUNTER]; jmp back`: counts for ever (0x67: a 32-bit absolute address). */
+const counting = makeBzImage(new Uint8Array([0x67, 0x48, 0xff, 0x04, 0x25, ...le32(COUNTER), 0xeb, 0xf5]));
+
+const quiet: Partial<MachineOptions> = { memMiB: 16, console: { outFd: 2, inFd: null } };
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const count = (m: Machine) => m.vm.mem.readU32(COUNTER);
+const openFds = () => readdirSync("/proc/self/fd").length;
+
+/** Wait until `f()` holds, checking every 10 ms, for at most `ms`. */
+async function until(f: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!f()) {
+    if (Date.now() > end) throw new Error(`Timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+test("start() returns at once and the caller's timers fire while the guest runs", async () => {
+  requireKvm();
+  await using m = await Machine.create({ kernel: counting, ...quiet });
+  assert.equal(m.state, "created");
+  m.start();
+  assert.equal(m.state, "running");
+  let ticks = 0;
+  const timer = setInterval(() => ticks++, 5);
+  try {
+    await until(() => count(m) > 0, 60_000, "the guest to count");
+    const before = ticks;
+    await until(() => ticks >= before + 5, 10_000, "five timer ticks while the guest runs");
+  } finally {
+    clearInterval(timer);
+  }
+  const r = await m.stop();
+  assert.deepEqual([r.kind, r.code, r.reason], ["STOPPED", 0, "stopped by stop()"]);
+  assert.equal(m.state, "stopped");
+});
+
+test("pause() freezes a counting guest, resume() lets it go on, stop() ends it", async () => {
+  requireKvm();
+  await using m = await Machine.create({ kernel: counting, ...quiet, cpus: 2 });
+  m.start();
+  await until(() => count(m) > 0, 60_000, "the guest to count");
+  await m.pause();
+  assert.equal(m.state, "paused");
+  const frozen = count(m);
+  await sleep(300);
+  assert.equal(count(m), frozen, "the count moved while paused");
+  await m.resume();
+  assert.equal(m.state, "running");
+  await until(() => count(m) !== frozen, 30_000, "the count to move after resume");
+  await m.pause(); // a second pause works as the first
+  const again = count(m);
+  await sleep(100);
+  assert.equal(count(m), again);
+  const r = await m.stop(); // stopping a paused machine
+  assert.equal(r.kind, "STOPPED");
+});
+
+test("an operation in the wrong state is a StateError naming both", async () => {
+  requireKvm();
+  const m = await Machine.create({ kernel: counting, ...quiet });
+  await assert.rejects(m.pause(), (e) => e instanceof StateError && e.message === "pause() on a created machine");
+  assert.throws(() => m.wait(), { message: "wait() on a created machine" });
+  m.start();
+  assert.throws(() => m.start(), { message: "start() on a running machine" });
+  await assert.rejects(m.resume(), { message: "resume() on a running machine" });
+  await m.stop();
+  await assert.rejects(m.pause(), { message: "pause() on a stopped machine" });
+  assert.equal((await m.stop()).kind, "STOPPED", "stop() of a stopped machine says how it ended");
+  await m.close();
+  await m.close(); // closing twice is fine
+  assert.equal(m.state, "closed");
+  assert.throws(() => m.start(), { message: "start() on a closed machine" });
+});
+
+test("a guest that ends by itself moves the machine to stopped, and wait() says how", async () => {
+  requireKvm();
+  await using m = await Machine.create({ kernel: printAndExit("", 7), ...quiet });
+  m.start();
+  const r = await m.wait();
+  assert.deepEqual([r.kind, r.code], ["EXIT_CODE", 7]);
+  assert.equal(m.state, "stopped");
+  await assert.rejects(m.resume(), { message: "resume() on a stopped machine" });
+});
+
+test("a create() that fails after the VM exists releases every fd it made", async () => {
+  requireKvm();
+  const garbage = new Uint8Array(4096); // no bzImage header: the loader refuses it after KVM_CREATE_VM
+  await assert.rejects(Machine.create({ kernel: garbage, ...quiet })); // warm up lazily opened things
+  const before = openFds();
+  for (let i = 0; i < 5; i++) await assert.rejects(Machine.create({ kernel: garbage, ...quiet }));
+  assert.equal(openFds(), before);
+});
+
+/**
+ * The soak: many machines made, run and closed in one process. Each closes
+ * before the next starts; the fd count and RSS after the last must equal
+ * those after the first (RSS within a margin for the allocator and the JS
+ * heap, which never give every page back).
+ */
+const SOAK_VMS = Number(process.env.VMM_SOAK_VMS ?? 200);
+test(`soak: ${SOAK_VMS} machines created, run and closed leave the fd count and RSS where the first left them`, async () => {
+  requireKvm();
+  const kernel = printAndExit("", 0);
+  const one = async () => {
+    await using m = await Machine.create({ kernel, ...quiet });
+    m.start();
+    const r = await m.wait();
+    assert.equal(r.kind, "EXIT_CODE");
+  };
+  const rss = () => process.memoryUsage().rss / 2 ** 20;
+  await one();
+  const fds1 = openFds(), rss1 = rss();
+  for (let i = 1; i < SOAK_VMS; i++) await one();
+  const fdsN = openFds(), rssN = rss();
+  console.log(`soak: ${SOAK_VMS} machines; fds ${fds1} → ${fdsN}; RSS ${rss1.toFixed(1)} → ${rssN.toFixed(1)} MiB`);
+  assert.equal(fdsN, fds1, "open fds grew");
+  assert.ok(rssN - rss1 < 64, `RSS grew by ${(rssN - rss1).toFixed(1)} MiB over ${SOAK_VMS} machines`);
+});
+
+test("the README's library example (examples/lifecycle.ts) runs: start, pause, resume, stop", () => {
+  requireKvm();
+  const dir = mkdtempSync(join(tmpdir(), "vmm-example-"));
+  try {
+    const kernel = join(dir, "counting.bzImage");
+    writeFileSync(kernel, counting);
+    const [cmd, args] = scriptCommand(fileURLToPath(new URL("../examples/lifecycle.ts", import.meta.url)), [kernel]);
+    const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 120_000 });
+    assert.equal(r.status, 0, `stderr: ${r.stderr}`);
+    assert.equal(r.stdout, "paused: paused\nSTOPPED (status 0): stopped by stop(); timers fired all along\n");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
