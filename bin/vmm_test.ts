@@ -10,7 +10,7 @@ import assert from "node:assert/strict";
 import process from "node:process";
 import { asm, makeBzImage, printAndExit } from "../test/support/tiny_kernel.ts";
 import { requireKvm } from "../test/support/tiny_run.ts";
-import { childPids, type VmmChild, vmmSpawn, vmmSync, withFile } from "../test/support/vmm_cli.ts";
+import { CHILD_BOUND_MS, childPids, type VmmChild, vmmSpawn, vmmSync, withFile } from "../test/support/vmm_cli.ts";
 import { kvmKind } from "../vm/host.ts";
 
 const TINY = printAndExit("hi from vmm\n", 7);
@@ -182,7 +182,7 @@ function signalSpinningGuest(signal: "SIGTERM" | "SIGINT", o: { unshare?: boolea
         target = vmm.child.pid!;
       }
       process.kill(target, signal);
-      const timer = setTimeout(() => vmm.child.kill("SIGKILL"), 10_000);
+      const timer = setTimeout(() => vmm.child.kill("SIGKILL"), CHILD_BOUND_MS);
       const status = await vmm.exited;
       clearTimeout(timer);
       return { status, vmm };

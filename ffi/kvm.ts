@@ -134,6 +134,22 @@ export const KVM_IOEVENTFD_FLAG_DATAMATCH = 1, KVM_IOEVENTFD_FLAG_PIO = 2, KVM_I
 export const KVM_PIT_SPEAKER_DUMMY = 1;
 
 const ioctlScratch = NativeBuf.alloc(4096);
+
+/**
+ * Scratch for vCPU ioctls, one set per thread (each Worker has its own copy
+ * of this module, and frees it as it ends): a VcpuFd is a thin handle that
+ * holds no native memory, so the many short-lived ones cost nothing.
+ * No call uses them across another, since JavaScript on a thread never re-enters.
+ */
+const vcpuScratch = NativeBuf.alloc(4096);
+let cpuidScratch: NativeBuf | null = null;
+let xsaveScratch: NativeBuf | null = null;
+/** A per-thread buffer of at least `len` bytes, grown (and the old one freed) when too small. */
+function grow(buf: NativeBuf | null, len: number): NativeBuf {
+  if (buf && buf.bytes.length >= len) return buf;
+  buf?.free();
+  return NativeBuf.alloc(len);
+}
 /** asm-generic/errno-base.h: KVM_GET_MSR_INDEX_LIST's answer to a list too short. */
 const E2BIG = 7;
 
@@ -166,7 +182,7 @@ export class Kvm {
   /** The CPUID leaves KVM can offer (KVM_GET_SUPPORTED_CPUID). */
   supportedCpuid(): CpuidEntry[] {
     const max = 256;
-    const buf = NativeBuf.alloc(KVM_CPUID2_HEADER + max * KVM_CPUID_ENTRY2_SIZE);
+    const buf = cpuidScratch = grow(cpuidScratch, KVM_CPUID2_HEADER + max * KVM_CPUID_ENTRY2_SIZE);
     buf.view.setUint32(0, max, true);
     ioctl(this.fd, KVM.GET_SUPPORTED_CPUID, buf.addr, "GET_SUPPORTED_CPUID");
     return decodeCpuid2(buf.view);
@@ -329,7 +345,9 @@ export function ioeventfd(
 
 /** Operations on a vCPU fd. Each thread that uses one makes its own (its own scratch). */
 export class VcpuFd {
-  readonly #buf = NativeBuf.alloc(4096);
+  get #buf(): NativeBuf {
+    return vcpuScratch;
+  }
   constructor(readonly fd: number) {}
   getRegs(): Regs {
     ioctl(this.fd, KVM.GET_REGS, this.#buf.addr, "GET_REGS");
@@ -348,15 +366,19 @@ export class VcpuFd {
     ioctl(this.fd, KVM.SET_SREGS, this.#buf.addr, "SET_SREGS");
   }
   setCpuid(entries: CpuidEntry[]): void {
-    const b = NativeBuf.alloc(KVM_CPUID2_HEADER + entries.length * KVM_CPUID_ENTRY2_SIZE);
+    const b = cpuidScratch = grow(cpuidScratch, KVM_CPUID2_HEADER + Math.max(256, entries.length) * KVM_CPUID_ENTRY2_SIZE);
     encodeCpuid2(b.view, entries);
     ioctl(this.fd, KVM.SET_CPUID2, b.addr, "SET_CPUID2");
   }
   /** KVM_SET_MSRS; returns how many were set (KVM stops at the first it refuses). */
   setMsrs(msrs: [number, bigint][]): number {
     const b = NativeBuf.alloc(KVM_MSRS_HEADER + msrs.length * KVM_MSR_ENTRY_SIZE);
-    encodeMsrs(b.view, msrs);
-    return ioctl(this.fd, KVM.SET_MSRS, b.addr, "SET_MSRS");
+    try {
+      encodeMsrs(b.view, msrs);
+      return ioctl(this.fd, KVM.SET_MSRS, b.addr, "SET_MSRS");
+    } finally {
+      b.free();
+    }
   }
   getLapic(): Uint8Array {
     ioctl(this.fd, KVM.GET_LAPIC, this.#buf.addr, "GET_LAPIC");
@@ -414,12 +436,11 @@ export class VcpuFd {
     }
     return refused;
   }
-  #cpuidBuf: NativeBuf | null = null;
   /** KVM_GET_CPUID2: the CPUID this vCPU was given (KVM_SET_CPUID2). */
   getCpuid(): CpuidEntry[] {
     // KVM_MAX_CPUID_ENTRIES (arch/x86/include/asm/kvm_host.h) is 256; fewer fails with E2BIG.
     const max = 256;
-    const b = this.#cpuidBuf ??= NativeBuf.alloc(KVM_CPUID2_HEADER + max * KVM_CPUID_ENTRY2_SIZE);
+    const b = cpuidScratch = grow(cpuidScratch, KVM_CPUID2_HEADER + max * KVM_CPUID_ENTRY2_SIZE);
     b.view.setUint32(0, max, true);
     ioctl(this.fd, KVM.GET_CPUID2, b.addr, "GET_CPUID2");
     return decodeCpuid2(b.view);
@@ -436,14 +457,9 @@ export class VcpuFd {
     encodeFpu(this.#buf.view, f);
     ioctl(this.fd, KVM.SET_FPU, this.#buf.addr, "SET_FPU");
   }
-  #xsaveBuf: NativeBuf | null = null;
   /** The XSAVE scratch, at least `len` bytes: allocated on first use, replaced only if a bigger one is needed. */
   #xsave(len: number): NativeBuf {
-    if (!this.#xsaveBuf || this.#xsaveBuf.bytes.length < len) {
-      this.#xsaveBuf?.free();
-      this.#xsaveBuf = NativeBuf.alloc(Math.max(len, KVM_XSAVE_SIZE));
-    }
-    return this.#xsaveBuf;
+    return xsaveScratch = grow(xsaveScratch, Math.max(len, KVM_XSAVE_SIZE));
   }
   /**
    * The guest's XSAVE image. `xsave2Size` is KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)

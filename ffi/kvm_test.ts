@@ -60,6 +60,28 @@ test("KVM ioctl numbers equal the kernel's _IO/_IOR/_IOW/_IOWR encodings", () =>
     SET_LAPIC: 0x4400ae8f,
     SET_CPUID2: 0x4008ae90,
     GET_TSC_KHZ: 0xaea3,
+    GET_MSR_INDEX_LIST: 0xc004ae02,
+    GET_IRQCHIP: 0xc208ae62,
+    SET_IRQCHIP: 0x8208ae63,
+    SET_CLOCK: 0x4030ae7b,
+    GET_CLOCK: 0x8030ae7c,
+    GET_MSRS: 0xc008ae88,
+    GET_CPUID2: 0xc008ae91,
+    GET_MP_STATE: 0x8004ae98,
+    SET_MP_STATE: 0x4004ae99,
+    GET_PIT2: 0x8070ae9f,
+    SET_PIT2: 0x4070aea0,
+    GET_VCPU_EVENTS: 0x8040ae9f,
+    SET_VCPU_EVENTS: 0x4040aea0,
+    GET_DEBUGREGS: 0x8080aea1,
+    SET_DEBUGREGS: 0x4080aea2,
+    SET_TSC_KHZ: 0xaea2,
+    GET_XSAVE: 0x9000aea4,
+    SET_XSAVE: 0x5000aea5,
+    GET_XCRS: 0x8188aea6,
+    SET_XCRS: 0x4188aea7,
+    KVMCLOCK_CTRL: 0xaead,
+    GET_XSAVE2: 0x9000aecf,
   };
   for (const [name, value] of Object.entries(expected)) {
     assert.equal(KVM[name as keyof typeof KVM].toString(16), value.toString(16), `KVM_${name}`);
@@ -77,6 +99,8 @@ test("capability and exit-reason numbers match uapi/linux/kvm.h", () => {
   assert.deepEqual({ ...CAP }, {
     IRQCHIP: 0, HLT: 1, USER_MEMORY: 3, SET_TSS_ADDR: 4, EXT_CPUID: 7, PIT2: 33, IOEVENTFD: 36,
     SET_IDENTITY_MAP_ADDR: 37, IRQFD: 32, IMMEDIATE_EXIT: 136, GET_TSC_KHZ: 61, NR_VCPUS: 9, MAX_VCPUS: 66,
+    MP_STATE: 14, PIT_STATE2: 35, ADJUST_CLOCK: 39, VCPU_EVENTS: 41, DEBUGREGS: 50, XSAVE: 55, XCRS: 56,
+    TSC_CONTROL: 60, KVMCLOCK_CTRL: 76, XSAVE2: 208,
   });
   assert.deepEqual({ ...EXIT }, {
     UNKNOWN: 0, EXCEPTION: 1, IO: 2, HYPERCALL: 3, DEBUG: 4, HLT: 5, MMIO: 6, IRQ_WINDOW_OPEN: 7,

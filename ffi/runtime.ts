@@ -31,6 +31,14 @@ export interface Runtime {
   dlopen<S extends Record<string, FfiSymbol>>(path: string, symbols: S): { [K in keyof S]: AnyFn };
   /** An ArrayBuffer over `len` bytes of host memory at `addr` (no copy). */
   view(addr: bigint, len: number): ArrayBuffer;
+  /**
+   * Let the runtime install whatever handler of its own it will ever install
+   * for these signals, now, so that a handler vmm installs afterwards stays.
+   * Deno installs one for SIGINT and SIGTERM once per process, lazily, within
+   * a second of the first Worker starting: a handler installed before that is
+   * silently replaced, and SIGTERM then kills vmm instead of stopping it.
+   */
+  claimSignals(names: readonly ("SIGINT" | "SIGTERM")[]): void;
 }
 
 // deno-lint-ignore no-explicit-any
@@ -54,6 +62,13 @@ function denoRuntime(): Runtime {
     view(addr, len) {
       return D.UnsafePointerView.getArrayBuffer(D.UnsafePointer.create(addr), len);
     },
+    claimSignals(names) {
+      const none = () => {};
+      for (const n of names) {
+        D.addSignalListener(n, none);
+        D.removeSignalListener(n, none);
+      }
+    },
   };
 }
 
@@ -71,6 +86,7 @@ async function bunRuntime(): Promise<Runtime> {
     view(addr, len) {
       return ffi.toArrayBuffer(Number(addr), 0, len);
     },
+    claimSignals() {}, // Bun keeps its hands off handlers it did not install
   };
 }
 

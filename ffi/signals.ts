@@ -15,6 +15,7 @@
  */
 import { errno, libc, mmapAnon, NativeBuf, O_CLOEXEC, O_NONBLOCK, pipe, PROT_EXEC, PROT_READ, PROT_WRITE } from "./libc.ts";
 import { SysError } from "./errno.ts";
+import { runtime } from "./runtime.ts";
 
 const SA_RESTART = 0x10000000;
 /** glibc struct sigaction on x86-64: handler, 128-byte mask, flags, restorer. */
@@ -82,6 +83,8 @@ export interface SignalPipe {
 
 /** Route `signals` to a pipe the caller polls. */
 export function signalPipe(signals: number[]): SignalPipe {
+  const names = { 2: "SIGINT", 15: "SIGTERM" } as const;
+  runtime.claimSignals(signals.flatMap((s) => (s === 2 || s === 15 ? [names[s]] : [])));
   const [r, w] = pipe(O_CLOEXEC | O_NONBLOCK);
   let page: bigint;
   try {

@@ -57,20 +57,22 @@ export interface Tap {
  */
 export function openTap(name: string): Tap {
   const fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK, 0, "open /dev/net/tun");
+  const req = ifreq(name), hdr = NativeBuf.alloc(4);
   try {
-    const req = ifreq(name);
     req.view.setUint16(IFNAMSIZ, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, true);
     check("TUNSETIFF", libc.ioctl(fd, BigInt(TUNSETIFF), req.addr));
     // The kernel writes back the link's name: a NAME with %d ("vmm%d") asks it to pick a free one.
     const nul = req.bytes.indexOf(0);
     const actual = new TextDecoder().decode(req.bytes.subarray(0, nul >= 0 && nul < IFNAMSIZ ? nul : IFNAMSIZ));
-    const hdr = NativeBuf.alloc(4);
     hdr.view.setInt32(0, VNET_HDR_SIZE, true);
     check("TUNSETVNETHDRSZ", libc.ioctl(fd, BigInt(TUNSETVNETHDRSZ), hdr.addr));
     return { fd, name: actual, mtu: tapMtu(actual) };
   } catch (e) {
     close(fd);
     throw e;
+  } finally {
+    req.free();
+    hdr.free();
   }
 }
 
@@ -78,11 +80,12 @@ export function openTap(name: string): Tap {
 export function tapMtu(name: string): number {
   const s = libc.socket(AF_INET, SOCK_DGRAM, 0);
   if (s < 0) return 1500;
+  const req = ifreq(name);
   try {
-    const req = ifreq(name);
     if (libc.ioctl(s, BigInt(SIOCGIFMTU), req.addr) < 0) return 1500;
     return req.view.getInt32(IFNAMSIZ, true);
   } finally {
+    req.free();
     close(s);
   }
 }

@@ -24,15 +24,20 @@ export class RawTerminal {
   enter(): void {
     check("tcgetattr", libc.tcgetattr(this.#fd, this.#saved.addr));
     const t = NativeBuf.alloc(TERMIOS_SIZE);
-    t.bytes.set(this.#saved.bytes);
-    libc.cfmakeraw(t.addr);
-    check("tcsetattr", libc.tcsetattr(this.#fd, TCSANOW, t.addr));
+    try {
+      t.bytes.set(this.#saved.bytes);
+      libc.cfmakeraw(t.addr);
+      check("tcsetattr", libc.tcsetattr(this.#fd, TCSANOW, t.addr));
+    } finally {
+      t.free();
+    }
     this.#raw = true;
   }
 
+  /** Put the saved settings back and free them; the terminal object is done. */
   restore(): void {
-    if (!this.#raw) return;
-    libc.tcsetattr(this.#fd, TCSANOW, this.#saved.addr);
+    if (this.#raw) libc.tcsetattr(this.#fd, TCSANOW, this.#saved.addr);
     this.#raw = false;
+    this.#saved.free();
   }
 }

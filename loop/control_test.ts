@@ -14,7 +14,7 @@ import { join } from "node:path";
 import { EXIT_PANIC, EXIT_TRIPLE_FAULT } from "../mod.ts";
 import { asm, makeBzImage, printAndExit } from "../test/support/tiny_kernel.ts";
 import { requireKvm, runTiny } from "../test/support/tiny_run.ts";
-import { scriptCommand, vmmEnv } from "../test/support/vmm_cli.ts";
+import { CHILD_BOUND_MS, scriptCommand, vmmEnv } from "../test/support/vmm_cli.ts";
 import { ACPI_RESET_PORT, ACPI_SLEEP_PORT, SLP_EN, SLP_TYP_S5, SLP_TYP_SHIFT, WAK_STS } from "../boot/acpi.ts";
 import { VIRTIO_MMIO_START } from "../boot/layout.ts";
 
@@ -156,7 +156,7 @@ process.exit(0);
 `,
     );
     const [cmd, args] = scriptCommand(script);
-    const r = spawnSync(cmd, args, { env: vmmEnv(true), encoding: "utf8", timeout: 20_000 });
+    const r = spawnSync(cmd, args, { env: vmmEnv(true), encoding: "utf8", timeout: CHILD_BOUND_MS });
     assert.equal(r.signal, "SIGTERM", `stdout ${r.stdout}, stderr ${r.stderr}`);
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -16,6 +16,7 @@ import { fileURLToPath } from "node:url";
 import { Machine, type MachineOptions, StateError } from "../mod.ts";
 import { makeBzImage, printAndExit } from "../test/support/tiny_kernel.ts";
 import { requireKvm } from "../test/support/require_kvm.ts";
+import { NativeBuf } from "../ffi/libc.ts";
 import { scriptCommand } from "../test/support/vmm_cli.ts";
 
 /** Where the counting guest keeps its count: after the command line area, below the kernel. */
@@ -133,11 +134,12 @@ test(`soak: ${SOAK_VMS} machines created, run and closed leave the fd count and 
   };
   const rss = () => process.memoryUsage().rss / 2 ** 20;
   await one();
-  const fds1 = openFds(), rss1 = rss();
+  const fds1 = openFds(), rss1 = rss(), bufs1 = NativeBuf.liveCount;
   for (let i = 1; i < SOAK_VMS; i++) await one();
-  const fdsN = openFds(), rssN = rss();
-  console.log(`soak: ${SOAK_VMS} machines; fds ${fds1} → ${fdsN}; RSS ${rss1.toFixed(1)} → ${rssN.toFixed(1)} MiB`);
+  const fdsN = openFds(), rssN = rss(), bufsN = NativeBuf.liveCount;
+  console.log(`soak: ${SOAK_VMS} machines; fds ${fds1} → ${fdsN}; native buffers ${bufs1} → ${bufsN}; RSS ${rss1.toFixed(1)} → ${rssN.toFixed(1)} MiB`);
   assert.equal(fdsN, fds1, "open fds grew");
+  assert.equal(bufsN, bufs1, "native buffers of this thread grew");
   assert.ok(rssN - rss1 < 64, `RSS grew by ${(rssN - rss1).toFixed(1)} MiB over ${SOAK_VMS} machines`);
 });
 

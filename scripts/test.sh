@@ -54,10 +54,11 @@ count() { # count RUNTIME WHAT: the runner's own closing numbers, summed over it
 	local n=0 f v
 	for f in "$log/$1".*; do
 		[ -e "$f" ] || continue
+		# Colour codes out first: a runner in the nested host writes them.
 		if [ "$1" = deno ]; then
-			v=$(grep -aoE "[0-9]+ $2" "$f" | tail -1 | grep -oE '[0-9]+')
+			v=$(sed -e 's/\x1b\[[0-9;]*m//g' -e 's/\r$//' "$f" | grep -aoE "[0-9]+ $2" | tail -1 | grep -oE '[0-9]+')
 		else
-			v=$(grep -aE "^ *[0-9]+ ${2%ed}$" "$f" | tail -1 | grep -oE '[0-9]+')
+			v=$(sed -e 's/\x1b\[[0-9;]*m//g' -e 's/\r$//' "$f" | grep -aE "^ *[0-9]+ ${2%ed}$" | tail -1 | grep -oE '[0-9]+')
 		fi
 		n=$((n + ${v:-0}))
 	done

@@ -33,7 +33,7 @@
 
 import type { GuestMemory } from "../../vm/memory.ts";
 import { EINTR, errno, libc, mmapAnon, NativeBuf, PROT_READ } from "../../ffi/libc.ts";
-import { SysError } from "../../ffi/errno.ts";
+import { E, SysError } from "../../ffi/errno.ts";
 import type { Disk } from "./disk.ts";
 import { type Chain, type Segment, Writer } from "../virtio/ring.ts";
 import {
@@ -147,7 +147,7 @@ const ZERO_CHUNK = 1 << 20;
 const FALLOC_FL_KEEP_SIZE = 0x01;
 const FALLOC_FL_PUNCH_HOLE = 0x02;
 const FALLOC_FL_ZERO_RANGE = 0x10;
-const EIO = 5, EINVAL = 22, EOPNOTSUPP = 95;
+const { EIO, EINVAL, EOPNOTSUPP } = E;
 
 /**
  * The host cannot do this fallocate mode here, as opposed to failing at it:

@@ -25,7 +25,7 @@
  */
 
 import { close, errno, libc, LOCK_EX, LOCK_NB, NativeBuf, O_NONBLOCK, O_RDONLY, O_RDWR, open } from "../../ffi/libc.ts";
-import { errnoName, SysError } from "../../ffi/errno.ts";
+import { E, errnoName, SysError } from "../../ffi/errno.ts";
 import { ConfigError } from "../../vm/vm.ts";
 
 /** The virtio-blk serial (GET_ID answer) is at most 20 bytes (virtio 1.2 §5.2.6). */
@@ -113,7 +113,7 @@ const SEEK_END = 2;
 const F_GETFL = 3, F_SETFL = 4;
 const O_NOCTTY = 0o400;
 const LOCK_SH = 1;
-const ENOENT = 2, EACCES = 13, EPERM = 1, EISDIR = 21, EROFS = 30, EWOULDBLOCK = 11;
+const { ENOENT, EACCES, EPERM, EISDIR, EROFS, EAGAIN: EWOULDBLOCK } = E;
 
 /**
  * Open and lock the image of `spec`. Refuses, with a ConfigError naming the

@@ -15,6 +15,12 @@ import { fileURLToPath } from "node:url";
 
 const VMM = fileURLToPath(new URL("../../bin/vmm.ts", import.meta.url));
 const isDeno = typeof (globalThis as { Deno?: unknown }).Deno !== "undefined";
+/**
+ * How long a vmm child may take to start and to stop. Bounds against a hang,
+ * not speed checks: in the nested host (TCG) a Deno child with an empty
+ * module cache takes 15 s or more to print its first byte.
+ */
+export const CHILD_BOUND_MS = process.env.VMM_NESTED ? 90_000 : 30_000;
 
 /** The command line that runs the TypeScript file `script` with `args` on this test's runtime. */
 export function scriptCommand(script: string, args: string[] = []): [string, string[]] {
@@ -37,7 +43,7 @@ export function vmmEnv(allowPvm: boolean): Record<string, string> {
 /** Run vmm to completion. */
 export function vmmSync(args: string[], o: { allowPvm?: boolean } = {}): { status: number | null; stdout: string; stderr: string } {
   const [cmd, argv] = vmmCommand(args);
-  const r = spawnSync(cmd, argv, { env: vmmEnv(o.allowPvm ?? true), encoding: "utf8", timeout: 20_000 });
+  const r = spawnSync(cmd, argv, { env: vmmEnv(o.allowPvm ?? true), encoding: "utf8", timeout: CHILD_BOUND_MS });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -84,7 +90,7 @@ export function vmmSpawn(args: string[], o: { unshare?: boolean } = {}): VmmChil
     stdout: () => out,
     stderr: () => err,
     exited,
-    waitForStdout(text, ms = 15_000) {
+    waitForStdout(text, ms = CHILD_BOUND_MS) {
       return new Promise((resolve, reject) => {
         const timer = setTimeout(() => {
           child.kill("SIGKILL");

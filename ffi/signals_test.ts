@@ -1,0 +1,45 @@
+/**
+ * The signal pipe holds while Workers start: Deno installs SIGINT and
+ * SIGTERM handlers of its own within a second of its first Worker, and
+ * signalPipe() must have claimed them first (ffi/runtime.ts claimSignals).
+ * Each case runs in a fresh process, since the runtime does this once per process.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { scriptCommand } from "../test/support/vmm_cli.ts";
+
+test("a SIGTERM two seconds after a Worker started still reaches the signal pipe, and after close() terminates again", () => {
+  const dir = mkdtempSync(join(tmpdir(), "vmm-sig-"));
+  try {
+    const url = (p: string) => JSON.stringify(new URL(p, import.meta.url).href);
+    writeFileSync(join(dir, "w.ts"), "self.onmessage = () => {};\n");
+    writeFileSync(
+      join(dir, "main.ts"),
+      `import process from "node:process";
+import { signalPipe } from ${url("./signals.ts")};
+import { Poller, SIGTERM } from ${url("./libc.ts")};
+const p = signalPipe([SIGTERM]);
+const w = new Worker(new URL("./w.ts", import.meta.url).href, { type: "module" });
+await new Promise((r) => setTimeout(r, 2000));
+process.kill(process.pid, "SIGTERM");
+const got = new Poller([p.fd]).wait(2000)[0] !== 0;
+console.log(got ? "piped" : "lost");
+w.terminate();
+p.close();
+process.kill(process.pid, "SIGTERM");
+await new Promise((r) => setTimeout(r, 2000));
+console.log("survived");
+`,
+    );
+    const [cmd, args] = scriptCommand(join(dir, "main.ts"));
+    const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 30_000 });
+    assert.equal(r.stdout, "piped\n", r.stderr);
+    assert.equal(r.signal, "SIGTERM", "after close() SIGTERM did not terminate the process");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
