@@ -35,10 +35,12 @@ export interface Runtime {
    * Let the runtime install whatever handler of its own it will ever install
    * for these signals, now, so that a handler vmm installs afterwards stays.
    * Deno installs one for SIGINT and SIGTERM once per process, lazily, within
-   * a second of the first Worker starting: a handler installed before that is
-   * silently replaced, and SIGTERM then kills vmm instead of stopping it.
+   * a second of the first Worker starting, and one for SIGUSR1 (Node's "start
+   * the inspector") when its signal machinery starts: a handler installed
+   * before that is silently replaced, and SIGTERM then kills vmm instead of
+   * stopping it, and a vCPU kick prints "Debugger listening on ws://…".
    */
-  claimSignals(names: readonly ("SIGINT" | "SIGTERM")[]): void;
+  claimSignals(names: readonly ("SIGINT" | "SIGTERM" | "SIGUSR1")[]): void;
 }
 
 // deno-lint-ignore no-explicit-any

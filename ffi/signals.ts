@@ -74,6 +74,9 @@ function restoreAction(sig: number, saved: Uint8Array): void {
   }
 }
 
+/** The signals a runtime may take over behind vmm's back (ffi/runtime.ts claimSignals). */
+const CLAIMABLE = { 2: "SIGINT", 10: "SIGUSR1", 15: "SIGTERM" } as const;
+
 /** Signals routed to a pipe; `close()` puts the old handlers back and releases the pipe and code. */
 export interface SignalPipe {
   /** Read end: one byte per signal, its number. */
@@ -83,8 +86,7 @@ export interface SignalPipe {
 
 /** Route `signals` to a pipe the caller polls. */
 export function signalPipe(signals: number[]): SignalPipe {
-  const names = { 2: "SIGINT", 15: "SIGTERM" } as const;
-  runtime.claimSignals(signals.flatMap((s) => (s === 2 || s === 15 ? [names[s]] : [])));
+  runtime.claimSignals(signals.flatMap((s) => (s in CLAIMABLE ? [CLAIMABLE[s as 2]] : [])));
   const [r, w] = pipe(O_CLOEXEC | O_NONBLOCK);
   let page: bigint;
   try {
@@ -128,6 +130,7 @@ export function acquireKickSignal(sig: number): void {
     kick.users++;
     return;
   }
+  if (sig in CLAIMABLE) runtime.claimSignals([CLAIMABLE[sig as 10]]);
   const page = codePage(RET);
   try {
     kick = { sig, users: 1, page, old: sigaction(sig, page) };

@@ -43,3 +43,33 @@ console.log("survived");
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("the vCPU kick handler holds while Workers start and the SIGINT/SIGTERM pipe is set up after it", () => {
+  const dir = mkdtempSync(join(tmpdir(), "vmm-sig-"));
+  try {
+    const url = (p: string) => JSON.stringify(new URL(p, import.meta.url).href);
+    writeFileSync(join(dir, "w.ts"), "self.onmessage = () => {};\n");
+    writeFileSync(
+      join(dir, "main.ts"),
+      `import { acquireKickSignal, releaseKickSignal, signalPipe } from ${url("./signals.ts")};
+import { libc, NativeBuf, SIGINT, SIGTERM, SIGUSR1 } from ${url("./libc.ts")};
+const handler = (s: number) => { const b = NativeBuf.alloc(152); libc.sigaction(s, 0n, b.addr); return b.view.getBigUint64(0, true); };
+acquireKickSignal(SIGUSR1);
+const ours = handler(SIGUSR1);
+const p = signalPipe([SIGINT, SIGTERM]);
+const w = new Worker(new URL("./w.ts", import.meta.url).href, { type: "module" });
+await new Promise((r) => setTimeout(r, 2000));
+console.log(handler(SIGUSR1) === ours ? "kept" : "replaced");
+w.terminate();
+p.close();
+releaseKickSignal();
+`,
+    );
+    const [cmd, args] = scriptCommand(join(dir, "main.ts"));
+    const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 30_000 });
+    assert.equal(r.stdout, "kept\n", r.stderr);
+    assert.equal(r.stderr, "");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

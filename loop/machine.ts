@@ -259,14 +259,14 @@ export class Machine {
   /** Start the Workers and the control loop (`inline`: on this thread, blocking it). */
   async #launch(inline: boolean): Promise<void> {
     const p = this.#p, vm = p.vm;
-    acquireKickSignal(SIGUSR1);
-    this.#runOwn.add(releaseKickSignal);
     let sigFd = -1;
     if (p.signals) {
       const pipe = signalPipe([SIGINT, SIGTERM]);
       this.#runOwn.add(pipe.close);
       sigFd = pipe.fd;
     }
+    acquireKickSignal(SIGUSR1);
+    this.#runOwn.add(releaseKickSignal);
     const inFd = p.console.inFd;
     if (inFd !== null && RawTerminal.isTty(inFd)) {
       const term = new RawTerminal(inFd);
