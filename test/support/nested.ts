@@ -6,7 +6,9 @@
  * inside L1, kvm-amd gives a real /dev/kvm. L1 sees the host's root read-only
  * over virtio-9p, chroots into it, and so has every host tool, Bun and Deno
  * included, at the same paths. The script runs there; what it prints and its
- * exit status come back.
+ * exit status come back. The chroot's /tmp and /run are L1's own tmpfs; the
+ * checkout and the working directory are bound back when they live there, so
+ * a clone in /tmp runs like one anywhere else.
  *
  * L1 boots the image of `guest/build.ts` (`ensureNestedHost`): Debian's
  * generic kernel and the same `/init` as vmm's default guest. Like vmm, this
@@ -151,12 +153,12 @@ const HIDDEN_RE = /^\/(tmp|run)(\/|$)/;
  * they are bound back read-only from the host root, so a checkout in /tmp works.
  */
 function hiddenPaths(paths: string[], shares: string[]): { p: string; real: string }[] {
-  const within = (p: string, dir: string) => p === dir || p.startsWith(dir.endsWith("/") ? dir : dir + "/");
-  const seen = new Set<string>();
+  const within = (p: string, dir: string) => p === dir || p.startsWith(dir + "/");
   const out: { p: string; real: string }[] = [];
-  for (const p of paths) {
-    if (!HIDDEN_RE.test(p) || seen.has(p) || shares.some((s) => within(p, s)) || !existsSync(p)) continue;
-    seen.add(p);
+  for (const p of [...paths].sort((a, b) => a.length - b.length)) {
+    // /tmp or /run itself stays L1's writable tmpfs; a path already shown is skipped.
+    if (!HIDDEN_RE.test(p) || p === "/tmp" || p === "/run" || !existsSync(p)) continue;
+    if ([...shares, ...out.map((o) => o.p)].some((d) => within(p, d))) continue;
     out.push({ p, real: realpathSync(p) });
   }
   return out;

@@ -2,7 +2,8 @@
  * The nested-KVM harness and the default guest image, proved end to end.
  *
  * One L1 boot checks the harness itself (real /dev/kvm, output, exit status,
- * a read-write share). A second run boots the default guest with QEMU
+ * a read-write share), another that a working directory under /tmp (a clone
+ * there) stays visible. A further run boots the default guest with QEMU
  * `-accel kvm`, independently of vmm, and checks the init protocol: the ready
  * port, the run mode with an appended cpio archive and the exit port, and the
  * interactive mode's ready line and shell. On a hardware-KVM machine that
@@ -61,6 +62,31 @@ test("runNested() gives real KVM, the script's output and exit status, and rw sh
     assert.equal(readFileSync(join(share, "from-l1.txt"), "utf8"), "written-in-l1\n");
   } finally {
     rmSync(share, { recursive: true, force: true });
+  }
+});
+
+test("runNested() runs in a directory under /tmp, which L1's own /tmp would hide", {
+  skip: !nested.ok && `nested KVM unavailable: ${nested.why}`,
+  timeout: 120_000,
+}, async () => {
+  // A checkout in /tmp (a fresh clone in CI) is the working directory and holds
+  // node_modules/.bin; L1 binds it back over its tmpfs, read-only like the root.
+  const dir = mkdtempSync(join(tmpdir(), "vmm-nested-cwd-"));
+  try {
+    writeFileSync(join(dir, "marker.txt"), "from-the-host\n");
+    const r = await runNested(
+      [
+        'echo "cwd=$(pwd)"',
+        "cat marker.txt",
+        "touch marker.txt 2>/dev/null && echo cwd-writable || echo cwd-read-only",
+        "touch /tmp/scratch && echo tmp-writable",
+      ].join("\n"),
+      { cwd: dir },
+    );
+    assert.equal(r.code, 0, r.output);
+    assert.equal(r.output, `cwd=${dir}\nfrom-the-host\ncwd-read-only\ntmp-writable\n`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 
