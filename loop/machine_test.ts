@@ -8,7 +8,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
@@ -29,6 +29,15 @@ const quiet: Partial<MachineOptions> = { memMiB: 16, console: { outFd: 2, inFd: 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const count = (m: Machine) => m.vm.mem.readU32(COUNTER);
 const openFds = () => readdirSync("/proc/self/fd").length;
+/** What each open fd is (`anon_inode:[eventfd]`, a path…), to name what leaked. */
+const fdTargets = () =>
+  readdirSync("/proc/self/fd").map((fd) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      return "?"; // the fd readdir itself used, closed by now
+    }
+  });
 
 /** Wait until `f()` holds, checking every 10 ms, for at most `ms`. */
 async function until(f: () => boolean, ms: number, what: string): Promise<void> {
@@ -123,6 +132,8 @@ test("a create() that fails after the VM exists releases every fd it made", asyn
  * heap, which never give every page back).
  */
 const SOAK_VMS = Number(process.env.VMM_SOAK_VMS ?? 200);
+/** fds the runtime itself may hold open or not from one moment to the next. */
+const RUNTIME_FD_SLACK = 4;
 test(`soak: ${SOAK_VMS} machines created, run and closed leave the fd count and RSS where the first left them`, async () => {
   requireKvm();
   const kernel = printAndExit("", 0);
@@ -134,11 +145,21 @@ test(`soak: ${SOAK_VMS} machines created, run and closed leave the fd count and 
   };
   const rss = () => process.memoryUsage().rss / 2 ** 20;
   await one();
-  const fds1 = openFds(), rss1 = rss(), bufs1 = NativeBuf.liveCount;
+  const fds1 = openFds(), rss1 = rss(), bufs1 = NativeBuf.liveCount, seen1 = fdTargets();
   for (let i = 1; i < SOAK_VMS; i++) await one();
+  // The runtime opens and closes a few fds of its own (a terminated Worker's
+  // event loop, lazily): seen here as 140 → 142 and 11 → 9 on Bun. Give it a
+  // moment; a leak of vmm's grows with every machine and never settles.
+  for (let t = 0; t < 50 && openFds() > fds1; t++) await sleep(100);
   const fdsN = openFds(), rssN = rss(), bufsN = NativeBuf.liveCount;
+  if (fdsN !== fds1) {
+    const extra = fdTargets();
+    for (const f of seen1) extra.splice(extra.indexOf(f), extra.indexOf(f) >= 0 ? 1 : 0);
+    console.log(`soak: fds that were not open after the first machine: ${extra.join(", ")}`);
+  }
   console.log(`soak: ${SOAK_VMS} machines; fds ${fds1} → ${fdsN}; native buffers ${bufs1} → ${bufsN}; RSS ${rss1.toFixed(1)} → ${rssN.toFixed(1)} MiB`);
-  assert.equal(fdsN, fds1, "open fds grew");
+  // At most the runtime's own few: one fd leaked per machine would be SOAK_VMS − 1 more.
+  assert.ok(fdsN - fds1 <= RUNTIME_FD_SLACK, `open fds grew from ${fds1} to ${fdsN}`);
   assert.equal(bufsN, bufs1, "native buffers of this thread grew");
   assert.ok(rssN - rss1 < 64, `RSS grew by ${(rssN - rss1).toFixed(1)} MiB over ${SOAK_VMS} machines`);
 });
