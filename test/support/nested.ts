@@ -179,6 +179,18 @@ function qemuArgs(kernel: string, initrd: string, shares: string[]): string[] {
     `tsc_early_khz=${hostTscKhz()}`, // TCG's TSC ticks at the host's rate
     "tsc=reliable", // TCG timing jitter must not make the watchdog drop the TSC
     "mitigations=off", // nothing to protect in a throwaway L1; costs time under TCG
+    // A periodic local APIC timer on every CPU, not one-shot: QEMU 7.2's TCG
+    // can lose an interrupt sent to a vCPU while it executes VMRUN (the
+    // helper sets CPU_INTERRUPT_VIRQ with a plain read-modify-write of
+    // interrupt_request, outside the lock other threads raise interrupts
+    // under). A one-shot tick that is lost is never re-armed: the vCPU halts
+    // with interrupts pending, and the other one, waiting for its IPI with
+    // interrupts off, spins forever (the whole L1 goes silent). Each periodic
+    // expiry raises the interrupt line again, so a lost one costs one tick.
+    // The TSC-deadline timer has no periodic mode, so it is turned off too.
+    "nohz=off",
+    "highres=off",
+    "lapic=notscdeadline",
   ].join(" ");
   const args = [
     "-accel", "tcg,thread=multi",

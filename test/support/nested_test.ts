@@ -145,8 +145,8 @@ F=$(mktemp -u /tmp/l2in.XXXXXX); mkfifo $F
 ${qemu("interactive", g.initrd)} <$F >$D/interactive.out 2>&1 &
 q=$!
 exec 3>$F
-i=0
-until grep -q 'vmm-guest: ready' $D/interactive.out || [ $i -ge 1200 ]; do sleep 0.1; i=$((i+1)); done
+# At most 100 s of wall time: each poll costs a fork in the nested host.
+timeout 100 sh -c "until grep -q 'vmm-guest: ready' $D/interactive.out; do sleep 0.1; done"
 echo "ready-line-ms=$(ms $t)"
 printf 'echo shell-$((6*7)) $(hostname)\\nexit\\n' >&3
 wait $q
