@@ -7,6 +7,7 @@
  * (`unshare --pid --fork`), where the process to signal is unshare's child.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import type { Readable } from "node:stream";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -47,6 +48,75 @@ export function vmmSync(args: string[], o: { allowPvm?: boolean } = {}): { statu
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
+/**
+ * Run vmm to completion without blocking the event loop: for a vmm started
+ * while another child runs. Bun 1.4's spawnSync can wait forever on a child
+ * that has already exited when another child of the process is alive (its
+ * sync wait loop misses the exit); this waits with `exitOf`, which cannot.
+ */
+export async function vmmRun(args: string[], o: { allowPvm?: boolean } = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  const [cmd, argv] = vmmCommand(args);
+  const child = spawn(cmd, argv, { env: vmmEnv(o.allowPvm ?? true) });
+  let stdout = "", stderr = "";
+  child.stdout!.on("data", (d: Uint8Array) => (stdout += new TextDecoder().decode(d)));
+  child.stderr!.on("data", (d: Uint8Array) => (stderr += new TextDecoder().decode(d)));
+  const timer = setTimeout(() => child.kill("SIGKILL"), CHILD_BOUND_MS);
+  const status = await exitOf(child);
+  clearTimeout(timer);
+  await streamsDone(child);
+  return { status, stdout, stderr };
+}
+
+/** Wait (briefly) for the child's pipes to deliver their last bytes after its exit. */
+function streamsDone(child: ChildProcess): Promise<void> {
+  const ended = (s: Readable | null) => new Promise<void>((r) => (!s || s.readableEnded ? r() : s.once("end", () => r())));
+  return Promise.race([
+    Promise.all([ended(child.stdout), ended(child.stderr)]).then(() => {}),
+    new Promise<void>((r) => setTimeout(r, 2000)),
+  ]);
+}
+
+/**
+ * The child's exit status once it has ended (null when a signal ended it).
+ * The runtime's `exit` event says so; should the runtime miss it (Bun 1.4
+ * can leave an exited child unreaped, and then never emits the event), the
+ * kernel still does: /proc/PID/stat of the zombie shows state Z and, in its
+ * field 52, the status in waitpid(2)'s form.
+ */
+export function exitOf(child: ChildProcess): Promise<number | null> {
+  return new Promise((resolve) => {
+    let done = false;
+    const finish = (code: number | null) => {
+      if (done) return;
+      done = true;
+      clearInterval(poll);
+      resolve(code);
+    };
+    if (child.exitCode !== null || child.signalCode !== null) return resolve(child.exitCode);
+    child.on("exit", (code) => finish(code));
+    const poll = setInterval(() => {
+      const z = zombieStatus(child.pid);
+      if (z !== undefined) finish(z);
+    }, 500);
+  });
+}
+
+/** undefined while `pid` runs; its exit status (null: a signal) once it is a zombie. */
+function zombieStatus(pid: number | undefined): number | null | undefined {
+  if (pid === undefined) return undefined;
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  } catch {
+    return undefined; // reaped: the exit event carries the status
+  }
+  // Fields after the command name (in parentheses, may hold spaces) start at field 3, the state.
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  if (f[0] !== "Z") return undefined;
+  const w = Number(f[52 - 3]);
+  return (w & 0x7f) === 0 ? (w >> 8) & 0xff : null;
+}
+
 /** Run `fn` with `bytes` written to a temporary file (a kernel image, say), removed afterwards. */
 export async function withFile<T>(bytes: Uint8Array, fn: (path: string) => T | Promise<T>): Promise<T> {
   const dir = mkdtempSync(join(tmpdir(), "vmm-cli-"));
@@ -84,7 +154,7 @@ export function vmmSpawn(args: string[], o: { unshare?: boolean } = {}): VmmChil
     waiters.forEach((w) => w());
   });
   child.stderr!.on("data", (d: Uint8Array) => (err += new TextDecoder().decode(d)));
-  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+  const exited = exitOf(child);
   return {
     child,
     stdout: () => out,
