@@ -10,7 +10,10 @@
  * m.start();                      // returns at once; the guest runs
  * await m.pause();                // every vCPU parked, every queue quiesced, disks flushed
  * await m.resume();
- * const result = await m.wait();  // or: await m.stop()
+ * await m.pause();
+ * await m.snapshot("/var/tmp/snap"); // guest RAM (sparse) + state; still paused
+ * // later, in any process: `await Machine.restore("/var/tmp/snap", { drives: [...] })`, then resume()
+ * const result = await m.stop();   // or: await m.resume(); await m.wait()
  * console.log(result.code, result.reason);
  * ```
  */
@@ -18,6 +21,8 @@ export { DEFAULT_CMDLINE, Machine, type MachineOptions } from "./loop/machine.ts
 export { type MachineState, StateError } from "./loop/lifecycle.ts";
 export { EXIT_PANIC, EXIT_TRIPLE_FAULT, EXIT_VMM_ERROR, type RunResult } from "./loop/control.ts";
 export { ConfigError } from "./vm/vm.ts";
+export { type RestoreOptions } from "./loop/snapshot.ts";
+export { SnapshotError } from "./vm/snapshot_file.ts";
 export { SysError } from "./ffi/errno.ts";
 export { KernelImageError } from "./boot/bzimage.ts";
 export { type DriveSpec, parseDriveSpec } from "./devices/blk/disk.ts";

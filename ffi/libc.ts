@@ -30,6 +30,7 @@ export const libc = runtime.dlopen("libc.so.6", {
   mmap: { args: [u64, u64, i32, i32, i32, i64], result: u64 },
   munmap: { args: [u64, u64], result: i32 },
   mprotect: { args: [u64, u64, i32], result: i32 },
+  mincore: { args: [u64, u64, u64], result: i32 },
   eventfd: { args: [u32, i32], result: i32 },
   pipe2: { args: [u64, i32], result: i32 },
   poll: { args: [u64, u64, i32], result: i32 },
@@ -132,7 +133,7 @@ export const PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4;
 export const MAP_SHARED = 1, MAP_PRIVATE = 2, MAP_ANONYMOUS = 0x20, MAP_NORESERVE = 0x4000;
 export const EFD_CLOEXEC = 0o2000000, EFD_NONBLOCK = 0o4000;
 export const POLLIN = 1, POLLOUT = 4, POLLERR = 8, POLLHUP = 16;
-export const SIGINT = 2, SIGKILL = 9, SIGUSR1 = 10, SIGTERM = 15, SIGCHLD = 17;
+export const SIGINT = 2, SIGKILL = 9, SIGUSR1 = 10, SIGUSR2 = 12, SIGTERM = 15, SIGCHLD = 17;
 export const LOCK_EX = 2, LOCK_NB = 4;
 export const EINTR = E.EINTR, EAGAIN = E.EAGAIN;
 const SYS_pidfd_open = 434;
@@ -259,6 +260,13 @@ export function mmapAnon(len: number, prot = PROT_READ | PROT_WRITE, flags = MAP
 /** mmap(2) of a file descriptor (for example a vCPU's kvm_run). */
 export function mmapFd(fd: number, len: number, call = "mmap"): bigint {
   const a = BigInt.asIntN(64, BigInt(libc.mmap(0n, BigInt(len), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0n)));
+  if (a === -1n) throw new SysError(call, errno());
+  return a;
+}
+
+/** mmap(2) of a file with the given protection and flags (a snapshot's memory: MAP_PRIVATE). */
+export function mmapFile(fd: number, len: number, prot: number, flags: number, call = "mmap"): bigint {
+  const a = BigInt.asIntN(64, BigInt(libc.mmap(0n, BigInt(len), prot, flags, fd, 0n)));
   if (a === -1n) throw new SysError(call, errno());
   return a;
 }

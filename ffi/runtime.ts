@@ -40,7 +40,7 @@ export interface Runtime {
    * before that is silently replaced, and SIGTERM then kills vmm instead of
    * stopping it, and a vCPU kick prints "Debugger listening on ws://…".
    */
-  claimSignals(names: readonly ("SIGINT" | "SIGTERM" | "SIGUSR1")[]): void;
+  claimSignals(names: readonly ("SIGINT" | "SIGTERM" | "SIGUSR1" | "SIGUSR2")[]): void;
 }
 
 // deno-lint-ignore no-explicit-any

@@ -75,7 +75,7 @@ function restoreAction(sig: number, saved: Uint8Array): void {
 }
 
 /** The signals a runtime may take over behind vmm's back (ffi/runtime.ts claimSignals). */
-const CLAIMABLE = { 2: "SIGINT", 10: "SIGUSR1", 15: "SIGTERM" } as const;
+const CLAIMABLE = { 2: "SIGINT", 10: "SIGUSR1", 12: "SIGUSR2", 15: "SIGTERM" } as const;
 
 /** Signals routed to a pipe; `close()` puts the old handlers back and releases the pipe and code. */
 export interface SignalPipe {

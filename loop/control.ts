@@ -19,7 +19,7 @@
  * loops, then each queue Worker serves what the guest made available,
  * flushes its disk and ends.
  */
-import { eventfdRead, eventfdSignal, hostView, libc, NativeBuf, Poller, SIGINT, SIGTERM, SIGUSR1 } from "../ffi/libc.ts";
+import { eventfdRead, eventfdSignal, hostView, libc, NativeBuf, Poller, SIGINT, SIGTERM, SIGUSR1, SIGUSR2, writeAll } from "../ffi/libc.ts";
 import { RUN as KVM_RUN_PAGE } from "../ffi/structs.ts";
 import {
   CMD, CTL, CTL_READY_TIME, CTL_TIDS, EXIT_KIND, exitReason, recordExit, RUN, SHARED_BYTES, sharedViews, type SharedViews, VCPU,
@@ -51,8 +51,15 @@ const VCPU_TIMEOUT_MS = 3000;
 /** How long a stop or pause waits for queue Workers to finish their requests and flush. */
 export const DRAIN_TIMEOUT_MS = 30_000;
 
+/** What the loop may call back into on its own thread (the CLI's run(): the Machine is there). */
+export interface ControlHooks {
+  /** Write a snapshot of the paused machine; returns where it went. SIGUSR2 asks for it. */
+  snapshot?: () => string;
+}
+
 export class Controller {
   readonly #init: ControlInit;
+  readonly #hooks: ControlHooks;
   readonly #s: SharedViews;
   readonly #runs: Uint8Array[];
   readonly #poller: Poller;
@@ -60,8 +67,9 @@ export class Controller {
   readonly #sigBuf = NativeBuf.alloc(16);
   #signalled = 0;
 
-  constructor(init: ControlInit) {
+  constructor(init: ControlInit, hooks: ControlHooks = {}) {
     this.#init = init;
+    this.#hooks = hooks;
     this.#s = sharedViews(hostView(init.shared, SHARED_BYTES));
     this.#runs = init.runAddrs.map((a) => hostView(a, init.runSize));
     this.#poller = new Poller([init.ctlFd, init.cmdFd, ...(init.sigFd >= 0 ? [init.sigFd] : [])]);
@@ -109,7 +117,36 @@ export class Controller {
       if (s === SIGINT || s === SIGTERM) {
         this.#signalled = s;
         recordExit(ctl, bytes, EXIT_KIND.QUIT, 128 + s, `stopped by ${s === SIGINT ? "SIGINT" : "SIGTERM"}`);
+      } else if (s === SIGUSR2 && Atomics.load(ctl, CTL.EXIT_KIND) === EXIT_KIND.NONE) {
+        this.#snapshot();
       }
+    }
+  }
+
+  /**
+   * SIGUSR2: pause (the same drain as a pause command), let the hook write
+   * the snapshot, and go on; one line on stderr says where it went or why
+   * not. A machine already paused through the mailbox stays paused.
+   */
+  #snapshot(): void {
+    const say = (line: string) => {
+      try {
+        writeAll(2, new TextEncoder().encode(`vmm: ${line}\n`));
+      } catch { /* stderr is gone */ }
+    };
+    const hook = this.#hooks.snapshot;
+    if (!hook) return say("SIGUSR2: this machine was not given a snapshot directory");
+    const wasPaused = Atomics.load(this.#s.ctl, CTL.RUN) === RUN.PAUSE;
+    if (!wasPaused) {
+      const err = this.#pause();
+      if (err) return say(`snapshot: ${err}`);
+    }
+    try {
+      say(`snapshot written to ${hook()}`);
+    } catch (e) {
+      say(`snapshot failed: ${(e as Error).message}`);
+    } finally {
+      if (!wasPaused) this.#resume();
     }
   }
 

@@ -44,6 +44,8 @@ class QueueThread {
   readonly #idle: Poller;
   readonly #running: Poller;
   readonly #withInput = new Map<number, Poller>();
+  /** Taken over from a snapshot, paused (see the constructor). */
+  readonly #restored: boolean = false;
 
   constructor(init: QueueInit) {
     this.init = init;
@@ -77,12 +79,21 @@ class QueueThread {
     });
     this.#idle = new Poller([device.wakeFds[queue]]);
     this.#running = new Poller([device.wakeFds[queue], device.ioFds[queue]]);
+    // A restored machine (loop/snapshot.ts) hands over each queue that was
+    // running at the snapshot as PAUSED: take it back at its saved ring
+    // position, still paused, as if this Worker had paused it. Here, not in
+    // run(): this runs before the Worker says it is ready, so no resume()
+    // can come first and find a queue nobody holds.
+    if (Atomics.load(this.ctl, this.stateWord) === Q.PAUSED) {
+      this.service.start(true);
+      this.#restored = true;
+    }
   }
 
   run(): void {
     const { ctl, stateWord, service } = this;
     const { device, queue } = this.init;
-    let paused = false;
+    let paused = this.#restored;
     for (;;) {
       const state = Atomics.load(ctl, stateWord);
       if (state === Q.EXIT) {

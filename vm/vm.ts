@@ -5,7 +5,7 @@
  * (fds, addresses) and open their own views.
  */
 import { Kvm, REQUIRED_CAPS, CAP, VmFd, KVM_API_VERSION, VcpuFd } from "../ffi/kvm.ts";
-import { close, libc, MAP_ANONYMOUS, MAP_NORESERVE, MAP_SHARED, mmapAnon, hostView, PROT_READ, PROT_WRITE } from "../ffi/libc.ts";
+import { close, libc, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, mmapAnon, mmapFile, hostView, PROT_READ, PROT_WRITE } from "../ffi/libc.ts";
 import { GuestMemory, type MemoryRegion } from "./memory.ts";
 import { KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, ramRegions } from "../boot/layout.ts";
 import { vcpuCpuid } from "./cpuid.ts";
@@ -26,6 +26,12 @@ export interface VmOptions {
   cpus: number;
   /** Path of the KVM device. */
   kvmPath?: string;
+  /**
+   * Guest RAM from this file (a snapshot's memory file) instead of zeroes:
+   * mapped MAP_PRIVATE, so pages are read only when first touched and the
+   * guest's writes stay in this process, never reaching the file.
+   */
+  memFd?: number;
 }
 
 export const MIN_MEM_MIB = 16;
@@ -45,6 +51,8 @@ export class Vm {
   readonly vcpuFds: number[] = [];
   readonly runSize!: number;
   readonly supportedCpuid!: CpuidEntry[];
+  /** RAM is mapped from a snapshot's memory file (`memFd`), not anonymous. */
+  readonly memFromFile: boolean = false;
   #closed = false;
 
   constructor(o: VmOptions) {
@@ -85,7 +93,10 @@ export class Vm {
     // One shared, lazily-populated mapping for all of RAM: every thread
     // reaches guest memory by address; pages cost nothing until touched.
     self.memSize = o.memMiB * 1024 * 1024;
-    self.memAddr = mmapAnon(this.memSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, "mmap guest RAM");
+    self.memFromFile = o.memFd !== undefined;
+    self.memAddr = o.memFd === undefined
+      ? mmapAnon(this.memSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, "mmap guest RAM")
+      : mmapFile(o.memFd, this.memSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, "mmap guest RAM from the snapshot");
     let offset = 0;
     self.regions = ramRegions(this.memSize).map((r) => {
       const m = { gpa: r.gpa, size: r.size, offset };

@@ -366,6 +366,19 @@ export class Virtqueue {
   }
 
   /**
+   * Continue a ring another process served (a restored snapshot,
+   * loop/snapshot.ts): start at the position its queue Worker published when
+   * it paused, instead of 0. Everything up to `nextUsed` was published and
+   * signalled by then (the pause finished the request in hand).
+   */
+  resumeAt(nextAvail: number, nextUsed: number): void {
+    this.#nextAvail = nextAvail & 0xffff;
+    this.#nextUsed = nextUsed & 0xffff;
+    this.#signalledUsed = this.#nextUsed;
+    this.#unsignalled = 0;
+  }
+
+  /**
    * Take the next available chain, or null when the driver has made none.
    * A chain that fails a check is consumed (its slot is not read again) and
    * throws GuestError; an avail.idx that jumped is not consumed, so the queue
