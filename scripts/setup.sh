@@ -13,10 +13,12 @@
 #   util-linux       setsid, nsenter and friends
 #   iproute2         ip netns / veth / tap for network tests
 #   ca-certificates  apt over https mirrors
+#   umoci runc       build the container image with no daemon (scripts/build-image.ts)
+#                    and run it in test/e2e/oci_test.ts
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PKGS=(qemu-system-x86 busybox-static cpio kmod xz-utils lz4 zstd e2fsprogs acpica-tools util-linux iproute2 ca-certificates)
+PKGS=(qemu-system-x86 busybox-static cpio kmod xz-utils lz4 zstd e2fsprogs acpica-tools util-linux iproute2 ca-certificates umoci runc)
 
 missing=()
 for p in "${PKGS[@]}"; do
