@@ -5,27 +5,37 @@
  */
 import { parseArgs } from "node:util";
 import process from "node:process";
-import { ConfigError, DEVICE_KINDS, Machine, type MachineOptions } from "../mod.ts";
+import { ConfigError, DEVICE_KINDS, Machine, type MachineOptions, type RunResult } from "../mod.ts";
 import { kvmKind } from "../vm/host.ts";
-import { builtImage, ensureDefaultGuest, type GuestImage } from "../guest/build.ts";
+import { findDefaultGuest } from "../guest/default_guest.ts";
+import { printError, printNote, progress } from "../cli/stderr.ts";
+import { planHostRun } from "../guest/root.ts";
+import { O_CLOEXEC, O_WRONLY, open } from "../ffi/libc.ts";
 
 /**
- * The default guest: built on demand from a checkout; a single executable
- * carries no build sources, so it uses the image scripts/setup.sh built.
+ * The default guest: embedded in a single executable, prebuilt in the npm
+ * package, or built on demand in a checkout (guest/default_guest.ts). First
+ * use of a packaged one unpacks it and says so in one line on stderr.
  */
-async function defaultGuest(log?: (s: string) => void): Promise<GuestImage> {
-  if (!import.meta.url.includes("/$bunfs/")) return await ensureDefaultGuest({ log });
-  const img = builtImage("guest");
-  if (!img) throw new ConfigError("The default guest is not built: run bash scripts/setup.sh from a vmm checkout");
-  return img;
+function defaultGuest(log?: (s: string) => void) {
+  return findDefaultGuest({ log, onUnpack: (line) => progress(line) });
 }
 
 const HELP = `vmm: a KVM virtual machine monitor for Deno and Bun
 
 Usage:
   vmm boot [options]            boot a guest with its console on this terminal
-  vmm run [options] -- CMD...   boot the default guest, run CMD in it, exit with CMD's status
+  vmm run [options] -- CMD...   run CMD in a VM over this host's files, exit with CMD's status
   vmm --help | --version
+
+vmm run: CMD sees the host's root read-only (writes to /etc, /var and the
+home directory land in a tmpfs), the current directory read-write at the same
+path, and runs there with this environment, uid and gid. Its stdin, stdout and
+stderr are vmm's own; kernel messages are not shown (-v shows them on stderr).
+  --root DIR        use DIR as the root instead (an unpacked image, a debootstrap tree)
+  --rw DIR          also share DIR read-write at the same path (repeatable)
+  --busybox         run CMD in the default guest's busybox initramfs instead,
+                    with the console as its terminal (no host files)
 
 Options:
   --kernel PATH     bzImage to boot (default: the default guest's Debian kernel)
@@ -40,7 +50,8 @@ ${DEVICE_KINDS.flatMap((k) => (k.cli ? [`  ${k.cli.help}`] : [])).join("\n")}
                     (kernels with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES and no ACPI)
   -v, --verbose     report boot timing and why the VM ended
 
-Exit status: 0 when the guest powers off or reboots; CMD's status for vmm run;
+Exit status: 0 when the guest powers off or reboots; CMD's status for vmm run
+(128+N when a signal N ended it; 125 when the guest could not start it);
 101 when the guest kernel panics; 102 when it triple-faults; 130/143 on
 SIGINT/SIGTERM; 1 on errors; 2 on bad usage.
 Console: Ctrl-A x quits.`;
@@ -75,6 +86,9 @@ async function main(argv: string[]): Promise<number> {
       memory: { type: "string" },
       ...Object.fromEntries(DEVICE_KINDS.flatMap((k) => (k.cli ? [[k.cli.flag, { type: k.cli.type, multiple: k.cli.multiple ?? false }]] : []))),
       console: { type: "string" },
+      root: { type: "string" },
+      rw: { type: "string", multiple: true },
+      busybox: { type: "boolean" },
       "virtio-cmdline": { type: "boolean" },
       verbose: { type: "boolean", short: "v" },
       help: { type: "boolean", short: "h" },
@@ -96,6 +110,9 @@ async function main(argv: string[]): Promise<number> {
   if (cmd === "boot" && rest.length > 0) throw new UsageError(`vmm boot takes no arguments, got '${rest[0]}'`);
   if (cmd === "run" && rest.length === 0) throw new UsageError("vmm run needs a command: vmm run -- CMD...");
 
+  const overRoot = values.root !== undefined || values.rw !== undefined;
+  if (cmd !== "run" && (overRoot || values.busybox)) throw new UsageError("--root, --rw and --busybox are options of vmm run");
+  if (values.busybox && overRoot) throw new UsageError("--busybox runs CMD in the initramfs: it takes no --root or --rw");
   const cpus = values.cpus !== undefined ? parseCpus(values.cpus) : 1;
   const memMiB = values.memory !== undefined ? parseMemory(values.memory) : 512;
   const consoleDev = values.console ?? "serial";
@@ -106,6 +123,8 @@ async function main(argv: string[]): Promise<number> {
     const v = k.cli && (values as Record<string, string[] | string | boolean | undefined>)[k.cli.flag];
     if (k.cli && v !== undefined) k.cli.apply(v, deviceOpts);
   }
+  // Over a root: check it, the working directory and every --rw now, before KVM.
+  const hostRun = cmd === "run" && !values.busybox ? planHostRun({ argv: rest, root: values.root, rw: values.rw }) : undefined;
   const kind = kvmKind();
   if (kind === "none") throw new ConfigError("/dev/kvm: not found (is KVM enabled on this host?)");
   if (kind === "pvm" && !process.env.VMM_ALLOW_PVM) {
@@ -121,28 +140,40 @@ async function main(argv: string[]): Promise<number> {
     append: values.append,
     cpus,
     memMiB,
-    command: cmd === "run" ? rest : undefined,
+    command: cmd === "run" && !hostRun ? rest : undefined,
+    hostRun,
     ...deviceOpts,
     console: { outFd: 1, inFd: 0, device: consoleDev },
     virtioCmdline: values["virtio-cmdline"] ?? false,
     signals: true,
   };
+  if (hostRun) {
+    // stdout and stderr are the command's alone: the kernel's console goes to
+    // /dev/null (the panic watch still reads it), or to stderr with -v.
+    const out = values.verbose ? 2 : open("/dev/null", O_WRONLY | O_CLOEXEC);
+    opts.console = { outFd: out, inFd: null, device: consoleDev };
+    opts.stdio = { inFd: 0, outFd: 1, errFd: 2 };
+  }
   if (!values.kernel) {
-    const img = await defaultGuest(values.verbose ? (s) => console.error(`vmm: ${s}`) : undefined);
+    const img = await defaultGuest(values.verbose ? printNote : undefined);
     opts.kernel = img.kernel;
     opts.initrd ??= img.initrd;
   } else if (cmd === "run" && !values.initrd) {
     opts.initrd = (await defaultGuest()).initrd;
   }
   await using machine = await Machine.create(opts);
-  const r = await machine.run();
-  if (values.verbose) {
-    if (r.readyMs !== undefined) console.error(`vmm: guest init ready after ${r.readyMs} ms`);
-    console.error(`vmm: ${r.reason || r.kind.toLowerCase()} (exit ${r.code})`);
+  return report(await machine.run(), values.verbose ?? false);
+}
+
+/** Say how the guest ended (one line, when it matters or with -v); returns vmm's exit status. */
+function report(r: RunResult, verbose: boolean): number {
+  if (verbose) {
+    if (r.readyMs !== undefined) printNote(`guest init ready after ${r.readyMs} ms`);
+    printNote(`${r.reason || r.kind.toLowerCase()} (exit ${r.code})`);
   } else if (r.kind === "PANIC") {
-    console.error(`vmm: guest kernel panic: ${r.reason}`);
+    printError(`guest kernel panic: ${r.reason}`);
   } else if (r.kind === "ERROR" || r.kind === "TRIPLE_FAULT") {
-    console.error(`vmm: ${r.reason}`);
+    printError(r.reason);
   }
   return r.code;
 }
@@ -155,7 +186,7 @@ if (import.meta.main) {
     const err = e as Error;
     // parseArgs reports unknown or malformed options as TypeErrors.
     const usage = err instanceof UsageError || (err.name === "TypeError" && /option|argument/i.test(err.message));
-    console.error(`vmm: ${err.message.split("\n")[0]}`);
+    printError(err.message);
     code = usage ? EXIT_USAGE : 1;
   }
   process.exit(code);

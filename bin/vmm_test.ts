@@ -8,9 +8,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import process from "node:process";
+import { dirname } from "node:path";
 import { asm, makeBzImage, printAndExit } from "../test/support/tiny_kernel.ts";
 import { requireKvm } from "../test/support/tiny_run.ts";
-import { CHILD_BOUND_MS, childPids, type VmmChild, vmmSpawn, vmmSync, withFile } from "../test/support/vmm_cli.ts";
+import { CHILD_BOUND_MS, childPids, type VmmChild, vmmRun, vmmSpawn, vmmSync, withFile } from "../test/support/vmm_cli.ts";
 import { kvmKind } from "../vm/host.ts";
 
 const TINY = printAndExit("hi from vmm\n", 7);
@@ -125,18 +126,52 @@ test("vmm boot --console tty is a usage error naming the choices, exit 2", async
   assert.equal(r.status, 2);
 });
 
+test("vmm run --root with no such directory names it, in one line, exit 1", () => {
+  const r = vmmSync(["run", "--root", "/nonexistent-vmm-root", "--", "true"], { allowPvm: false });
+  oneLine(r.stderr, "--root /nonexistent-vmm-root: no such directory");
+  assert.equal(r.status, 1);
+});
+
+test("vmm run --root with a root that has no /bin/sh says so before booting, exit 1", async () => {
+  // A directory holding one file: the root of nothing.
+  await withFile(TINY, (f) => {
+    const root = dirname(f);
+    const r = vmmSync(["run", "--root", root, "--", "true"], { allowPvm: false });
+    oneLine(r.stderr, `--root ${root}: no /bin/sh`);
+    assert.equal(r.status, 1);
+  });
+});
+
+test("vmm run --rw with no such directory names it, in one line, exit 1", () => {
+  const r = vmmSync(["run", "--rw", "/nonexistent-vmm-dir", "--", "true"], { allowPvm: false });
+  oneLine(r.stderr, "--rw /nonexistent-vmm-dir: no such directory");
+  assert.equal(r.status, 1);
+});
+
+test("--root, --rw and --busybox belong to vmm run, and --busybox takes no root: usage errors, exit 2", () => {
+  const boot = vmmSync(["boot", "--busybox"]);
+  oneLine(boot.stderr, "--root, --rw and --busybox are options of vmm run");
+  assert.equal(boot.status, 2);
+  const both = vmmSync(["run", "--busybox", "--root", "/", "--", "true"]);
+  oneLine(both.stderr, "--busybox runs CMD in the initramfs: it takes no --root or --rw");
+  assert.equal(both.status, 2);
+});
+
 test("two vmm processes cannot both write one image: the second says it is in use, exit 1", async () => {
   await withFile(SPINNING, (kernel) =>
     withFile(new Uint8Array(64 * 1024), async (disk) => {
       const held = vmmSpawn(["boot", "--kernel", kernel, "--drive", disk]);
       try {
         await held.waitForStdout("spinning");
-        const r = vmmSync(["boot", "--kernel", kernel, "--drive", disk]);
+        // Not vmmSync: a synchronous wait beside a running child can hang on Bun (vmm_cli.ts vmmRun).
+        const r = await vmmRun(["boot", "--kernel", kernel, "--drive", disk]);
         oneLine(r.stderr, /^vmm: --drive \S+: is in use by another process \(another VM\?\)\n$/);
         assert.equal(r.status, 1);
       } finally {
         held.child.kill("SIGTERM");
+        const timer = setTimeout(() => held.child.kill("SIGKILL"), CHILD_BOUND_MS);
         await held.exited;
+        clearTimeout(timer);
       }
     })
   );

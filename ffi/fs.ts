@@ -161,6 +161,11 @@ export class HostFs {
   /** "/proc/self/fd/N" as a C string, for the calls that take only a path. */
   readonly #procPath = NativeBuf.alloc(64);
 
+  /** Give the scratch buffers back (a device reset makes a new server; the old one's go now, not at the Worker's end). */
+  free(): void {
+    for (const b of [this.stat.buf, this.statfs, this.dirents, this.data, this.iov, ...this.#names, this.#how, this.#times, this.#procPath]) b.free();
+  }
+
   /** `s` as bytes (no NUL), for names vmm itself makes. */
   encode(s: string): Uint8Array {
     return enc.encode(s);

@@ -79,6 +79,11 @@ const GUEST: Flavour = {
     "virtio_net",
     "virtio_console",
     "virtio_rng",
+    // vmm run over the host: the root and the working directory come over
+    // virtio-fs, with tmpfs overlays where a system must write.
+    "fuse",
+    "virtiofs",
+    "overlay",
   ],
 };
 

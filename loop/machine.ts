@@ -16,13 +16,13 @@
  */
 import { readFileSync } from "node:fs";
 import {
-  close as closeFd, EFD_CLOEXEC, EFD_NONBLOCK, eventfd, eventfdSignal, hostView, libc, mmapAnon, mmapFd, SIGINT, SIGTERM, SIGUSR1,
+  close as closeFd, EFD_CLOEXEC, EFD_NONBLOCK, eventfd, eventfdSignal, hostView, libc, mmapAnon, mmapFd, SIGINT, SIGTERM, SIGUSR1, SIGUSR2,
 } from "../ffi/libc.ts";
 import { acquireKickSignal, releaseKickSignal, signalPipe } from "../ffi/signals.ts";
 import { RawTerminal } from "../ffi/termios.ts";
 import { buildMachine } from "../vm/machine.ts";
 import { ConfigError, type Vm } from "../vm/vm.ts";
-import { concatInitrd, runArchive } from "../guest/command.ts";
+import { concatInitrd, type HostRun, hostRunArchive, hostRunShares, runArchive } from "../guest/command.ts";
 import { DEVICE_KINDS, type DeviceOptions, kindOf, type VirtioSpec } from "../devices/registry.ts";
 import type { ConsoleOptions } from "../devices/virtio/kind.ts";
 import { virtioCmdline, virtioSlot } from "../devices/virtio/device.ts";
@@ -32,6 +32,7 @@ import { Lifecycle, type MachineState, StateError } from "./lifecycle.ts";
 import { joinWorkers, startWorker, type WorkerHandle } from "./workers.ts";
 import { unwireVirtio, wireVirtio } from "./virtio.ts";
 import type { ControlEvent, ControlInit, QueueInit, StdinInit, VcpuInit, VirtioDeviceInit } from "./messages.ts";
+import { type RestoreOptions, SnapshotSource, writeSnapshot } from "./snapshot.ts";
 
 /** The command line vmm gives a kernel unless told otherwise. */
 export const DEFAULT_CMDLINE = [
@@ -55,14 +56,27 @@ export interface MachineOptions extends DeviceOptions {
   append?: string;
   cpus?: number;
   memMiB?: number;
-  /** Run this command in the default guest's init and exit with its status. */
+  /** Run this command in the default guest's busybox initramfs and exit with its status (`vmm run --busybox`). */
   command?: string[];
+  /**
+   * Run a command over a root shared with virtio-fs and exit with its status
+   * (`vmm run`; the plan comes from guest/root.ts `planHostRun`). The shares it
+   * needs are added to `shares`; give `stdio` too, for the command's stdin,
+   * stdout and stderr.
+   */
+  hostRun?: HostRun;
   /** Console: guest output fd, input fd (null: none) and device. Default stdout/stdin on the UART. */
   console?: ConsoleOptions;
   /** Also list the virtio devices on the kernel command line (`virtio_mmio.device=`). */
   virtioCmdline?: boolean;
   /** Take SIGINT and SIGTERM while running: the machine stops with status 130 or 143 (the CLI does). */
   signals?: boolean;
+  /**
+   * With `signals`, SIGUSR2 pauses the machine, snapshots it into this
+   * directory (loop/snapshot.ts) and lets it go on: `vmm boot
+   * --snapshot-dir`. Only under run(), whose thread can reach the machine.
+   */
+  snapshotDir?: string;
 }
 
 /** How long `wait()` gives the Workers to leave their loops once the control loop ended. */
@@ -108,6 +122,7 @@ interface Parts {
   vcpuWakeFds: number[];
   stdinWakeFd: number;
   signals: boolean;
+  snapshotDir?: string;
 }
 
 /**
@@ -159,6 +174,48 @@ export class Machine {
       own.release();
       throw e;
     }
+  }
+
+  /**
+   * Bring back a snapshot `snapshot(dir)` wrote, in this process
+   * (loop/snapshot.ts): devices from `o` (disks and TAPs may have other
+   * paths, not other sizes), RAM mapped from the snapshot's memory file, each
+   * vCPU and device as it was. Resolves with the machine paused: `resume()`
+   * continues the guest. A snapshot this vmm or this host cannot continue is
+   * refused with a SnapshotError naming what does not match.
+   */
+  static async restore(dir: string, o: RestoreOptions = {}): Promise<Machine> {
+    const startedAt = Date.now();
+    const own = new Owner();
+    let m: Machine;
+    try {
+      const from = new SnapshotSource(dir);
+      m = new Machine(await build(from.options(o), own, from), own, startedAt);
+    } catch (e) {
+      own.release();
+      throw e;
+    }
+    // Its vCPUs and queues come up parked (loop/snapshot.ts); a pause
+    // through the control loop returns once every one of them is.
+    m.start();
+    try {
+      await m.pause();
+    } catch (e) {
+      await m.close();
+      throw e;
+    }
+    return m;
+  }
+
+  /**
+   * Save this paused machine into `dir` (made if missing): guest RAM as the
+   * sparse file `memory`, everything else in `state` (loop/snapshot.ts). The
+   * machine stays paused; resume() or stop() it afterwards.
+   */
+  async snapshot(dir: string): Promise<void> {
+    this.#life.check("snapshot");
+    await this.#launched;
+    writeSnapshot(dir, this.#p);
   }
 
   /** Start the guest and return at once; the control loop runs on a Worker. */
@@ -261,7 +318,7 @@ export class Machine {
     const p = this.#p, vm = p.vm;
     let sigFd = -1;
     if (p.signals) {
-      const pipe = signalPipe([SIGINT, SIGTERM]);
+      const pipe = signalPipe(p.snapshotDir !== undefined ? [SIGINT, SIGTERM, SIGUSR2] : [SIGINT, SIGTERM]);
       this.#runOwn.add(pipe.close);
       sigFd = pipe.fd;
     }
@@ -317,7 +374,8 @@ export class Machine {
         recordExit(p.shared.ctl, p.shared.bytes, EXIT_KIND.ERROR, 1, (e as Error).message);
       }
     }
-    const c = new Controller(init);
+    const dir = p.snapshotDir;
+    const c = new Controller(init, dir === undefined ? {} : { snapshot: () => (writeSnapshot(dir, p), dir) });
     try {
       c.run(this.#onEvent);
     } finally {
@@ -348,12 +406,22 @@ export class Machine {
 }
 
 /** Everything create() makes, each piece recorded in `own` as it is made. */
-async function build(o: MachineOptions, own: Owner): Promise<Parts> {
+async function build(o: MachineOptions, own: Owner, from?: SnapshotSource): Promise<Parts> {
   const kernel = load("--kernel", o.kernel);
   let initrd = o.initrd !== undefined ? load("--initrd", o.initrd) : undefined;
-  if (o.command) {
-    if (!initrd) throw new ConfigError("A command needs an initrd whose init runs /vmm/run.sh (the default guest's)");
-    initrd = concatInitrd(initrd, runArchive(o.command));
+  if (o.command || o.hostRun) {
+    if (!initrd) throw new ConfigError("A command needs an initrd whose init runs it (the default guest's)");
+    let extra: Uint8Array;
+    try {
+      extra = o.hostRun ? hostRunArchive(o.hostRun) : runArchive(o.command!);
+    } catch (e) {
+      throw new ConfigError((e as Error).message);
+    }
+    initrd = concatInitrd(initrd, extra);
+  }
+  if (o.hostRun) {
+    // The run's own shares join any the caller gave (tags vmm.root, vmm.cwd, vmm.rwN).
+    o = { ...o, shares: [...(o.shares ?? []), ...hostRunShares(o.hostRun)] };
   }
   const console_ = o.console ?? { outFd: 1, inFd: 0 };
   let cmdline = o.cmdline ?? DEFAULT_CMDLINE;
@@ -365,7 +433,7 @@ async function build(o: MachineOptions, own: Owner): Promise<Parts> {
   if (o.virtioCmdline) cmdline = [cmdline, ...specs.map((_, i) => virtioCmdline(i))].join(" ");
   cmdline = [cmdline, o.append ?? ""].join(" ").trim();
 
-  const vm = buildMachine({
+  const vm = from ? from.vm(specs) : buildMachine({
     kernel, initrd, cmdline, cpus: o.cpus ?? 1, memMiB: o.memMiB ?? 512, mmioDevices: specs.map((_, i) => virtioSlot(i)),
   });
   own.add(() => vm.close());
@@ -387,7 +455,9 @@ async function build(o: MachineOptions, own: Owner): Promise<Parts> {
   const vcpuWakeFds = vm.vcpuFds.map(() => fd());
   const virtio = wireVirtio(vm.vm.fd, specs, shared.bytes);
   own.add(() => unwireVirtio(virtio));
+  from?.apply({ vm, specs, shared }); // last: it starts the guest's clock
   return {
     vm, console: console_, specs, virtio, sharedAddr, shared, runAddrs, ctlFd, cmdFd, vcpuWakeFds, stdinWakeFd, signals: o.signals ?? false,
+    snapshotDir: o.snapshotDir,
   };
 }

@@ -59,15 +59,23 @@ export class QueueService {
     return this.#broken;
   }
 
-  /** DRIVER_OK: take the queue as the driver configured it (an unused queue stays idle). */
-  start(): void {
+  /**
+   * DRIVER_OK: take the queue as the driver configured it (an unused queue
+   * stays idle). `restored`: the queue was running in the process that took
+   * a snapshot; continue at the ring position it published in `positions`.
+   */
+  start(restored = false): void {
+    this.#discard();
     this.#vq = null;
-    this.#handler = null;
     this.#broken = false;
     const cfg = this.#o.transport.queueConfig(this.#o.queue);
     if (!cfg.ready) return;
     try {
       this.#vq = new Virtqueue(this.#o.mem, cfg);
+      const p = this.#o.positions;
+      if (restored && p && Atomics.load(p, QPOS.VALID) === 1) {
+        this.#vq.resumeAt(Atomics.load(p, QPOS.NEXT_AVAIL), Atomics.load(p, QPOS.NEXT_USED));
+      }
       this.#handler = this.#o.handler(this.#o.transport.driverFeatures, (line) => this.#log(line));
     } catch (e) {
       this.#fail(e);
@@ -130,10 +138,21 @@ export class QueueService {
     } catch (e) {
       this.#log(`drain failed: ${(e as Error).message}`);
     }
+    this.#discard();
     this.#vq = null;
-    this.#handler = null;
     // A reset forgets the ring; a stop leaves its last position readable.
     if (!serveFirst) this.#publish();
+  }
+
+  /** Let the handler release what it holds on the host, and forget it. */
+  #discard(): void {
+    const h = this.#handler;
+    this.#handler = null;
+    try {
+      h?.close?.();
+    } catch (e) {
+      this.#log(`close failed: ${(e as Error).message}`);
+    }
   }
 
   /** Run one handler call, then interrupt the guest if it wants to hear. */

@@ -3,7 +3,10 @@
  * against a hostile or broken guest driver, with the real device handlers
  * doing real I/O: virtio-blk preadv/pwritev/fallocate on small images (one
  * writable, one read-only), virtio-rng getrandom, virtio-console writes to
- * /dev/null and reads from a pipe, all by host address into guest RAM.
+ * /dev/null and reads from a pipe, all by host address into guest RAM; and
+ * the stdio console's eight queues (devices/stdio/), whose control queues
+ * get random control messages and talk to each other through the device's
+ * shared words and eventfd.
  *
  * So guest RAM is real host memory: one anonymous mapping whose first and
  * last 4 KiB are guard zones, with two 32 KiB regions and a hole between them
@@ -28,7 +31,8 @@
  *   not a byte;
  * - DEVICE_NEEDS_RESET (and a config interrupt) is set exactly when a queue
  *   broke while running, and a queue that breaks during a reset leaves no mark;
- * - the VM is only ended by the console, for a panic on hvc0 or Ctrl-A x.
+ * - the VM is only ended by the console, for a panic on hvc0 or Ctrl-A x
+ *   (never by the stdio console, whatever its output says).
  *
  * The run is split in shards (seeds SEED … SEED + SHARDS − 1) so that no test
  * passes Bun's 5 s default timeout; the last prints the totals. FUZZ_SEED and
@@ -41,7 +45,7 @@ import process from "node:process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { close, hostView, mmapAnon, O_CLOEXEC, O_NONBLOCK, O_WRONLY, open, pipe, writeAll } from "../ffi/libc.ts";
+import { close, EFD_CLOEXEC, EFD_NONBLOCK, eventfd, hostView, mmapAnon, O_CLOEXEC, O_NONBLOCK, O_WRONLY, open, pipe, writeAll } from "../ffi/libc.ts";
 import { GuestMemory, type MemoryRegion } from "../vm/memory.ts";
 import { closeDisk, type Disk, openDisk } from "../devices/blk/disk.ts";
 import { describe, initConfig, transportFor } from "../devices/virtio/device.ts";
@@ -85,6 +89,7 @@ import {
   VIRTIO_BLK_T_WRITE_ZEROES,
 } from "../devices/blk/request.ts";
 import { CONSOLE_RX_QUEUE, CONSOLE_TX_QUEUE } from "../devices/console/console.ts";
+import { CONTROL, encodeControl, NR_PORTS, queueRole } from "../devices/stdio/control.ts";
 import { Rng } from "../test/support/fuzz_rng.ts";
 import { deviceHandler, QueueService } from "./queue_service.ts";
 import { EXIT_KIND } from "./shared.ts";
@@ -100,8 +105,13 @@ const REGIONS: MemoryRegion[] = [
 ];
 const RAM = 2 * REGION;
 const GUARD_BYTE = 0xa5;
-/** Tidy drivers put queue q's rings at q·RING_SLOT in region 0, indirect tables above them, data in region 1. */
+/**
+ * Tidy drivers put queue q's rings at q·RING_SLOT in region 0, indirect
+ * tables above them, data in region 1. A device with more than two queues
+ * (the stdio console's eight) gets quarter slots, and rings of at most 64.
+ */
 const RING_SLOT = 0x2000;
+const SMALL_RING = 64;
 const TABLES = 0x4000;
 /** Ring index accesses one QueueService call may make: a few per chain, and a call sees at most a few hundred chains. */
 const WATCHDOG = 200_000;
@@ -315,6 +325,17 @@ function txRequest(f: Fuzz): Buf[] {
   return bufs;
 }
 
+/** stdio console control transmitq: one control message, any event, mostly known ports; sometimes short or split. */
+function controlRequest(f: Fuzz): Buf[] {
+  const { rng } = f;
+  const id = rng.chance(0.8) ? rng.int(NR_PORTS + 1) : rng.u32();
+  const m = encodeControl({ id, event: rng.int(9), value: rng.chance(0.8) ? 1 : rng.int(0x10000) });
+  const len = bad(f, 0.2) ? rng.int(CONTROL.SIZE) : CONTROL.SIZE;
+  const at = alloc(f, len);
+  put(f, at, m.subarray(0, len));
+  return rng.chance(0.9) ? [{ addr: at, len, write: false }] : split(f, at, len, false);
+}
+
 /** virtio-console receiveq: empty buffers for host input, sometimes a readable one by mistake. */
 function rxRequest(f: Fuzz): Buf[] {
   const { rng } = f;
@@ -458,9 +479,11 @@ function place(f: Fuzz, bytes: number, align: number): [number, number] {
 }
 
 /** Queue registers for queue `qi` whose QueueNumMax is `max`: usually what Linux writes, sometimes not. */
-function queueRegs(f: Fuzz, qi: number, max: number): QueueRegs {
+function queueRegs(f: Fuzz, qi: number, max: number, queues: number): QueueRegs {
   const { rng } = f;
+  const slot = queues > 2 ? RING_SLOT / 4 : RING_SLOT;
   let num = 1 << rng.int(Math.log2(max) + 1);
+  if (f.tidy && queues > 2) num = Math.min(num, SMALL_RING);
   if (bad(f, 0.12)) num = rng.pick([0, 3, 100, max - 1, max + 1, 2 * max, 0x8000, 0x10000, 0xffff_ffff, rng.u32()]);
   const writeNum = !rng.chance(0.05); // else the size is QueueNumMax
   const n = Math.min(writeNum ? num : max, 0x8000); // for placing only
@@ -468,7 +491,7 @@ function queueRegs(f: Fuzz, qi: number, max: number): QueueRegs {
   let desc: [number, number], avail: [number, number], used: [number, number];
   if (f.tidy) {
     // virtio 1.2 §2.7: the three parts one after another, each aligned (Linux's vring_init).
-    const d = qi * RING_SLOT;
+    const d = qi * slot;
     const a = d + descBytes;
     desc = lohi(d);
     avail = lohi(a);
@@ -570,7 +593,8 @@ function runCase(f: Fuzz, fx: Fixtures, totals: Totals): void {
   let spec: VirtioSpec;
   let disk: Disk | null = null;
   let input: { r: number; w: number; fed: number } | null = null;
-  const kind = rng.int(10);
+  let wakeFds: number[] = [];
+  const kind = rng.int(12);
   if (kind < 5) {
     disk = kind < 3 ? fx.rw : fx.ro;
     spec = { kind: "blk", disk };
@@ -581,7 +605,13 @@ function runCase(f: Fuzz, fx: Fixtures, totals: Totals): void {
       const [r, w] = pipe(O_CLOEXEC | O_NONBLOCK); // non-blocking: input() must never wait
       input = { r, w, fed: 0 };
     }
-    spec = { kind: "console", inFd: input?.r ?? null, outFd: fx.devNull, escape: rng.chance(0.5) };
+    if (kind < 10) {
+      spec = { kind: "console", inFd: input?.r ?? null, outFd: fx.devNull, escape: rng.chance(0.5) };
+    } else {
+      wakeFds = [0, 1].map(() => eventfd(EFD_CLOEXEC | EFD_NONBLOCK));
+      const [controlWakeFd, stdinWakeFd] = wakeFds;
+      spec = { kind: "stdio", inFd: input?.r ?? null, outFd: fx.devNull, errFd: fx.devNull, controlWakeFd, stdinWakeFd };
+    }
   }
   const sizes = describe(spec).queueSizes;
   const block = new Uint8Array(VIRTIO_BLOCK_BYTES); // the device's slice of the shared block, on one thread here
@@ -590,8 +620,15 @@ function runCase(f: Fuzz, fx: Fixtures, totals: Totals): void {
   const config = block.subarray(DEV.CONFIG, DEV.CONFIG + describe(spec).config.length);
   const state = new Int32Array(DEVICE_STATE_WORDS);
   const capacity = disk ? disk.sizeBytes / SECTOR_SIZE : 0;
-  const request = (q: number) =>
-    spec.kind === "blk" ? blkRequest(f, capacity) : spec.kind === "rng" ? rngRequest(f) : q === CONSOLE_RX_QUEUE ? rxRequest(f) : txRequest(f);
+  const request = (q: number) => {
+    if (spec.kind === "blk") return blkRequest(f, capacity);
+    if (spec.kind === "rng") return rngRequest(f);
+    if (spec.kind === "stdio") {
+      const r = queueRole(q).role;
+      return r === "control-tx" ? controlRequest(f) : r === "tx" ? txRequest(f) : rxRequest(f);
+    }
+    return q === CONSOLE_RX_QUEUE ? rxRequest(f) : txRequest(f);
+  };
 
   // Its queue Workers.
   let running = false;
@@ -637,7 +674,7 @@ function runCase(f: Fuzz, fx: Fixtures, totals: Totals): void {
   let anyBroken = false;
   const epochs = rng.chance(0.15) ? 2 + rng.int(2) : 1;
   for (let epoch = 0; epoch < epochs; epoch++) {
-    const regs = sizes.map((max, q) => queueRegs(f, q, max));
+    const regs = sizes.map((max, q) => queueRegs(f, q, max, sizes.length));
     f.bump = 0;
     f.tableBump = TABLES;
     if (probe(f, t, regs)) {
@@ -679,6 +716,8 @@ function runCase(f: Fuzz, fx: Fixtures, totals: Totals): void {
             }
             // Like the Worker: input() only when the handler waits on its fd (which may be empty: EAGAIN).
             if (s.inputFd() >= 0) call("input", q, () => s.input());
+          } else if (spec.kind === "stdio" && s.inputFd() >= 0 && rng.chance(0.5)) {
+            call("input", q, () => s.input()); // the control eventfd woke its Worker (or did not: a stale read)
           } else {
             call("kick", q, () => s.kick());
           }
@@ -712,6 +751,7 @@ function runCase(f: Fuzz, fx: Fixtures, totals: Totals): void {
     close(input.r);
     if (input.w >= 0) close(input.w);
   }
+  wakeFds.forEach(close);
   if (disk) {
     const size = statSync(disk.path).size;
     assert.equal(size, disk.sizeBytes, `image ${disk.path} is ${size} bytes, was ${disk.sizeBytes}`);
@@ -785,11 +825,11 @@ function fuzz(seed: number, cases: number, totals: Totals): void {
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x5eed_9e5e);
 const CASES = Number(process.env.FUZZ_CASES ?? 60_000);
-const SHARDS = 6;
+const SHARDS = 8; // eight queues a stdio case: shards stay well under 5 s on a loaded machine
 const totals: Totals = { cases: 0, chains: 0, broken: 0, lines: 0, ends: 0, ms: 0 };
 
 for (let shard = 0; shard < SHARDS; shard++) {
-  test(`QueueService survives hostile drivers: seeded fuzz of blk, rng and console queues (${shard + 1}/${SHARDS})`, () => {
+  test(`QueueService survives hostile drivers: seeded fuzz of blk, rng, console and stdio queues (${shard + 1}/${SHARDS})`, () => {
     fuzz(SEED + shard, Math.ceil(CASES / SHARDS), totals);
     if (shard === SHARDS - 1) {
       console.log(

@@ -204,7 +204,7 @@ out.push(`KVM host kernel ${result.host.kernel}, ${result.host.cpus} CPUs`);
 out.push(`guest: ${img.kernel} + ${img.initrd} (+ /bench/randread); ${CPUS} vCPU, ${MEM_MIB} MiB; cmdline "${DEFAULT_CMDLINE}"`);
 out.push(`workload: ${result.sizeMiB} MiB raw image as /dev/vda; seq write then seq read of all of it, then ${result.randOps} random 4 KiB reads`);
 out.push(`runs: ${n} measured (after ${warmup} warm-up each), contenders interleaved with rotating order`);
-out.push(`vmm-bun:  bun bin/vmm.ts run --kernel K --initrd I --cpus ${CPUS} --memory ${MEM_MIB}M --drive IMG -- sh -c SCRIPT`);
+out.push(`vmm-bun:  bun bin/vmm.ts run --busybox --kernel K --initrd I --cpus ${CPUS} --memory ${MEM_MIB}M --drive IMG -- sh -c SCRIPT`);
 out.push(`vmm-deno: deno run -A --no-check bin/vmm.ts run … (the same)`);
 out.push(`qemu:     ${qemuArgv({ kernel: "K", initrd: "I+run.sh", cmdline: "<cmdline>", image: "IMG" }).join(" ")}`);
 out.push("");

@@ -66,7 +66,7 @@ const qemuInitrd = join(tmp, "initrd-run.cpio");
 writeFileSync(qemuInitrd, concatInitrd(new Uint8Array(readFileSync(img.initrd)), runArchive(["sh", "-c", GUEST])));
 writeFileSync(join(tmp, "guest.sh"), GUEST);
 
-const vmmArgs = `run --kernel ${img.kernel} --initrd ${img.initrd} --cpus 1 --memory 512M --net tap=tap0 -- sh ${"-c"} "$(cat ${tmp}/guest.sh)"`;
+const vmmArgs = `run --busybox --kernel ${img.kernel} --initrd ${img.initrd} --cpus 1 --memory 512M --net tap=tap0 -- sh ${"-c"} "$(cat ${tmp}/guest.sh)"`;
 const CONTENDERS: Record<string, string> = {
   "vmm-bun": `bun bin/vmm.ts ${vmmArgs}`,
   "vmm-deno": `deno run -A --no-check bin/vmm.ts ${vmmArgs}`,

@@ -11,6 +11,9 @@
  * has buffers for it. With none left, the Worker asks for a notification and
  * sleeps on the queue's ioeventfd instead, so a guest that stops reading
  * costs no host CPU and no input is dropped.
+ *
+ * The two queue handlers are also the ports of devices/stdio/, the
+ * multiport console that carries a command's stdin, stdout and stderr.
  */
 import { EAGAIN, EINTR, errno, libc, NativeBuf, writeAllAt } from "../../ffi/libc.ts";
 import type { GuestMemory } from "../../vm/memory.ts";
@@ -24,32 +27,47 @@ export const CONSOLE_RX_QUEUE = 0;
 export const CONSOLE_TX_QUEUE = 1;
 const READ_CHUNK = 4096;
 
+/** struct virtio_console_config (virtio 1.2 §5.3.4), little-endian. */
+export const CONSOLE_CONFIG = { COLS: 0, ROWS: 2, MAX_NR_PORTS: 4, EMERG_WR: 8, SIZE: 12 } as const;
+
 /**
- * struct virtio_console_config: cols, rows (u16, meaningful with
- * VIRTIO_CONSOLE_F_SIZE, which vmm does not offer), max_nr_ports (u32, with
- * F_MULTIPORT, not offered), emerg_wr (u32, with F_EMERG_WRITE, not offered).
+ * The configuration space: cols and rows mean something only with
+ * VIRTIO_CONSOLE_F_SIZE and emerg_wr with F_EMERG_WRITE, which vmm does not
+ * offer; max_nr_ports is read by a driver that accepted F_MULTIPORT
+ * (devices/stdio/), 0 otherwise.
  */
-export function consoleConfig(): Uint8Array {
-  return new Uint8Array(12);
+export function consoleConfig(maxNrPorts = 0): Uint8Array {
+  const c = new Uint8Array(CONSOLE_CONFIG.SIZE);
+  new DataView(c.buffer).setUint32(CONSOLE_CONFIG.MAX_NR_PORTS, maxNrPorts, true);
+  return c;
+}
+
+/** What a receive queue does besides copying bytes. */
+export interface ConsoleRxOptions {
+  /** Honour Ctrl-A x (when the input is the user's terminal); called when it comes. */
+  onQuit?: () => void;
+  /**
+   * The input ended (EOF, or an error that will not go away). Every byte
+   * read before it is already in the used ring, so a device that tells the
+   * driver "no more input" from another thread cannot overtake the data.
+   */
+  onEof?: () => void;
 }
 
 /** The receive queue: host input → guest. */
 export class ConsoleRx implements QueueHandler {
-  readonly #mem: GuestMemory;
   readonly #inFd: number;
-  readonly #onQuit: () => void;
+  readonly #o: ConsoleRxOptions;
   readonly #escape: ConsoleEscape | null;
   readonly #buf = NativeBuf.alloc(READ_CHUNK);
   #pending: Uint8Array = new Uint8Array(0);
   #eof = false;
   #starved = false;
 
-  /** `escape`: honour Ctrl-A x (when the input is the user's terminal). */
-  constructor(mem: GuestMemory, inFd: number, onQuit: () => void, escape = true) {
-    this.#mem = mem;
+  constructor(inFd: number, o: ConsoleRxOptions = {}) {
     this.#inFd = inFd;
-    this.#onQuit = onQuit;
-    this.#escape = escape ? new ConsoleEscape() : null;
+    this.#o = o;
+    this.#escape = o.onQuit ? new ConsoleEscape() : null;
   }
 
   inputFd(): number {
@@ -61,20 +79,16 @@ export class ConsoleRx implements QueueHandler {
     if (n < 0) {
       const e = errno();
       if (e === EAGAIN || e === EINTR) return;
-      this.#eof = true; // EIO and friends: the input is gone for good
-      return;
+      return this.#ended(); // EIO and friends: the input is gone for good
     }
-    if (n === 0) {
-      this.#eof = true;
-      return;
-    }
+    if (n === 0) return this.#ended();
     let data: Uint8Array = this.#buf.bytes.slice(0, n);
     if (this.#escape) {
       const r = this.#escape.push(data);
       data = r.data;
       if (r.quit) {
         this.#eof = true;
-        this.#onQuit();
+        this.#o.onQuit?.();
       }
     }
     this.#pending = data;
@@ -84,6 +98,15 @@ export class ConsoleRx implements QueueHandler {
   kick(vq: Virtqueue): void {
     this.#starved = false;
     this.#deliver(vq);
+  }
+
+  close(): void {
+    this.#buf.free();
+  }
+
+  #ended(): void {
+    this.#eof = true;
+    this.#o.onEof?.();
   }
 
   /** Copy pending input into guest buffers until one side runs out. */
@@ -109,18 +132,35 @@ export class ConsoleRx implements QueueHandler {
   }
 }
 
-/** The transmit queue: guest output → host, watched for a kernel panic. */
+/** What a transmit queue does besides writing the bytes out. */
+export interface ConsoleTxOptions {
+  /** Watch the output for a kernel panic report (hvc0, the kernel's console) and call this at its end. */
+  onPanic?: (reason: string) => void;
+  /** Where the one line about a failed output goes (EPIPE: the reader went away). */
+  log?: (line: string) => void;
+}
+
+/**
+ * The transmit queue: guest output → host, byte for byte, straight from
+ * guest RAM by host address. Every chain popped is written out in full
+ * before it goes back to the guest (writeAllAt retries short writes and
+ * waits out EAGAIN), so a VM stop that serves the available chains first
+ * (loop/queue_worker.ts EXIT) loses no byte. When the host side breaks
+ * (EPIPE, EIO) the guest keeps running and its output is dropped: a
+ * vanished reader must not take the VM, or vmm, down with it.
+ */
 export class ConsoleTx implements QueueHandler {
   readonly #mem: GuestMemory;
   readonly #outFd: number;
-  readonly #onPanic: (reason: string) => void;
-  readonly #panic = new PanicWatch();
+  readonly #o: ConsoleTxOptions;
+  readonly #panic: PanicWatch | null;
   #outputBroken = false;
 
-  constructor(mem: GuestMemory, outFd: number, onPanic: (reason: string) => void) {
+  constructor(mem: GuestMemory, outFd: number, o: ConsoleTxOptions = {}) {
     this.#mem = mem;
     this.#outFd = outFd;
-    this.#onPanic = onPanic;
+    this.#o = o;
+    this.#panic = o.onPanic ? new PanicWatch() : null;
   }
 
   kick(vq: Virtqueue): boolean {
@@ -128,13 +168,16 @@ export class ConsoleTx implements QueueHandler {
       for (const s of chain.readable) {
         if (!this.#outputBroken) {
           try {
-            writeAllAt(this.#outFd, this.#mem.hostAddress(s.gpa, s.len), s.len, "write console output");
-          } catch {
-            this.#outputBroken = true; // the reader went away: keep the guest running, drop its output
+            writeAllAt(this.#outFd, this.#mem.hostAddress(s.gpa, s.len), s.len, "write");
+          } catch (e) {
+            this.#outputBroken = true;
+            this.#o.log?.(`output: ${(e as Error).message}; dropping the rest of it`);
           }
         }
-        for (const b of this.#mem.slice(s.gpa, s.len)) {
-          if (this.#panic.push(b) === "ended") this.#onPanic(this.#panic.reason);
+        if (this.#panic) {
+          for (const b of this.#mem.slice(s.gpa, s.len)) {
+            if (this.#panic.push(b) === "ended") this.#o.onPanic!(this.#panic.reason);
+          }
         }
       }
       return 0; // nothing written into the chain

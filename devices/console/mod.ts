@@ -37,8 +37,9 @@ export const consoleKind: DeviceKind<ConsoleSpec, Record<never, never>> = {
   handler(spec, ctx) {
     if (ctx.queue === CONSOLE_RX_QUEUE) {
       if (spec.inFd === null) return { kick() {} }; // no input: the buffers wait
-      return new ConsoleRx(ctx.mem, spec.inFd, () => ctx.end(EXIT_KIND.QUIT, 0, "console escape Ctrl-A x"), spec.escape);
+      const onQuit = spec.escape ? () => ctx.end(EXIT_KIND.QUIT, 0, "console escape Ctrl-A x") : undefined;
+      return new ConsoleRx(spec.inFd, { onQuit });
     }
-    return new ConsoleTx(ctx.mem, spec.outFd, (reason) => ctx.end(EXIT_KIND.PANIC, 0, reason));
+    return new ConsoleTx(ctx.mem, spec.outFd, { onPanic: (reason) => ctx.end(EXIT_KIND.PANIC, 0, reason), log: ctx.log });
   },
 };

@@ -3,12 +3,13 @@
  * virtio-fs (virtio 1.2 §5.11) as vmm will serve it, after virtiofsd's
  * passthrough file system and its `--cache auto`.
  *
- * A queue Worker pops a chain from the request queue (or the hiprio queue,
- * which carries FORGET and INTERRUPT) and hands it to `serve`, which reads
- * the FUSE request out of the chain's readable buffers, does it on the host
- * and writes the reply into the writable ones; the return value is the used
- * length for `pushUsed`. Both queues of one device must reach the same
- * `FsServer` (one thread): the inode table is not shared between threads.
+ * The request queue's Worker pops a chain and hands it to `serve`, which
+ * reads the FUSE request out of the chain's readable buffers, does it on the
+ * host and writes the reply into the writable ones; the return value is the
+ * used length for `pushUsed`. The inode table is not shared between
+ * threads: the hiprio queue (FORGET, INTERRUPT) runs on another Worker,
+ * which sends its forgets over a pipe to this one's `forget` (forget.ts,
+ * device.ts).
  *
  * What the guest gets wrong becomes an errno in the reply, never an
  * exception: unknown opcodes (ENOSYS), forged nodeids and file handles
@@ -24,7 +25,7 @@
  * ```ts
  * import { FsServer } from "./passthrough.ts";
  *
- * // In the device's queue Worker, for both of its queues:
+ * // In the request queue's Worker:
  * const fs = new FsServer({ root: "/srv/share", readOnly: false });
  * for (let chain = vq.pop(); chain; chain = vq.pop()) vq.pushUsed(chain.head, fs.serve(chain));
  * fs.close(); // when the device goes away
@@ -32,15 +33,12 @@
  */
 import type { Chain } from "../virtio/ring.ts";
 import {
-  BATCH_FORGET_IN,
   EBADF,
   EINVAL,
   EIO,
   ENOSYS,
   EPROTO,
   EROFS,
-  FORGET_IN,
-  FORGET_ONE,
   FUSE_ASYNC_READ,
   FUSE_ATOMIC_O_TRUNC,
   FUSE_AUTO_INVAL_DATA,
@@ -121,6 +119,7 @@ import type { Inode } from "./inodes.ts";
 import { Share } from "./share.ts";
 import * as node from "./node_ops.ts";
 import * as file from "./file_ops.ts";
+import { eachForget } from "./forget.ts";
 
 /** Largest WRITE and READ we ask the kernel for: 256 pages (fuse_init_out.max_pages). */
 export const FS_MAX_PAGES = 256;
@@ -238,7 +237,7 @@ export class FsServer {
     const req = parseRequest(chain, (opcode, len) => (opcode === FUSE_WRITE ? WRITE_IN.SIZE : len));
     const op = req.opcode;
     if (op === FUSE_FORGET || op === FUSE_BATCH_FORGET || op === FUSE_INTERRUPT) {
-      if (this.#initialized && !req.bad) this.#forget(req);
+      this.#forget(req);
       return 0;
     }
     const r = this.#reply;
@@ -309,20 +308,18 @@ export class FsServer {
     return r.ok(INIT_OUT.SIZE);
   }
 
+  /**
+   * Drop `nlookup` lookups of `nodeid` (FORGET). Both FORGETs that come in
+   * a chain and those the hiprio queue's thread forwards (devices/fs/forget.ts)
+   * end here; before INIT, or after DESTROY, there is nothing to forget.
+   */
+  forget(nodeid: bigint, nlookup: bigint): void {
+    if (this.#initialized && !this.#share.closed) this.#share.inodes.forget(nodeid, nlookup);
+  }
+
   /** FORGET and BATCH_FORGET drop lookups; INTERRUPT has nothing to stop (each request is done before the next). */
   #forget(req: FuseRequest): void {
-    const v = req.view, inodes = this.#share.inodes;
-    if (req.opcode === FUSE_FORGET) {
-      if (req.body.length >= FORGET_IN.SIZE) inodes.forget(req.nodeid, v.getBigUint64(FORGET_IN.NLOOKUP, true));
-    } else if (req.opcode === FUSE_BATCH_FORGET && req.body.length >= BATCH_FORGET_IN.SIZE) {
-      // Entries past the body (a count larger than what was sent) are not there to read.
-      const fit = Math.floor((req.body.length - BATCH_FORGET_IN.SIZE) / FORGET_ONE.SIZE);
-      const count = Math.min(v.getUint32(BATCH_FORGET_IN.COUNT, true), fit);
-      for (let i = 0; i < count; i++) {
-        const at = BATCH_FORGET_IN.SIZE + i * FORGET_ONE.SIZE;
-        inodes.forget(v.getBigUint64(at + FORGET_ONE.NODEID, true), v.getBigUint64(at + FORGET_ONE.NLOOKUP, true));
-      }
-    }
+    eachForget(req, (nodeid, n) => this.forget(nodeid, n));
   }
 
   /** Close every host fd the server holds; `serve` throws afterwards. Safe to call twice. */

@@ -11,6 +11,7 @@ import process from "node:process";
 import { lstatSync, mkdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { runtime } from "../../ffi/runtime.ts";
+import { NativeBuf } from "../../ffi/libc.ts";
 import * as F from "./fuse.ts";
 import { cstr, FuseDriver, le, shareRig } from "./fuse_driver.ts";
 import { FS_MAX_PAGES, FS_MAX_WRITE } from "./passthrough.ts";
@@ -77,6 +78,15 @@ test("DESTROY closes every inode and handle; INIT starts over", () => {
   } finally {
     done();
   }
+});
+
+test("close() gives back the server's native buffers: a device reset makes a new server", () => {
+  const before = NativeBuf.liveCount;
+  const { d, done } = shareRig((dir) => writeFileSync(join(dir, "f"), "x"));
+  d.lookup(ROOT, "f");
+  assert.ok(NativeBuf.liveCount > before);
+  done();
+  assert.equal(NativeBuf.liveCount, before);
 });
 
 test("FORGET, BATCH_FORGET and INTERRUPT get no reply; lookups are counted", () => {
@@ -338,7 +348,6 @@ const xattr = runtime.dlopen("libc.so.6", {
 });
 
 test("GETXATTR and LISTXATTR: size 0 asks the length; too small is ERANGE; missing is ENODATA", async () => {
-  const { NativeBuf } = await import("../../ffi/libc.ts");
   const { dir, d, done } = shareRig((dir) => writeFileSync(join(dir, "f"), "x"));
   try {
     const path = NativeBuf.cstring(join(dir, "f")), name = NativeBuf.cstring("user.vmm"), value = NativeBuf.cstring("hello");

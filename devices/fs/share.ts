@@ -125,6 +125,7 @@ export class Share {
     this.inodes.clear();
     this.sys.close(this.inodes.root.fd);
     this.sys.close(this.#procFd);
+    this.sys.free();
   }
 
   /** close() was called: its fd numbers may belong to someone else now. */

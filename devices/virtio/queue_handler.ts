@@ -23,6 +23,12 @@ export interface QueueHandler {
   input?(vq: Virtqueue): void;
   /** The queue stops (device reset or VM stop): make what was written durable. */
   drain?(): void;
+  /**
+   * The handler is discarded (after `drain`, at a reset or the VM's stop, or
+   * when a new DRIVER_OK makes another): release what it opened on the host.
+   * It is not called again, and no other method after it.
+   */
+  close?(): void;
 }
 
 /**

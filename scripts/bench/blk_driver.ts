@@ -151,7 +151,7 @@ export function guestScript(sizeMiB: number, randOps: number): string {
 /** The three contenders' command lines; `initrd` already holds /bench/randread, `qemuInitrd` also /vmm/run.sh. */
 export function contenders(o: { kernel: string; initrd: string; qemuInitrd: string; cmdline: string; image: string; script: string }): Contender[] {
   const vmmArgs = [
-    "run", "--kernel", o.kernel, "--initrd", o.initrd, "--cpus", String(CPUS), "--memory", `${MEM_MIB}M`,
+    "run", "--busybox", "--kernel", o.kernel, "--initrd", o.initrd, "--cpus", String(CPUS), "--memory", `${MEM_MIB}M`,
     "--drive", o.image, "--", "sh", "-c", o.script,
   ];
   return [

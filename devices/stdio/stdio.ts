@@ -1,0 +1,210 @@
+/**
+ * The queue handlers of the stdio console: a command's stdin, stdout and
+ * stderr on three ports of one multiport virtio-console (virtio 1.2 §5.3),
+ * virtme-ng's way of keeping them apart from each other and from the
+ * kernel's messages.
+ *
+ * Eight queues, each served by its own Worker (loop/queue_worker.ts):
+ *
+ *   0 stdin  rx   host stdin → guest           StdinRx: ConsoleRx once the guest opened the port
+ *   1 stdin  tx   guest → nowhere              written off
+ *   2 control rx  host → guest control         ControlRx
+ *   3 control tx  guest → host control         ControlTx
+ *   4 stdout rx   nothing to send              buffers wait
+ *   5 stdout tx   guest → host stdout          ConsoleTx, byte for byte
+ *   6 stderr rx   nothing to send              buffers wait
+ *   7 stderr tx   guest → host stderr          ConsoleTx
+ *
+ * The data ports are devices/console/'s handlers unchanged. What is new is
+ * the control conversation (control.ts), split across two Workers: control
+ * tx hears the guest, control rx owns the buffers to answer in. They meet
+ * in the device's shared words (control.ts W) and an eventfd that control
+ * rx polls as its input fd, the same way the stdin Worker reports EOF. A
+ * second eventfd tells the stdin Worker that a guest program opened the
+ * port: until then it must not send anything (StdinRx says why).
+ */
+import { eventfdRead, eventfdSignal } from "../../ffi/libc.ts";
+import { ConsoleRx, ConsoleTx } from "../console/console.ts";
+import type { HandlerContext } from "../virtio/kind.ts";
+import { type QueueHandler, serveAll } from "../virtio/queue_handler.ts";
+import type { Virtqueue } from "../virtio/ring.ts";
+import {
+  CONTROL,
+  ControlPlan,
+  decodeControl,
+  encodeControl,
+  guestRequest,
+  NR_PORTS,
+  PORT_NAMES,
+  queueRole,
+  STDERR_PORT,
+  STDIN_PORT,
+  W,
+} from "./control.ts";
+
+/** What the handlers need of the device's spec (mod.ts StdioSpec). */
+export interface StdioFds {
+  /** Host stdin; null: the guest's stdin is empty from the start. */
+  inFd: number | null;
+  outFd: number;
+  errFd: number;
+  /** Eventfd (non-blocking) that wakes the control receive Worker. */
+  controlWakeFd: number;
+  /** Eventfd (non-blocking) that wakes the stdin Worker when the guest opens or closes vmm.stdin. */
+  stdinWakeFd: number;
+}
+
+/** The handler of queue `ctx.queue`. */
+export function stdioHandler(fds: StdioFds, ctx: HandlerContext): QueueHandler {
+  const r = queueRole(ctx.queue);
+  switch (r.role) {
+    case "control-rx":
+      return new ControlRx(ctx.state, fds.controlWakeFd, fds.inFd === null);
+    case "control-tx":
+      return new ControlTx(ctx.state, fds.controlWakeFd, fds.stdinWakeFd);
+    case "rx":
+      if (r.port !== STDIN_PORT || fds.inFd === null) return { kick() {} }; // the guest's buffers wait
+      return new StdinRx(ctx.state, fds.stdinWakeFd, fds.inFd, () => {
+        Atomics.store(ctx.state, W.STDIN_EOF, 1);
+        eventfdSignal(fds.controlWakeFd);
+      });
+    case "tx": {
+      if (r.port === STDIN_PORT) return { kick: (vq) => serveAll(vq, () => 0) }; // a write to stdin goes nowhere
+      const name = PORT_NAMES[r.port];
+      return new ConsoleTx(ctx.mem, r.port === STDERR_PORT ? fds.errFd : fds.outFd, { log: (l) => ctx.log(`${name} ${l}`) });
+    }
+  }
+}
+
+/**
+ * Control transmitq: messages from the driver. Linux sends each as one
+ * 8-byte buffer and spins until it comes back used, so they are answered
+ * here at once and only handed over to ControlRx for the reply.
+ */
+export class ControlTx implements QueueHandler {
+  readonly #state: Int32Array;
+  readonly #wakeFd: number;
+  readonly #stdinWakeFd: number;
+
+  constructor(state: Int32Array, wakeFd: number, stdinWakeFd: number) {
+    this.#state = state;
+    this.#wakeFd = wakeFd;
+    this.#stdinWakeFd = stdinWakeFd;
+    // A new driver session: requests and open ports from before a reset are not this driver's.
+    Atomics.store(state, W.REQUESTS, 0);
+    for (let port = 0; port < NR_PORTS; port++) Atomics.store(state, W.GUEST_OPEN + port, 0);
+  }
+
+  kick(vq: Virtqueue): boolean {
+    let requests = 0;
+    const more = serveAll(vq, (chain) => {
+      const r = guestRequest(decodeControl(chain.reader().readBytes(Math.min(chain.readableLength, CONTROL.SIZE))));
+      requests |= r.requests;
+      if (r.guestOpen) {
+        Atomics.store(this.#state, W.GUEST_OPEN + r.guestOpen.port, r.guestOpen.open ? 1 : 0);
+        if (r.guestOpen.port === STDIN_PORT) eventfdSignal(this.#stdinWakeFd);
+      }
+      return 0;
+    });
+    if (requests !== 0) {
+      Atomics.or(this.#state, W.REQUESTS, requests);
+      eventfdSignal(this.#wakeFd);
+    }
+    return more;
+  }
+}
+
+/**
+ * Port 0's receiveq: host stdin → guest, only while a guest program has
+ * vmm.stdin open. Linux's in_intr() throws away what arrives on a generic
+ * port nobody has open ("the host won't (shouldn't) send data till the
+ * guest is connected"), and the guest opens the port only when its command
+ * starts, long after the driver stocked the queue. So until the guest's
+ * PORT_OPEN, this Worker does not even read stdin: its input fd is an
+ * eventfd that ControlTx writes when that message comes. Then it is
+ * ConsoleRx, with no Ctrl-A escape (stdin is data, not a terminal), which
+ * reports EOF through `onEof`.
+ */
+export class StdinRx implements QueueHandler {
+  readonly #state: Int32Array;
+  readonly #gateFd: number;
+  readonly #rx: ConsoleRx;
+  /** What inputFd() last returned, so input() knows which fd polled readable. */
+  #polled = -1;
+
+  constructor(state: Int32Array, gateFd: number, inFd: number, onEof: () => void) {
+    this.#state = state;
+    this.#gateFd = gateFd;
+    this.#rx = new ConsoleRx(inFd, { onEof });
+  }
+
+  #guestOpen(): boolean {
+    return Atomics.load(this.#state, W.GUEST_OPEN + STDIN_PORT) === 1;
+  }
+
+  inputFd(): number {
+    return this.#polled = this.#guestOpen() ? this.#rx.inputFd() : this.#gateFd;
+  }
+
+  input(vq: Virtqueue): void {
+    if (this.#polled !== this.#gateFd) return this.#rx.input(vq);
+    eventfdRead(this.#gateFd); // non-blocking
+    // Opened: buffers the guest added meanwhile got kicks we ignored.
+    if (this.#guestOpen()) this.#rx.kick(vq);
+  }
+
+  kick(vq: Virtqueue): void {
+    if (this.#guestOpen()) this.#rx.kick(vq);
+  }
+
+  close(): void {
+    this.#rx.close();
+  }
+}
+
+/**
+ * Control receiveq: the host's messages, one per buffer the driver stocked
+ * (Linux: a page each). Woken by its eventfd when there is something to
+ * say, by a kick when the driver adds buffers; with messages waiting and no
+ * buffer, it asks for that kick (lguest's pattern, as ConsoleRx).
+ */
+export class ControlRx implements QueueHandler {
+  readonly #state: Int32Array;
+  readonly #wakeFd: number;
+  readonly #noStdin: boolean;
+  readonly #plan = new ControlPlan();
+  readonly #out: Uint8Array[] = [];
+
+  constructor(state: Int32Array, wakeFd: number, noStdin: boolean) {
+    this.#state = state;
+    this.#wakeFd = wakeFd;
+    this.#noStdin = noStdin;
+  }
+
+  inputFd(): number {
+    return this.#wakeFd;
+  }
+
+  input(vq: Virtqueue): void {
+    eventfdRead(this.#wakeFd); // non-blocking: a stale wake reads 0
+    this.kick(vq);
+  }
+
+  kick(vq: Virtqueue): void {
+    const requests = Atomics.exchange(this.#state, W.REQUESTS, 0);
+    const eof = this.#noStdin || Atomics.load(this.#state, W.STDIN_EOF) === 1;
+    for (const m of this.#plan.next(requests, eof)) this.#out.push(encodeControl(m));
+    while (this.#out.length > 0) {
+      const chain = vq.pop();
+      if (!chain) {
+        if (vq.enableNotificationAndCheck()) continue;
+        return;
+      }
+      // A buffer too small for the message is the driver's mistake: GuestError, the device needs a reset.
+      const w = chain.writer();
+      w.write(this.#out[0]);
+      vq.pushUsed(chain.head, w.written);
+      this.#out.shift();
+    }
+  }
+}

@@ -1,0 +1,93 @@
+/**
+ * The files vmm hands the default guest for a command (guest/command.ts),
+ * read back by a real sh: arguments and environment values keep every byte,
+ * names sh cannot export are dropped, and too much for one exec argument is
+ * refused before booting.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import {
+  execScript, type HostRun, hostRunArchive, hostRunShares, MAX_EXEC_SCRIPT, runArchive, runConf, shellQuote,
+} from "./command.ts";
+
+const ODD = ["plain", "", "it's", 'a "b" $HOME `id` \\ *', "new\nline", "tab\there", "ünï ☃", "'"];
+
+function plan(over: Partial<HostRun> = {}): HostRun {
+  return {
+    argv: ["printf", "[%s]"],
+    root: "/",
+    cwd: "/",
+    mounts: [],
+    overlays: ["/etc", "/var"],
+    env: { PATH: "/usr/bin:/bin" },
+    id: { uid: 0, gid: 0, groups: [] },
+    ...over,
+  };
+}
+
+/** What `sh -c SCRIPT` prints, from an empty environment as the guest runs it (`env -i`: the runtimes do not all honour an empty `env` option). */
+const sh = (script: string) => execFileSync("env", ["-i", "/bin/sh", "-c", script], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+
+test("shellQuote() gives sh back every argument unchanged", () => {
+  const out = sh(`printf '[%s]' ${ODD.map(shellQuote).join(" ")}`);
+  assert.equal(out, ODD.map((a) => `[${a}]`).join(""));
+});
+
+test("execScript() runs argv as given, in the directory, with exactly the environment", () => {
+  const dir = mkdtempSync(join(tmpdir(), "vmm-exec-"));
+  try {
+    const env: Record<string, string> = { PATH: "/usr/bin:/bin", ODD: ODD.join("|"), "not-a-name": "x", "1X": "y" };
+    const argv = ["sh", "-c", 'printf "%s\\0" "$PWD" "$ODD" "$@"', "arg0", ...ODD];
+    const out = sh(execScript(plan({ argv, cwd: dir, env }))).split("\0");
+    assert.deepEqual(out, [dir, ODD.join("|"), ...ODD, ""]);
+    // Only what sh itself adds (PWD, maybe SHLVL) joins PATH and ODD; `not-a-name` and `1X` cannot be exported.
+    const names = sh(execScript(plan({ argv: ["env", "-0"], env }))).split("\0").map((l) => l.split("=")[0]).filter(Boolean);
+    assert.deepEqual(names.filter((n) => !["PWD", "SHLVL", "_", "OLDPWD"].includes(n)).sort(), ["ODD", "PATH"]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("execScript() ends with 125 when the directory is missing, without running the command", () => {
+  assert.throws(() => sh(execScript(plan({ argv: ["echo", "ran"], cwd: "/nonexistent-vmm-dir" }))), (e: { status?: number; stdout?: string }) => {
+    assert.equal(e.status, 125);
+    assert.equal(e.stdout, "");
+    return true;
+  });
+});
+
+test("runConf() gives init the overlays and the mounts as numbered variables", () => {
+  const conf = runConf(plan({
+    overlays: ["/etc", "/home/o'neil dir"],
+    mounts: [{ tag: "vmm.cwd", path: "/w x", at: "/w x" }],
+    env: { HOME: "/home/o'neil dir" },
+    id: { uid: 1000, gid: 100, groups: [] },
+  }));
+  const out = sh(`${conf}\nprintf '%s|' "$root_tag" "$uid" "$gid" "$home" "$overlay_n" "$overlay_1" "$mount_n" "$mount_tag_0" "$mount_at_0"`);
+  assert.equal(out, "vmm.root|1000|100|/home/o'neil dir|2|/home/o'neil dir|1|vmm.cwd|/w x|");
+});
+
+test("hostRunShares() shares the root read-only and every mount read-write", () => {
+  const shares = hostRunShares(plan({ root: "/srv/img", mounts: [{ tag: "vmm.cwd", path: "/w", at: "/w" }, { tag: "vmm.rw0", path: "/d", at: "/d" }] }));
+  assert.deepEqual(shares, [
+    { path: "/srv/img", tag: "vmm.root", readOnly: true },
+    { path: "/w", tag: "vmm.cwd", readOnly: false },
+    { path: "/d", tag: "vmm.rw0", readOnly: false },
+  ]);
+});
+
+test("hostRunArchive() holds run.conf, exec.sh and setids, and refuses more than one exec argument holds", () => {
+  const text = new TextDecoder("latin1").decode(hostRunArchive(plan()));
+  for (const f of ["vmm/run.conf", "vmm/exec.sh", "vmm/setids"]) assert.ok(text.includes(f), f);
+  assert.throws(() => hostRunArchive(plan({ env: { BIG: "x".repeat(MAX_EXEC_SCRIPT) } })), /at most \d+ fit in one exec argument/);
+});
+
+test("runArchive() holds run.sh with the command quoted", () => {
+  const text = new TextDecoder().decode(runArchive(["echo", "it's"]));
+  assert.ok(text.includes("vmm/run.sh"));
+  assert.ok(text.includes(`'echo' 'it'\\''s'\n`));
+});
