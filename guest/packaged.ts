@@ -166,7 +166,7 @@ export function unpackGuest(dir: string, opts: UnpackOptions = {}): GuestImage {
         if (!unpacked(final, m)) throw e;
       }
     } catch (e) {
-      rmSync(tmp, { recursive: true, force: true });
+      removeQuietly(tmp);
       if ((e as Error).message.includes("does not match")) throw e;
       why.push(`${root}: ${(e as { code?: string }).code ?? (e as Error).message}`);
       continue;
@@ -178,6 +178,17 @@ export function unpackGuest(dir: string, opts: UnpackOptions = {}): GuestImage {
     why.push(`${final}: incomplete after unpacking`);
   }
   throw new Error(`Cannot unpack the default guest: ${why.join("; ")}`);
+}
+
+/**
+ * Remove a temporary directory that may not exist, on a file system that may
+ * be read-only (Bun's rmSync reports EROFS there even with `force`): the
+ * root is then skipped, not the whole search ended.
+ */
+function removeQuietly(path: string): void {
+  try {
+    rmSync(path, { recursive: true, force: true });
+  } catch { /* nothing of ours is there to remove */ }
 }
 
 /** The unpacked image in `dir` if both files are there at their sizes. */

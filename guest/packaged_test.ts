@@ -75,6 +75,20 @@ test("unpackGuest() skips a cache root it cannot use or trust and takes the next
   }
 });
 
+test("unpackGuest() skips a root where nothing can be written (a read-only cache) and takes the next", () => {
+  const { dir, img } = scratch();
+  try {
+    writePackagedGuest(img, join(dir, "guest-image"));
+    // /proc/sys: a real directory owned by root where even root cannot make one (the
+    // EROFS of a read-only cache, as in the nested host, is met end to end in boot_test.ts).
+    const good = join(dir, "good");
+    const got = unpackGuest(join(dir, "guest-image"), { roots: ["/proc/sys", good] });
+    assert.ok(got.kernel.startsWith(good + "/"));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test("unpackGuest() names every root it tried when none works", () => {
   const { dir, img } = scratch();
   try {
