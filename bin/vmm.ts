@@ -168,6 +168,7 @@ async function main(argv: string[]): Promise<number> {
 /** Say how the guest ended (one line, when it matters or with -v); returns vmm's exit status. */
 function report(r: RunResult, verbose: boolean): number {
   if (verbose) {
+    if (r.workersMs !== undefined) printNote(`Workers started after ${r.workersMs} ms`);
     if (r.readyMs !== undefined) printNote(`guest init ready after ${r.readyMs} ms`);
     printNote(`${r.reason || r.kind.toLowerCase()} (exit ${r.code})`);
   } else if (r.kind === "PANIC") {

@@ -36,6 +36,8 @@ export interface RunResult {
   reason: string;
   /** Milliseconds from `startedAt` to the guest init's ready report, if it came. */
   readyMs?: number;
+  /** Milliseconds from `startedAt` until every Worker had started (they all start before the guest runs). */
+  workersMs?: number;
 }
 
 /** Exit status when the guest kernel panicked. */

@@ -135,6 +135,7 @@ export class Machine {
   readonly #own: Owner;
   readonly #p: Parts;
   readonly #startedAt: number;
+  #workersMs: number | undefined;
   #workers: WorkerHandle[] = [];
   /** Set once start() or run() began launching. */
   #launched: Promise<void> | null = null;
@@ -354,6 +355,7 @@ export class Machine {
       starting.push(startWorker("stdin", init));
     }
     const started = await Promise.allSettled(starting);
+    this.#workersMs = Date.now() - this.#startedAt;
     for (const r of started) if (r.status === "fulfilled") this.#workers.push(r.value);
     const failed = started.find((r) => r.status === "rejected") as PromiseRejectedResult | undefined;
     if (failed) {
@@ -395,7 +397,7 @@ export class Machine {
     }
     this.#p.specs.length = 0;
     this.#runOwn.release();
-    let r = runResult(this.#p.shared, this.#startedAt, ev);
+    let r: RunResult = { ...runResult(this.#p.shared, this.#startedAt, ev), workersMs: this.#workersMs };
     if (late) r = { ...r, code: r.code || 1, kind: "ERROR", reason: `${r.reason}; then ${late} Worker(s) did not end` };
     this.#result = r;
     this.#life.ended();

@@ -64,6 +64,18 @@ count() { # count RUNTIME WHAT: the runner's own closing numbers, summed over it
 	done
 	echo $n
 }
+# The failed tests' names last, where a tail of the log still shows them:
+# Deno lists them under " FAILURES ", Bun marks each with "(fail)".
+failures() {
+	local f
+	for f in "$log"/*.here "$log"/*.nested; do
+		[ -e "$f" ] || continue
+		sed -e 's/\x1b\[[0-9;]*m//g' -e 's/\r$//' "$f" |
+			awk -v tag="$(basename "$f")" '/^ *FAILURES *$/ {on=1; next} /^(FAILED|ok) \|/ {on=0} on && NF {print tag ": " $0} /^\(fail\)/ {print tag ": " $0}'
+	done
+}
+failed_names=$(failures)
+[ -n "$failed_names" ] && printf 'failed tests:\n%s\n' "$failed_names"
 dp=$(count deno passed) df=$(count deno failed) bp=$(count bun passed) bf=$(count bun failed)
 echo "deno: $dp passed, $df failed; bun: $bp passed, $bf failed"
 [ -e "$log/failed" ] && cat "$log/failed"

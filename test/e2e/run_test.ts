@@ -41,10 +41,10 @@ const VMM = process.env.VMM_E2E_VMM || (isDeno ? `deno run -A --no-check ${REPO}
 const BIG = 8 * 1024 * 1024;
 /**
  * Runs of `seq 1 3000` in a row: output lost at exit shows as a short count
- * in one of them. Each is a boot (15–20 s nested), so the suite runs 8 per
+ * in one of them. Each is a boot (20–40 s nested), so the suite runs 3 per
  * runtime; VMM_E2E_SEQ_RUNS=20 runs the issue's full count.
  */
-const SEQ_RUNS = Number(process.env.VMM_E2E_SEQ_RUNS ?? 8);
+const SEQ_RUNS = Number(process.env.VMM_E2E_SEQ_RUNS ?? 3);
 const SEQ_LINES = 3000;
 /** An environment value only exact quoting passes on. */
 const ODD_VALUE = `it's "quoted" $HOME \\ *`;
@@ -101,10 +101,11 @@ rc=$?
 echo "bytes=$(od -An -c $E/stdin.bin | tr -d ' ')" >$E/stdin.host
 say stdin $rc
 
-# status: the command's exit status, and 128+N for a signal.
+# status: the command's exit status, and 128+N for a signal. (Status 0 is
+# every other scenario's; each run is a boot, so only the odd ones here.)
 begin
 : >$E/status.host
-for s in 0 1 7 255; do
+for s in 7 255; do
   timeout 300 $VMM run -- sh -c "exit $s" </dev/null >>$E/status.out 2>>$E/status.err
   echo "status-$s=$?" >>$E/status.host
 done
@@ -241,9 +242,9 @@ describe(`end to end on ${RUNTIME}: vmm run over the host's root`, () => {
     assert.equal(o.err, "", show(o));
   });
 
-  test("exit statuses 0, 1, 7 and 255 come back, and a command killed by SIGKILL gives 137", () => {
+  test("exit statuses 7 and 255 come back, and a command killed by SIGKILL gives 137", () => {
     const o = outcome("status");
-    for (const s of [0, 1, 7, 255]) assert.equal(field(o.host, `status-${s}`), String(s), show(o));
+    for (const s of [7, 255]) assert.equal(field(o.host, `status-${s}`), String(s), show(o));
     assert.equal(field(o.host, "status-killed"), "137", show(o));
     assert.equal(o.out, "", show(o));
     assert.equal(o.err, "", `the guest printed something of its own\n${show(o)}`);
