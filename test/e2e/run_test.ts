@@ -101,11 +101,10 @@ rc=$?
 echo "bytes=$(od -An -c $E/stdin.bin | tr -d ' ')" >$E/stdin.host
 say stdin $rc
 
-# status: the command's exit status, and 128+N for a signal. (Status 0 is
-# every other scenario's; each run is a boot, so only the odd ones here.)
+# status: the command's exit status, and 128+N for a signal.
 begin
 : >$E/status.host
-for s in 7 255; do
+for s in 0 1 7 255; do
   timeout 300 $VMM run -- sh -c "exit $s" </dev/null >>$E/status.out 2>>$E/status.err
   echo "status-$s=$?" >>$E/status.host
 done
@@ -242,9 +241,9 @@ describe(`end to end on ${RUNTIME}: vmm run over the host's root`, () => {
     assert.equal(o.err, "", show(o));
   });
 
-  test("exit statuses 7 and 255 come back, and a command killed by SIGKILL gives 137", () => {
+  test("exit statuses 0, 1, 7 and 255 come back, and a command killed by SIGKILL gives 137", () => {
     const o = outcome("status");
-    for (const s of [7, 255]) assert.equal(field(o.host, `status-${s}`), String(s), show(o));
+    for (const s of [0, 1, 7, 255]) assert.equal(field(o.host, `status-${s}`), String(s), show(o));
     assert.equal(field(o.host, "status-killed"), "137", show(o));
     assert.equal(o.out, "", show(o));
     assert.equal(o.err, "", `the guest printed something of its own\n${show(o)}`);
