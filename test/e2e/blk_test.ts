@@ -77,7 +77,7 @@ mkdir -p $E/src && head -c ${FILE_BYTES} /dev/urandom >$E/src/g
 # write: the guest writes a file to a fresh ext4 image and unmounts; the host reads it back.
 begin
 mkimg $D/write.img ${IMG_MIB}M
-timeout 300 $VMM run --busybox --drive $D/write.img -- sh -c 'mount -t ext4 /dev/vda /mnt && head -c ${FILE_BYTES} /dev/urandom >/mnt/f && sha256sum /mnt/f && sync && umount /mnt && echo unmounted' >$E/write.out 2>$E/write.err
+timeout -k 30 300 $VMM run --busybox --drive $D/write.img -- sh -c 'mount -t ext4 /dev/vda /mnt && head -c ${FILE_BYTES} /dev/urandom >/mnt/f && sha256sum /mnt/f && sync && umount /mnt && echo unmounted' >$E/write.out 2>$E/write.err
 rc=$?
 { dump $D/write.img /f; echo "host-sha=$(hsha $E/dump)"; e2fsck -fn $D/write.img >/dev/null 2>&1; echo "fsck=$?"; } >$E/write.host 2>&1
 say write $rc
@@ -86,14 +86,14 @@ say write $rc
 begin
 mkimg $D/read.img ${IMG_MIB}M $E/src
 { echo "host-sha=$(hsha $E/src/g)"; echo "host-img=$(hsha $D/read.img)"; } >$E/read.host 2>&1
-timeout 300 $VMM run --busybox --drive $D/read.img -- sh -c 'echo "dev=$(sha256sum </dev/vda | cut -c1-64)"; mount -o ro /dev/vda /mnt && sha256sum /mnt/g && umount /mnt' >$E/read.out 2>$E/read.err
+timeout -k 30 300 $VMM run --busybox --drive $D/read.img -- sh -c 'echo "dev=$(sha256sum </dev/vda | cut -c1-64)"; mount -o ro /dev/vda /mnt && sha256sum /mnt/g && umount /mnt' >$E/read.out 2>$E/read.err
 say read $?
 
 # readonly: the guest sees a read-only disk it can mount and read, but not write; the image is unchanged.
 begin
 mkimg $D/ro.img ${IMG_MIB}M $E/src
 before=$(hsha $D/ro.img)
-timeout 300 $VMM run --busybox --drive $D/ro.img,readonly -- sh -c 'echo "getro=$(blockdev --getro /dev/vda)"; mount -o ro /dev/vda /mnt && sha256sum /mnt/g; umount /mnt; if dd if=/dev/zero of=/dev/vda bs=4096 count=1 oflag=direct 2>/dev/null; then echo dd=written; else echo dd=failed; fi; if mount /dev/vda /mnt 2>/dev/null && touch /mnt/new 2>/dev/null; then echo touch=written; else echo touch=failed; fi; sync' >$E/readonly.out 2>$E/readonly.err
+timeout -k 30 300 $VMM run --busybox --drive $D/ro.img,readonly -- sh -c 'echo "getro=$(blockdev --getro /dev/vda)"; mount -o ro /dev/vda /mnt && sha256sum /mnt/g; umount /mnt; if dd if=/dev/zero of=/dev/vda bs=4096 count=1 oflag=direct 2>/dev/null; then echo dd=written; else echo dd=failed; fi; if mount /dev/vda /mnt 2>/dev/null && touch /mnt/new 2>/dev/null; then echo touch=written; else echo touch=failed; fi; sync' >$E/readonly.out 2>$E/readonly.err
 rc=$?
 { echo "host-sha=$(hsha $E/src/g)"; echo "before=$before"; echo "after=$(hsha $D/ro.img)"; } >$E/readonly.host 2>&1
 say readonly $rc
@@ -102,19 +102,19 @@ say readonly $rc
 begin
 mkdir -p $E/one $E/two && echo first >$E/one/name && echo second >$E/two/name
 mkimg $D/one.img ${IMG_MIB}M $E/one && mkimg $D/two.img ${IMG2_MIB}M $E/two
-timeout 300 $VMM run --busybox --drive $D/one.img --drive $D/two.img,id=${SERIAL} -- sh -c 'mkdir -p /mnt/a /mnt/b && mount /dev/vda /mnt/a && mount /dev/vdb /mnt/b && echo "names=$(cat /mnt/a/name) $(cat /mnt/b/name)" && echo "sectors=$(cat /sys/block/vda/size) $(cat /sys/block/vdb/size)" && echo "serial=$(cat /sys/block/vdb/serial)" && echo to-a >/mnt/a/w && echo to-b >/mnt/b/w && sync && umount /mnt/a /mnt/b' >$E/two.out 2>$E/two.err
+timeout -k 30 300 $VMM run --busybox --drive $D/one.img --drive $D/two.img,id=${SERIAL} -- sh -c 'mkdir -p /mnt/a /mnt/b && mount /dev/vda /mnt/a && mount /dev/vdb /mnt/b && echo "names=$(cat /mnt/a/name) $(cat /mnt/b/name)" && echo "sectors=$(cat /sys/block/vda/size) $(cat /sys/block/vdb/size)" && echo "serial=$(cat /sys/block/vdb/serial)" && echo to-a >/mnt/a/w && echo to-b >/mnt/b/w && sync && umount /mnt/a /mnt/b' >$E/two.out 2>$E/two.err
 rc=$?
 { dump $D/one.img /w; echo "one-w=$(cat $E/dump)"; dump $D/two.img /w; echo "two-w=$(cat $E/dump)"; } >$E/two.host 2>&1
 say two $rc
 
 # rng: /dev/hwrng is virtio-rng, gives whole reads, and two reads differ.
 begin
-timeout 300 $VMM run --busybox --rng -- sh -c 'echo "current=$(cat /sys/class/misc/hw_random/rng_current)"; echo "bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc -c)"; a=$(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | sha256sum); b=$(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | sha256sum); [ "$a" != "$b" ] && echo distinct' >$E/rng.out 2>$E/rng.err
+timeout -k 30 300 $VMM run --busybox --rng -- sh -c 'echo "current=$(cat /sys/class/misc/hw_random/rng_current)"; echo "bytes=$(dd if=/dev/hwrng bs=64 count=1 2>/dev/null | wc -c)"; a=$(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | sha256sum); b=$(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | sha256sum); [ "$a" != "$b" ] && echo distinct' >$E/rng.out 2>$E/rng.err
 say rng $?
 
 # hvc: with --console hvc the command's output comes through virtio-console's hvc0.
 begin
-timeout 300 $VMM run --busybox --console hvc -- sh -c 'echo "hello active=$(cat /sys/class/tty/console/active)"' >$E/hvc.out 2>$E/hvc.err
+timeout -k 30 300 $VMM run --busybox --console hvc -- sh -c 'echo "hello active=$(cat /sys/class/tty/console/active)"' >$E/hvc.out 2>$E/hvc.err
 say hvc $?
 
 # hvcboot: an interactive guest on hvc0 takes input from vmm's stdin.

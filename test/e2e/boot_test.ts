@@ -43,7 +43,7 @@ wait_for() { timeout 180 sh -c 'until grep -q "$1" "$2" 2>/dev/null; do sleep 0.
 wait_exit() { ( sleep 180; kill -9 $1 2>/dev/null ) & wd=$!; wait $1; rc=$?; kill $wd 2>/dev/null; return $rc; }
 
 # run: the command's status and output come back; --cpus 2 gives the guest 2 CPUs.
-timeout 300 $VMM run --cpus 2 -- sh -c 'echo cpus=$(nproc); echo hello from the guest; exit 7' >/tmp/e2e/run.out 2>/tmp/e2e/run.err
+timeout -k 30 300 $VMM run --cpus 2 -- sh -c 'echo cpus=$(nproc); echo hello from the guest; exit 7' >/tmp/e2e/run.out 2>/tmp/e2e/run.err
 say run $?
 
 # boot: the init marker, then input through the console, then poweroff ends vmm with 0.
@@ -65,11 +65,11 @@ wait_exit $pid
 say sigterm $?
 
 # panic: a kernel panic ends vmm promptly with 101 and names the panic.
-timeout 300 $VMM run -- sh -c 'echo c >/proc/sysrq-trigger' >/tmp/e2e/panic.out 2>/tmp/e2e/panic.err
+timeout -k 30 300 $VMM run -- sh -c 'echo c >/proc/sysrq-trigger' >/tmp/e2e/panic.out 2>/tmp/e2e/panic.err
 say panic $?
 ${exe ? `
 # exe: the single executable boots the same guest.
-timeout 300 ${exe} run -- sh -c 'echo from the executable; exit 3' >/tmp/e2e/exe.out 2>/tmp/e2e/exe.err
+timeout -k 30 300 ${exe} run -- sh -c 'echo from the executable; exit 3' >/tmp/e2e/exe.out 2>/tmp/e2e/exe.err
 say exe $?` : ""}
 exit 0
 `;

@@ -42,7 +42,7 @@ function scenario(name: string, dir: string, env: string, cmd: string): string {
   return `
 cd ${dir} || exit 125
 t0=$(date +%s%N)
-env -i ${env} timeout 300 ${cmd} >/tmp/dist/${name}.out 2>/tmp/dist/${name}.err
+env -i ${env} timeout -k 30 300 ${cmd} >/tmp/dist/${name}.out 2>/tmp/dist/${name}.err
 rc=$?
 t1=$(date +%s%N)
 echo; echo "@@dist ${name} rc=$rc"

@@ -97,7 +97,7 @@ echo SECRET >$D/guard/secret
 ln -s ../guard/secret $D/t/out-link
 ln -s $D/guard/secret $D/t/abs-link
 guard_before=$(tsha $D/guard); ro_before=$(tsha $D/r)
-timeout 600 $VMM --share $D/t,tag=t --share $D/r,tag=r,ro -- sh -c ${q(ONE_GUEST)} >$E/one.out 2>$E/one.err
+timeout -k 30 600 $VMM --share $D/t,tag=t --share $D/r,tag=r,ro -- sh -c ${q(ONE_GUEST)} >$E/one.out 2>$E/one.err
 rc=$?
 {
   echo "host-sha=$(hsha $D/t/host.bin)"
@@ -114,9 +114,9 @@ say one $rc
 # two: two VMs at once on one directory; each sees the file the other wrote.
 begin
 mkdir -p $D/both
-timeout 600 $VMM --share $D/both -- sh -c ${q(twoGuest("a", "b"))} >$E/two.out 2>$E/two.err &
+timeout -k 30 600 $VMM --share $D/both -- sh -c ${q(twoGuest("a", "b"))} >$E/two.out 2>$E/two.err &
 pa=$!
-timeout 600 $VMM --share $D/both -- sh -c ${q(twoGuest("b", "a"))} >$E/two-b.out 2>$E/two-b.err &
+timeout -k 30 600 $VMM --share $D/both -- sh -c ${q(twoGuest("b", "a"))} >$E/two-b.out 2>$E/two-b.err &
 pb=$!
 wait $pa; ra=$?; wait $pb; rb=$?
 cat $E/two-b.out >>$E/two.out; cat $E/two-b.err >>$E/two.err

@@ -56,13 +56,13 @@ head -c ${TCP_BYTES} /dev/urandom >$E/h2g
 
 # ping: the guest gets an address, pings the host's side of the TAP; MAC and MTU as given.
 fresh_ns
-in_ns timeout 300 $VMM run --busybox --net tap=tap0,mac=${MAC} -- sh -c "$GUEST_IP && echo mac=\\$(cat /sys/class/net/eth0/address) && echo mtu=\\$(cat /sys/class/net/eth0/mtu) && ping -c 3 -W 10 10.0.2.1 | grep -E 'transmitted'" >$E/ping.out 2>$E/ping.err
+in_ns timeout -k 30 300 $VMM run --busybox --net tap=tap0,mac=${MAC} -- sh -c "$GUEST_IP && echo mac=\\$(cat /sys/class/net/eth0/address) && echo mtu=\\$(cat /sys/class/net/eth0/mtu) && ping -c 3 -W 10 10.0.2.1 | grep -E 'transmitted'" >$E/ping.out 2>$E/ping.err
 say ping $?
 
 # g2h: the guest sends ${TCP_BYTES} random bytes over TCP to the host.
 fresh_ns
 ( sleep 400 | in_ns busybox nc -l -p 5000 >$E/g2h.recv ) &
-in_ns timeout 300 $VMM run --busybox --net tap=tap0 -- sh -c "$GUEST_IP && head -c ${TCP_BYTES} /dev/urandom >/tmp/f && sha256sum /tmp/f && nc 10.0.2.1 5000 </tmp/f && echo sent" >$E/g2h.out 2>$E/g2h.err
+in_ns timeout -k 30 300 $VMM run --busybox --net tap=tap0 -- sh -c "$GUEST_IP && head -c ${TCP_BYTES} /dev/urandom >/tmp/f && sha256sum /tmp/f && nc 10.0.2.1 5000 </tmp/f && echo sent" >$E/g2h.out 2>$E/g2h.err
 rc=$?
 i=0; while [ $(stat -c %s $E/g2h.recv 2>/dev/null || echo 0) -lt ${TCP_BYTES} ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 echo "host-sha=$(hsha $E/g2h.recv)" >$E/g2h.host
@@ -73,7 +73,7 @@ say g2h $rc
 fresh_ns
 ( for i in $(seq 1 600); do sleep 0.2; in_ns busybox nc 10.0.2.2 5001 <$E/h2g >/dev/null 2>&1 && break; done ) &
 sender=$!
-in_ns timeout 300 $VMM run --busybox --net tap=tap0 -- sh -c "$GUEST_IP && mkfifo /tmp/p && { nc -l -p 5001 </tmp/p >/tmp/r & } && exec 3>/tmp/p && wait && sha256sum /tmp/r" >$E/h2g.out 2>$E/h2g.err
+in_ns timeout -k 30 300 $VMM run --busybox --net tap=tap0 -- sh -c "$GUEST_IP && mkfifo /tmp/p && { nc -l -p 5001 </tmp/p >/tmp/r & } && exec 3>/tmp/p && wait && sha256sum /tmp/r" >$E/h2g.out 2>$E/h2g.err
 rc=$?
 kill $sender 2>/dev/null
 echo "host-sha=$(hsha $E/h2g)" >$E/h2g.host
@@ -81,7 +81,7 @@ say h2g $rc
 
 # gone: the TAP's link is deleted while the guest runs; vmm says so and the guest carries on.
 fresh_ns
-in_ns timeout 300 $VMM run --busybox --net tap=tap0 -- sh -c "$GUEST_IP && ping -c 1 -W 10 10.0.2.1 >/dev/null && echo pinged && sleep 4 && ping -c 1 -W 1 10.0.2.1 >/dev/null; echo still-running" >$E/gone.out 2>$E/gone.err &
+in_ns timeout -k 30 300 $VMM run --busybox --net tap=tap0 -- sh -c "$GUEST_IP && ping -c 1 -W 10 10.0.2.1 >/dev/null && echo pinged && sleep 4 && ping -c 1 -W 1 10.0.2.1 >/dev/null; echo still-running" >$E/gone.out 2>$E/gone.err &
 vmm=$!
 wait_for pinged $E/gone.out
 ip -n $NS link del tap0 && echo deleted >$E/gone.host

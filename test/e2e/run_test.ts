@@ -66,7 +66,7 @@ ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
 # program: a host program busybox does not have, its output exact.
 begin
-timeout 300 $VMM run -- sh -c ${q(PROGRAM)} >$E/program.out 2>$E/program.err
+timeout -k 30 300 $VMM run -- sh -c ${q(PROGRAM)} >$E/program.out 2>$E/program.err
 rc=$?
 sh -c ${q(PROGRAM)} >$E/program.host 2>&1
 say program $rc
@@ -75,7 +75,7 @@ say program $rc
 begin
 echo keep >$D/ro/kept
 cd $D/cwd
-VMM_E2E_VAR=${q(ODD_VALUE)} timeout 300 $VMM run -- sh -c 'echo "pwd=$(pwd)"; echo "uid=$(id -u) gid=$(id -g)"; printf "var=%s\\n" "$VMM_E2E_VAR"
+VMM_E2E_VAR=${q(ODD_VALUE)} timeout -k 30 300 $VMM run -- sh -c 'echo "pwd=$(pwd)"; echo "uid=$(id -u) gid=$(id -g)"; printf "var=%s\\n" "$VMM_E2E_VAR"
   echo from-the-guest >written && echo wrote=yes
   echo "ro=$( (echo changed >../ro/kept) 2>&1 | grep -o "Read-only file system" || echo written)"
   echo "ro-new=$( (echo new >../ro/new) 2>&1 | grep -o "Read-only file system" || echo written)"
@@ -88,7 +88,7 @@ say cwd $rc
 
 # bytes: 8 MiB of random bytes on stdout, byte-exact; stderr apart, also when reopened.
 begin
-timeout 300 $VMM run -- sh -c 'head -c ${BIG} /dev/urandom >/tmp/r; echo "guest-sha=$(sha256sum </tmp/r | cut -c1-64)" >&2; cat /tmp/r; echo to-stderr >&2; echo to-dev-stderr >/dev/stderr' >$E/bytes.bin 2>$E/bytes.err
+timeout -k 30 300 $VMM run -- sh -c 'head -c ${BIG} /dev/urandom >/tmp/r; echo "guest-sha=$(sha256sum </tmp/r | cut -c1-64)" >&2; cat /tmp/r; echo to-stderr >&2; echo to-dev-stderr >/dev/stderr' >$E/bytes.bin 2>$E/bytes.err
 rc=$?
 { echo "size=$(wc -c <$E/bytes.bin)"; echo "host-sha=$(sha256sum <$E/bytes.bin | cut -c1-64)"; } >$E/bytes.host
 rm -f $E/bytes.bin
@@ -96,7 +96,7 @@ say bytes $rc
 
 # stdin: piped input reaches the command, and so does its end.
 begin
-printf x | timeout 300 $VMM run -- cat >$E/stdin.bin 2>$E/stdin.err
+printf x | timeout -k 30 300 $VMM run -- cat >$E/stdin.bin 2>$E/stdin.err
 rc=$?
 echo "bytes=$(od -An -c $E/stdin.bin | tr -d ' ')" >$E/stdin.host
 say stdin $rc
@@ -105,10 +105,10 @@ say stdin $rc
 begin
 : >$E/status.host
 for s in 0 1 7 255; do
-  timeout 300 $VMM run -- sh -c "exit $s" </dev/null >>$E/status.out 2>>$E/status.err
+  timeout -k 30 300 $VMM run -- sh -c "exit $s" </dev/null >>$E/status.out 2>>$E/status.err
   echo "status-$s=$?" >>$E/status.host
 done
-timeout 300 $VMM run -- sh -c 'kill -9 $$' </dev/null >>$E/status.out 2>>$E/status.err
+timeout -k 30 300 $VMM run -- sh -c 'kill -9 $$' </dev/null >>$E/status.out 2>>$E/status.err
 echo "status-killed=$?" >>$E/status.host
 say status 0
 
@@ -118,7 +118,7 @@ begin
 i=1
 while [ $i -le ${SEQ_RUNS} ]; do
   a=$(ms)
-  timeout 300 $VMM run -- seq 1 ${SEQ_LINES} </dev/null >$E/seq.txt 2>>$E/seq.err
+  timeout -k 30 300 $VMM run -- seq 1 ${SEQ_LINES} </dev/null >$E/seq.txt 2>>$E/seq.err
   echo "run-$i=rc:$? lines:$(wc -l <$E/seq.txt) last:$(tail -n 1 $E/seq.txt) ms:$(( $(ms) - a ))" >>$E/seq.host
   i=$((i + 1))
 done
@@ -129,7 +129,7 @@ begin
 T=$D/tiny
 mkdir -p $T/bin $T/proc $T/sys $T/dev $T/tmp $T/run
 cp "$(command -v busybox)" $T/bin/busybox && ln -sf busybox $T/bin/sh
-timeout 300 $VMM run --root $T -- sh -c 'echo "tiny=$((6*7))"; echo "ls=$(ls / | tr "\\n" " ")"; echo "ro=$( (touch /new) 2>&1 | grep -o "Read-only file system" || echo written)"' >$E/tinyroot.out 2>$E/tinyroot.err
+timeout -k 30 300 $VMM run --root $T -- sh -c 'echo "tiny=$((6*7))"; echo "ls=$(ls / | tr "\\n" " ")"; echo "ro=$( (touch /new) 2>&1 | grep -o "Read-only file system" || echo written)"' >$E/tinyroot.out 2>$E/tinyroot.err
 rc=$?
 echo "new=$(ls $T/new 2>/dev/null || echo absent)" >$E/tinyroot.host
 say tinyroot $rc
