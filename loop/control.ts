@@ -36,7 +36,7 @@ export interface RunResult {
   reason: string;
   /** Milliseconds from `startedAt` to the guest init's ready report, if it came. */
   readyMs?: number;
-  /** Milliseconds from `startedAt` until every Worker had started (they all start before the guest runs). */
+  /** Milliseconds from `startedAt` until every Worker had reported ready (a vCPU may already be running the guest by then). */
   workersMs?: number;
 }
 

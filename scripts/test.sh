@@ -49,16 +49,19 @@ for rt in deno bun; do
 	fi
 done
 
+# A runner's log as plain text: colour codes out (a runner in the nested host
+# writes them), and the console's carriage returns.
+plain() { sed -e 's/\x1b\[[0-9;]*m//g' -e 's/\r$//' "$1"; }
+
 # One closing line for both runtimes: "N passed, N failed".
 count() { # count RUNTIME WHAT: the runner's own closing numbers, summed over its parts
 	local n=0 f v
 	for f in "$log/$1".*; do
 		[ -e "$f" ] || continue
-		# Colour codes out first: a runner in the nested host writes them.
 		if [ "$1" = deno ]; then
-			v=$(sed -e 's/\x1b\[[0-9;]*m//g' -e 's/\r$//' "$f" | grep -aoE "[0-9]+ $2" | tail -1 | grep -oE '[0-9]+')
+			v=$(plain "$f" | grep -aoE "[0-9]+ $2" | tail -1 | grep -oE '[0-9]+')
 		else
-			v=$(sed -e 's/\x1b\[[0-9;]*m//g' -e 's/\r$//' "$f" | grep -aE "^ *[0-9]+ ${2%ed}$" | tail -1 | grep -oE '[0-9]+')
+			v=$(plain "$f" | grep -aE "^ *[0-9]+ ${2%ed}$" | tail -1 | grep -oE '[0-9]+')
 		fi
 		n=$((n + ${v:-0}))
 	done
@@ -70,7 +73,7 @@ failures() {
 	local f
 	for f in "$log"/*.here "$log"/*.nested; do
 		[ -e "$f" ] || continue
-		sed -e 's/\x1b\[[0-9;]*m//g' -e 's/\r$//' "$f" |
+		plain "$f" |
 			awk -v tag="$(basename "$f")" '/^ *FAILURES *$/ {on=1; next} /^(FAILED|ok) \|/ {on=0} on && NF {print tag ": " $0} /^\(fail\)/ {print tag ": " $0}'
 	done
 }
