@@ -168,8 +168,11 @@ async function main(argv: string[]): Promise<number> {
 /** Say how the guest ended (one line, when it matters or with -v); returns vmm's exit status. */
 function report(r: RunResult, verbose: boolean): number {
   if (verbose) {
-    if (r.workersMs !== undefined) printNote(`Workers started after ${r.workersMs} ms`);
-    if (r.readyMs !== undefined) printNote(`guest init ready after ${r.readyMs} ms`);
+    // The start-up breakdown matters where there is an init to wait for (vmm run); a bare `vmm boot -v` says only how it ended.
+    if (r.readyMs !== undefined) {
+      if (r.workersMs !== undefined) printNote(`Workers started after ${r.workersMs} ms`);
+      printNote(`guest init ready after ${r.readyMs} ms`);
+    }
     printNote(`${r.reason || r.kind.toLowerCase()} (exit ${r.code})`);
   } else if (r.kind === "PANIC") {
     printError(`guest kernel panic: ${r.reason}`);
