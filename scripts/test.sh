@@ -77,6 +77,25 @@ failures() {
 			awk -v tag="$(basename "$f")" '/^ *FAILURES *$/ {on=1; next} /^(FAILED|ok) \|/ {on=0} on && NF {print tag ": " $0} /^\(fail\)/ {print tag ": " $0}'
 	done
 }
+# Why each failed, briefly (a CI log may show only its tail): each error's
+# first lines without the stack, at most 12 lines an error and 8 KB in all.
+# Deno gathers them under " ERRORS "; Bun prints each above its "(fail)".
+reasons() {
+	local f
+	for f in "$log"/*.here "$log"/*.nested; do
+		[ -e "$f" ] || continue
+		plain "$f" | awk -v tag="$(basename "$f")" '
+			/^ *ERRORS *$/ {deno=1; next}
+			/^ *FAILURES *$/ {deno=0}
+			!deno && /^(error: |[A-Za-z]*Error: )/ {n=0; bun=1; print "-- " tag}
+			/^\(fail\)/ {bun=0}
+			/^ +at / || /^ *(generatedMessage|actual|expected|operator|diff|code): / || !NF {next}
+			deno && / => / {n=0; print "-- " tag ": " $0; next}
+			(deno || bun) && n++ < 12 {print "   " substr($0, 1, 200)}'
+	done
+}
+why=$(reasons | head -c 8000)
+[ -n "$why" ] && printf 'why they failed (first lines of each error):\n%s\n' "$why"
 failed_names=$(failures)
 [ -n "$failed_names" ] && printf 'failed tests:\n%s\n' "$failed_names"
 dp=$(count deno passed) df=$(count deno failed) bp=$(count bun passed) bf=$(count bun failed)
