@@ -16,6 +16,11 @@
  * and writes its status to port 0xF4, where QEMU's isa-debug-exit device ends
  * QEMU with it. The status and the script's output are also framed by marker
  * lines on the serial console, which separate them from L1's own boot noise.
+ *
+ * Knobs for studying the emulator itself, not for the suite: VMM_NESTED_QEMU
+ * names another QEMU build, VMM_NESTED_TCG_THREAD=single runs L1's vCPUs on
+ * one host thread (no multi-threaded TCG), VMM_NESTED_DEBUG=1 copies L1's
+ * console to stderr as it comes.
  */
 import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -49,6 +54,9 @@ const START = "@@vmm-nested: start@@";
 const EXIT_RE = /\n@@vmm-nested: exit (\d+)@@\n/;
 const REPO = fileURLToPath(new URL("../..", import.meta.url)).replace(/\/$/, "");
 
+
+/** The emulator that runs L1: Debian's by default; VMM_NESTED_QEMU names another build (to compare QEMU versions). */
+const QEMU = process.env.VMM_NESTED_QEMU || "qemu-system-x86_64";
 /**
  * Runs `sh -c script` inside a nested KVM host and returns its status and output.
  *
@@ -193,7 +201,7 @@ function qemuArgs(kernel: string, initrd: string, shares: string[]): string[] {
     "lapic=notscdeadline",
   ].join(" ");
   const args = [
-    "-accel", "tcg,thread=multi",
+    "-accel", `tcg,thread=${process.env.VMM_NESTED_TCG_THREAD || "multi"}`,
     "-cpu", "max", // exposes SVM
     "-M", "microvm", // no PCI, no BIOS scan: the fastest TCG boot; ACPI lists virtio-mmio
     "-smp", "2",
@@ -220,7 +228,7 @@ function boot(args: string[], timeoutMs: number): Promise<NestedResult> {
   const debug = !!process.env.VMM_NESTED_DEBUG;
   const t0 = Date.now();
   return new Promise((resolvePromise, reject) => {
-    const qemu = spawn("qemu-system-x86_64", args, { stdio: ["ignore", "pipe", "pipe"] });
+    const qemu = spawn(QEMU, args, { stdio: ["ignore", "pipe", "pipe"] });
     const out: Uint8Array[] = [];
     const err: Uint8Array[] = [];
     let boot = 0;
@@ -283,7 +291,7 @@ export function nestedAvailable(): { ok: boolean; why: string } {
   if (available) return available;
   const no = (why: string) => (available = { ok: false, why });
   try {
-    execFileSync("qemu-system-x86_64", ["--version"], { stdio: "ignore" });
+    execFileSync(QEMU, ["--version"], { stdio: "ignore" });
   } catch {
     return no("qemu-system-x86_64 is not installed (bash scripts/setup.sh)");
   }
@@ -301,7 +309,7 @@ export function nestedAvailable(): { ok: boolean; why: string } {
   ].join("\n") + "\n";
   try {
     const out = execFileSync(
-      "qemu-system-x86_64",
+      QEMU,
       ["-M", "none", "-accel", "tcg", "-nodefaults", "-no-user-config", "-display", "none", "-qmp", "stdio"],
       { input: qmp, stdio: ["pipe", "pipe", "pipe"], timeout: 20_000 },
     ).toString();
