@@ -98,6 +98,37 @@ export async function runNested(script: string, opts: NestedOptions = {}): Promi
   }
 }
 
+/**
+ * A watcher in L1 for the rare vmm that runs far longer than any scenario
+ * should (a guest that stalls, a vmm that waits for ever): once a vmm
+ * process is `afterS` seconds old, it appends a snapshot of that process to
+ * the file its stderr goes to, which the scenario's test prints when it
+ * fails. Each thread's state, CPU time and wait channel, and its kernel
+ * stack, tell a guest spinning in KVM_RUN from a halted one waiting for an
+ * interrupt and from a Worker blocked in poll(2) or on a lock. Nothing is
+ * written for a vmm that ends in time.
+ */
+function hangWatch(afterS: number): string {
+  const dump = [
+    'echo "vmm-nested: vmm (pid $p) has run $age s; its threads (tid, state, CPU, wait channel):"',
+    "ps -L -o tid=,stat=,time=,wchan:28=,comm= -p $p",
+    // Kernel stacks, less the runtimes' idle pools (all in futex_wait).
+    'for t in /proc/$p/task/*; do case "$(cat $t/wchan)" in futex*) continue ;; esac; echo "-- thread ${t##*/}, kernel stack:"; head -6 $t/stack 2>/dev/null; done',
+  ].join("; ");
+  return [
+    "mkdir -p /tmp/.vmm-nested/seen",
+    "( while sleep 15; do",
+    "  for p in $(pgrep -f 'vmm(\\.ts)? (run|boot)'); do",
+    '    case "$(ps -o comm= -p $p)" in deno|bun|vmm|node) ;; *) continue ;; esac',
+    '    age=$(ps -o etimes= -p $p | tr -d " ")',
+    `    [ "\${age:-0}" -ge ${afterS} ] && [ ! -e /tmp/.vmm-nested/seen/$p ] || continue`,
+    "    touch /tmp/.vmm-nested/seen/$p",
+    `    { ${dump}; } >>/proc/$p/fd/2 2>&1`,
+    "  done",
+    "done ) &",
+  ].join("\n");
+}
+
 /** `/vmm/run.sh` for L1's init, and the script's wrapper that runs in the chroot. */
 function runFiles(script: string, cwd: string, shares: string[], env: Record<string, string>): CpioEntry[] {
   const path = [`${REPO}/node_modules/.bin`, "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
@@ -108,6 +139,7 @@ function runFiles(script: string, cwd: string, shares: string[], env: Record<str
     ...Object.entries(env).map(([k, v]) => `export ${k}=${q(v)}`),
     'mkdir -p "$HOME"',
     `cd ${q(cwd)} || exit 125`,
+    hangWatch(Number(env.VMM_NESTED_HANG_S ?? 200)),
     `exec /bin/sh -c ${q(script)}`,
   ];
   const R = "/mnt/root";
