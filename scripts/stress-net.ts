@@ -43,7 +43,7 @@ fresh_ns() {
 n=0; bad=0
 while [ $n -lt ${boots} ]; do
   fresh_ns || exit 1
-  ( sleep 400 | ip netns exec $NS busybox nc -l -p 5000 >$E/recv ) &
+  ( sleep 400 | ip netns exec $NS busybox nc -l -p 5000 >$E/recv ) 2>/dev/null &
   listener=$!
   a=$(date +%s%N)
   ip netns exec $NS timeout -k 10 100 ${VMM} run --busybox --net tap=tap0 -- sh -c "ip link set eth0 up && ip addr add 10.0.2.2/24 dev eth0 && head -c ${BYTES} /dev/urandom >/tmp/f && sha256sum /tmp/f && nc 10.0.2.1 5000 </tmp/f && echo sent" >$E/out 2>$E/err
