@@ -21,6 +21,7 @@ import { existsSync } from "node:fs";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { runNested } from "../test/support/nested.ts";
+import { guestSendsCommand, netnsShell } from "../test/support/scenarios.ts";
 import { defaultCacheDir, ensureDefaultGuest } from "../guest/build.ts";
 
 const [runtime, bootsArg] = process.argv.slice(2);
@@ -35,18 +36,14 @@ const BYTES = 4 * 1024 * 1024;
 
 const script = `
 E=$(mktemp -d); NS=vmm-stress-$$
-fresh_ns() {
-  ip netns del $NS 2>/dev/null
-  ip netns add $NS && ip -n $NS link set lo up && ip -n $NS tuntap add tap0 mode tap &&
-    ip -n $NS link set tap0 mtu 1400 && ip -n $NS addr add 10.0.2.1/24 dev tap0 && ip -n $NS link set tap0 up
-}
+${netnsShell(1400)}
 n=0; bad=0
 while [ $n -lt ${boots} ]; do
   fresh_ns || exit 1
   ( sleep 400 | ip netns exec $NS busybox nc -l -p 5000 >$E/recv ) 2>/dev/null &
   listener=$!
   a=$(date +%s%N)
-  ip netns exec $NS timeout -k 10 100 ${VMM} run --busybox --net tap=tap0 -- sh -c "ip link set eth0 up && ip addr add 10.0.2.2/24 dev eth0 && head -c ${BYTES} /dev/urandom >/tmp/f && sha256sum /tmp/f && nc 10.0.2.1 5000 </tmp/f && echo sent" >$E/out 2>$E/err
+  ip netns exec $NS timeout -k 10 100 ${VMM} run --busybox --net tap=tap0 -- sh -c "${guestSendsCommand(BYTES)}" >$E/out 2>$E/err
   rc=$?
   echo "boot $n rc=$rc ms=$(( ($(date +%s%N) - a) / 1000000 ))"
   if [ $rc -ne 0 ]; then

@@ -20,7 +20,7 @@ import { execFileSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
 import { e2eTier } from "../support/tier.ts";
-import { field, type Outcome, parseScenarios, shaOf, showOutcome } from "../support/scenarios.ts";
+import { field, guestSendsCommand, netnsShell, type Outcome, parseScenarios, shaOf, showOutcome } from "../support/scenarios.ts";
 import { runNested } from "../support/nested.ts";
 import { defaultCacheDir, ensureDefaultGuest } from "../../guest/build.ts";
 import { isDeno } from "../../ffi/runtime.ts";
@@ -45,13 +45,7 @@ wait_for() { i=0; until grep -q "$1" "$2" 2>/dev/null || [ $i -ge 900 ]; do slee
 wait_exit() { ( sleep 240; kill -9 $1 2>/dev/null ) & wd=$!; wait $1; rc=$?; kill $wd 2>/dev/null; return $rc; }
 hsha() { sha256sum <"$1" | cut -c1-64; }
 in_ns() { ip netns exec $NS "$@"; }
-# A fresh namespace with tap0 at 10.0.2.1/24 (the guest takes 10.0.2.2).
-fresh_ns() {
-  ip netns del $NS 2>/dev/null
-  ip netns add $NS && ip -n $NS link set lo up && ip -n $NS tuntap add tap0 mode tap &&
-    ip -n $NS link set tap0 mtu ${MTU} && ip -n $NS addr add 10.0.2.1/24 dev tap0 && ip -n $NS link set tap0 up
-}
-GUEST_IP='ip link set eth0 up && ip addr add 10.0.2.2/24 dev eth0'
+${netnsShell(MTU)}
 head -c ${TCP_BYTES} /dev/urandom >$E/h2g
 
 # ping: the guest gets an address, pings the host's side of the TAP; MAC and MTU as given.
@@ -62,7 +56,7 @@ say ping $?
 # g2h: the guest sends ${TCP_BYTES} random bytes over TCP to the host.
 fresh_ns
 ( sleep 400 | in_ns busybox nc -l -p 5000 >$E/g2h.recv ) &
-in_ns timeout -k 30 300 $VMM run --busybox --net tap=tap0 -- sh -c "$GUEST_IP && head -c ${TCP_BYTES} /dev/urandom >/tmp/f && sha256sum /tmp/f && nc 10.0.2.1 5000 </tmp/f && echo sent" >$E/g2h.out 2>$E/g2h.err
+in_ns timeout -k 30 300 $VMM run --busybox --net tap=tap0 -- sh -c "${guestSendsCommand(TCP_BYTES)}" >$E/g2h.out 2>$E/g2h.err
 rc=$?
 i=0; while [ $(stat -c %s $E/g2h.recv 2>/dev/null || echo 0) -lt ${TCP_BYTES} ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
 echo "host-sha=$(hsha $E/g2h.recv)" >$E/g2h.host

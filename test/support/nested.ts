@@ -20,7 +20,8 @@
  * Knobs for studying the emulator itself, not for the suite: VMM_NESTED_QEMU
  * names another QEMU build, VMM_NESTED_TCG_THREAD=single runs L1's vCPUs on
  * one host thread (no multi-threaded TCG), VMM_NESTED_DEBUG=1 copies L1's
- * console to stderr as it comes.
+ * console to stderr as it comes, VMM_NESTED_HANG_S moves the hang watcher's
+ * 200 s (`hangWatch`).
  */
 import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -139,7 +140,7 @@ function runFiles(script: string, cwd: string, shares: string[], env: Record<str
     ...Object.entries(env).map(([k, v]) => `export ${k}=${q(v)}`),
     'mkdir -p "$HOME"',
     `cd ${q(cwd)} || exit 125`,
-    hangWatch(Number(env.VMM_NESTED_HANG_S ?? 200)),
+    hangWatch(Number(process.env.VMM_NESTED_HANG_S || 200)),
     `exec /bin/sh -c ${q(script)}`,
   ];
   const R = "/mnt/root";

@@ -41,3 +41,23 @@ export function showOutcome(o: Outcome): string {
 export function shaOf(text: string, file: string): string | undefined {
   return new RegExp(`^([0-9a-f]{64}) {2}${file.replace(/\//g, "\\/")}$`, "m").exec(text)?.[1];
 }
+
+/**
+ * Shell for the network scenarios (test/e2e/net_test.ts, scripts/stress-net.ts):
+ * `fresh_ns` (re)makes namespace $NS with tap0 at 10.0.2.1/24, MTU `mtu`;
+ * `GUEST_IP` gives the guest's eth0 10.0.2.2.
+ */
+export function netnsShell(mtu: number): string {
+  return `# A fresh namespace with tap0 at 10.0.2.1/24 (the guest takes 10.0.2.2).
+fresh_ns() {
+  ip netns del $NS 2>/dev/null
+  ip netns add $NS && ip -n $NS link set lo up && ip -n $NS tuntap add tap0 mode tap &&
+    ip -n $NS link set tap0 mtu ${mtu} && ip -n $NS addr add 10.0.2.1/24 dev tap0 && ip -n $NS link set tap0 up
+}
+GUEST_IP='ip link set eth0 up && ip addr add 10.0.2.2/24 dev eth0'`;
+}
+
+/** The guest's half of the guest-to-host transfer: `bytes` random bytes, their sha256, then nc to the host's port 5000 (for `sh -c "…"`). */
+export function guestSendsCommand(bytes: number): string {
+  return `$GUEST_IP && head -c ${bytes} /dev/urandom >/tmp/f && sha256sum /tmp/f && nc 10.0.2.1 5000 </tmp/f && echo sent`;
+}
