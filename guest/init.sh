@@ -57,10 +57,18 @@ port_write() {
 }
 
 # One .ko path a line, dependencies first (resolved when the image was built).
+# Like modprobe, each module gets the parameters the kernel command line names
+# for it (`kvm_amd.npt=0`); busybox insmod alone would not look there.
 if [ -f /etc/vmm/modules ]; then
 	while read -r ko; do
 		[ -n "$ko" ] || continue
-		err=$(insmod "$ko" 2>&1) || warn "insmod ${ko##*/} failed: $err"
+		mod=${ko##*/}
+		mod=$(echo "${mod%.ko}" | tr - _)
+		set --
+		for w in $(cat /proc/cmdline); do
+			case $w in "$mod".*=*) set -- "$@" "${w#"$mod".}" ;; esac
+		done
+		err=$(insmod "$ko" "$@" 2>&1) || warn "insmod ${ko##*/} failed: $err"
 	done </etc/vmm/modules
 fi
 

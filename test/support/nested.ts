@@ -21,7 +21,9 @@
  * names another QEMU build, VMM_NESTED_TCG_THREAD=single runs L1's vCPUs on
  * one host thread (no multi-threaded TCG), VMM_NESTED_DEBUG=1 copies L1's
  * console to stderr as it comes, VMM_NESTED_HANG_S moves the hang watcher's
- * 200 s (`hangWatch`).
+ * 200 s (`hangWatch`), VMM_NESTED_SMP sets L1's CPUs (2), VMM_NESTED_APPEND
+ * adds to L1's command line (`kvm_amd.npt=0`: guest/init.sh hands module
+ * parameters to insmod).
  */
 import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -232,12 +234,13 @@ function qemuArgs(kernel: string, initrd: string, shares: string[]): string[] {
     "nohz=off",
     "highres=off",
     "lapic=notscdeadline",
-  ].join(" ");
+    process.env.VMM_NESTED_APPEND ?? "",
+  ].filter(Boolean).join(" ");
   const args = [
     "-accel", `tcg,thread=${process.env.VMM_NESTED_TCG_THREAD || "multi"}`,
     "-cpu", "max", // exposes SVM
     "-M", "microvm", // no PCI, no BIOS scan: the fastest TCG boot; ACPI lists virtio-mmio
-    "-smp", "2",
+    "-smp", process.env.VMM_NESTED_SMP || "2",
     "-m", "4G",
     "-nodefaults", "-no-user-config", "-no-reboot",
     "-display", "none",
@@ -323,8 +326,10 @@ let available: { ok: boolean; why: string } | undefined;
 export function nestedAvailable(): { ok: boolean; why: string } {
   if (available) return available;
   const no = (why: string) => (available = { ok: false, why });
+  let version: string;
   try {
-    execFileSync(QEMU, ["--version"], { stdio: "ignore" });
+    const v = execFileSync(QEMU, ["--version"], { stdio: ["ignore", "pipe", "ignore"] }).toString();
+    version = /version (\S+)/.exec(v)?.[1] ?? "of unknown version";
   } catch {
     return no("qemu-system-x86_64 is not installed (bash scripts/setup.sh)");
   }
@@ -350,7 +355,7 @@ export function nestedAvailable(): { ok: boolean; why: string } {
   } catch (e) {
     return no(`qemu-system-x86_64 -qmp: ${(e as Error).message.split("\n")[0]}`);
   }
-  return (available = { ok: true, why: "QEMU TCG with SVM and the nested host image are here" });
+  return (available = { ok: true, why: `QEMU ${version} TCG with SVM and the nested host image are here` });
 }
 
 /** Single-quotes a string for sh. */

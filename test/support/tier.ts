@@ -26,6 +26,6 @@ export function e2eTier(): { tier: E2eTier; why: string } {
   if (kind === "hardware") return { tier: "hardware", why: "/dev/kvm is hardware virtualization" };
   const host = kind === "pvm" ? "/dev/kvm is PVM, which cannot boot a stock kernel" : "no /dev/kvm";
   const nested = nestedAvailable();
-  if (nested.ok) return { tier: "nested", why: `${host}; nested KVM under QEMU TCG` };
+  if (nested.ok) return { tier: "nested", why: `${host}; nested KVM: ${nested.why}` };
   return { tier: "none", why: `${host}; nested KVM unavailable: ${nested.why}` };
 }
