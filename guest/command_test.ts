@@ -11,7 +11,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
-  execScript, type HostRun, hostRunArchive, hostRunShares, MAX_EXEC_SCRIPT, runArchive, runConf, shellQuote,
+  concatInitrd, execScript, type HostRun, hostRunArchive, hostRunShares, MAX_EXEC_SCRIPT, runArchive, runConf, shellQuote,
 } from "./command.ts";
 
 const ODD = ["plain", "", "it's", 'a "b" $HOME `id` \\ *', "new\nline", "tab\there", "ünï ☃", "'"];
@@ -90,4 +90,15 @@ test("runArchive() holds run.sh with the command quoted", () => {
   const text = new TextDecoder().decode(runArchive(["echo", "it's"]));
   assert.ok(text.includes("vmm/run.sh"));
   assert.ok(text.includes(`'echo' 'it'\\''s'\n`));
+});
+
+test("concatInitrd() starts the second archive 4-byte aligned and pads the whole to 4 KiB pages with zeros", () => {
+  const a = new Uint8Array(4097).fill(1), b = new Uint8Array(10).fill(2);
+  const out = concatInitrd(a, b);
+  assert.equal(out.length, 8192); // QEMU 10 loses the tail of a partial last page
+  assert.deepEqual(out.subarray(0, 4097), a);
+  assert.deepEqual([...out.subarray(4097, 4100)], [0, 0, 0]);
+  assert.deepEqual(out.subarray(4100, 4110), b);
+  assert.ok(out.subarray(4110).every((x) => x === 0));
+  assert.equal(concatInitrd(new Uint8Array(4000), new Uint8Array(96)).length, 4096);
 });

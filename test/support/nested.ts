@@ -32,6 +32,7 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { builtImage } from "../../guest/build.ts";
 import { type CpioEntry, S_IFREG, writeCpio } from "../../guest/cpio.ts";
+import { concatInitrd } from "../../guest/command.ts";
 
 export interface NestedOptions {
   /** Whole run, L1 boot included; default 180 s. */
@@ -90,10 +91,7 @@ export async function runNested(script: string, opts: NestedOptions = {}): Promi
     const initrd = join(dir, "initrd.cpio");
     const base = readFileSync(img.initrd);
     const extra = writeCpio(runFiles(script, cwd, shares, opts.env ?? {}));
-    const both = new Uint8Array(base.length + extra.length);
-    both.set(base, 0);
-    both.set(extra, base.length);
-    writeFileSync(initrd, both);
+    writeFileSync(initrd, concatInitrd(base, extra));
     // The ELF kernel boots through PVH without TCG running the decompressor.
     return await boot(qemuArgs(img.vmlinux ?? img.kernel, initrd, shares), timeoutMs);
   } finally {
@@ -222,7 +220,7 @@ function qemuArgs(kernel: string, initrd: string, shares: string[]): string[] {
     `tsc_early_khz=${hostTscKhz()}`, // TCG's TSC ticks at the host's rate
     "tsc=reliable", // TCG timing jitter must not make the watchdog drop the TSC
     "mitigations=off", // nothing to protect in a throwaway L1; costs time under TCG
-    // A periodic local APIC timer on every CPU, not one-shot: QEMU 7.2's TCG
+    // A periodic local APIC timer on every CPU, not one-shot: QEMU's TCG (7.2 to 10.0)
     // can lose an interrupt sent to a vCPU while it executes VMRUN (the
     // helper sets CPU_INTERRUPT_VIRQ with a plain read-modify-write of
     // interrupt_request, outside the lock other threads raise interrupts

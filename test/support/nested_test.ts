@@ -17,6 +17,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ensureDefaultGuest } from "../../guest/build.ts";
 import { S_IFREG, writeCpio } from "../../guest/cpio.ts";
+import { concatInitrd } from "../../guest/command.ts";
 import { nestedAvailable, runNested } from "./nested.ts";
 import { e2eTier } from "./tier.ts";
 
@@ -118,10 +119,7 @@ test("the default guest boots under QEMU -accel kvm and follows the init protoco
     ].join("\n") + "\n";
     const extra = writeCpio([{ path: "vmm/run.sh", mode: S_IFREG | 0o755, data: new TextEncoder().encode(run) }]);
     const base = readFileSync(g.initrd);
-    const both = new Uint8Array(base.length + extra.length);
-    both.set(base, 0);
-    both.set(extra, base.length);
-    writeFileSync(join(dir, "run.cpio"), both);
+    writeFileSync(join(dir, "run.cpio"), concatInitrd(base, extra));
 
     // isa-debug-exit makes QEMU exit with (value << 1) | 1 when the guest
     // writes port 0xF4: that carries the exit status, as vmm does. isa-debugcon
