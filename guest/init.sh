@@ -60,12 +60,14 @@ port_write() {
 # Like modprobe, each module gets the parameters the kernel command line names
 # for it (`kvm_amd.npt=0`); busybox insmod alone would not look there.
 if [ -f /etc/vmm/modules ]; then
+	read -r cmdline </proc/cmdline
 	while read -r ko; do
 		[ -n "$ko" ] || continue
 		mod=${ko##*/}
-		mod=$(echo "${mod%.ko}" | tr - _)
+		mod=${mod%.ko}
+		mod=${mod//-/_} # busybox ash, the only shell this init runs in
 		set --
-		for w in $(cat /proc/cmdline); do
+		for w in $cmdline; do
 			case $w in "$mod".*=*) set -- "$@" "${w#"$mod".}" ;; esac
 		done
 		err=$(insmod "$ko" "$@" 2>&1) || warn "insmod ${ko##*/} failed: $err"
