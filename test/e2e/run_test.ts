@@ -59,6 +59,7 @@ set -u
 VMM="${VMM}"
 D=$RUN_DIR
 E=$D/e2e
+rm -rf $E $D/cwd $D/ro $D/tiny # what a run in an L1 that froze left (runNested runs the script again)
 mkdir -p $E $D/cwd $D/ro
 begin() { t0=$(date +%s); }
 say() { echo; echo "@@run $1 rc=$2 s=$(($(date +%s) - t0))"; for s in out err host; do { cat $E/$1.$s 2>/dev/null; echo; } | sed "s/^/@@$1.$s /"; done; }

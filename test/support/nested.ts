@@ -21,11 +21,13 @@
  * names another QEMU build, VMM_NESTED_TCG_THREAD=single runs L1's vCPUs on
  * one host thread (no multi-threaded TCG), VMM_NESTED_DEBUG=1 copies L1's
  * console to stderr as it comes, VMM_NESTED_HANG_S moves the hang watcher's
- * 200 s (`hangWatch`), VMM_NESTED_SMP sets L1's CPUs (2), VMM_NESTED_APPEND
+ * 200 s (`hangWatch`), VMM_NESTED_FROZEN_S the 90 s without L1's heartbeat
+ * after which L1 counts as frozen (`BEAT`), VMM_NESTED_SMP sets L1's CPUs (2), VMM_NESTED_APPEND
  * adds to L1's command line (`kvm_amd.npt=0`: guest/init.sh hands module
  * parameters to insmod).
  */
 import { execFileSync, spawn } from "node:child_process";
+import { connect } from "node:net";
 import { existsSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -43,6 +45,8 @@ export interface NestedOptions {
   cwd?: string;
   /** Extra environment of the script. */
   env?: Record<string, string>;
+  /** How long without L1's heartbeat means L1 froze; default 90 s (VMM_NESTED_FROZEN_S). */
+  frozenMs?: number;
 }
 
 export interface NestedResult {
@@ -52,10 +56,38 @@ export interface NestedResult {
   output: string;
   /** Milliseconds from QEMU's start to the script's start (L1 boot), and in all. */
   ms: { boot: number; total: number };
+  /** Why the first L1 was given up (it froze or its kernel died), when the script had to run again. */
+  retried?: string;
 }
 
 const START = "@@vmm-nested: start@@";
 const EXIT_RE = /\n@@vmm-nested: exit (\d+)@@\n/;
+/**
+ * L1's heartbeat: from the script's start, a loop in L1's initramfs (not in
+ * the chroot, so it needs nothing from 9p) writes this on the console every
+ * HEARTBEAT_S seconds, in one write(2) so that it lands whole, between two
+ * writes of the script. Its own newlines around it make it removable without
+ * a trace: "ab" + BEAT + "c\n" reads "abc\n" once it is taken out.
+ */
+const BEAT = "\n@@vmm-nested: alive@@\n";
+const HEARTBEAT_S = 5;
+/**
+ * No heartbeat for this long means L1's kernel no longer runs its tasks: the
+ * emulator has frozen it (see `qemuArgs`). A vmm or a guest that hangs
+ * does not stop the heartbeat, and is caught by the scenarios' own bounds.
+ */
+const FROZEN_MS = Number(process.env.VMM_NESTED_FROZEN_S || 90) * 1000;
+/** L1 boots in about 5 s; no script start after this long is a frozen boot. */
+const BOOT_LIMIT_MS = 120_000;
+
+/**
+ * L1 itself failed, not the script: it froze (no heartbeat, or no start,
+ * for `FROZEN_MS`) or its kernel died (QEMU ended after the script started
+ * and before its exit status). `runNested` boots once more.
+ */
+export class NestedHostError extends Error {
+  override name = "NestedHostError";
+}
 const REPO = fileURLToPath(new URL("../..", import.meta.url)).replace(/\/$/, "");
 
 
@@ -92,8 +124,26 @@ export async function runNested(script: string, opts: NestedOptions = {}): Promi
     const base = readFileSync(img.initrd);
     const extra = writeCpio(runFiles(script, cwd, shares, opts.env ?? {}));
     writeFileSync(initrd, concatInitrd(base, extra));
+    const qmp = join(dir, "qmp.sock");
     // The ELF kernel boots through PVH without TCG running the decompressor.
-    return await boot(qemuArgs(img.vmlinux ?? img.kernel, initrd, shares), timeoutMs);
+    const args = qemuArgs(img.vmlinux ?? img.kernel, initrd, shares, qmp);
+    const frozenMs = opts.frozenMs ?? FROZEN_MS;
+    const t0 = Date.now();
+    try {
+      return await boot(args, timeoutMs, frozenMs, qmp);
+    } catch (e) {
+      if (!(e instanceof NestedHostError)) throw e;
+      // The emulator froze L1 or broke its kernel (QEMU's TCG under nested
+      // SVM, about once in an hour of L1 time): that run says nothing about
+      // vmm, so the script runs once more in a fresh L1. A second failure of
+      // L1 fails. A hang of vmm or of a guest is not one (L1 still beats)
+      // and is never run again. The script must not depend on what a
+      // cut-short run left in rw shares.
+      process.stderr.write(`vmm-nested: ${e.message}\nvmm-nested: booting a fresh L1 and running the script again (once)\n`);
+      // timeoutMs bounds the whole run: the second L1 has what the first left.
+      const again = await boot(args, timeoutMs - (Date.now() - t0), frozenMs, qmp);
+      return { ...again, retried: e.message.split("; console ends:")[0] };
+    }
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -172,9 +222,13 @@ function runFiles(script: string, cwd: string, shares: string[], env: Record<str
       .sort((a, b) => a.p.length - b.p.length) // parents before children
       .map(({ p, cmd }) => `mkdir -p "$R"${q(p)} && ${cmd} "$R"${q(p)} || fail ${q(`cannot mount ${p}`)}`),
     'mkdir -p "$R/tmp/.vmm-nested" && cp /vmm/wrap.sh "$R/tmp/.vmm-nested/wrap.sh"',
+    `( while sleep ${HEARTBEAT_S}; do printf ${q(BEAT.replace(/\n/g, "\\n"))}; done ) &`,
+    "beat=$!",
+    'echo $beat >"$R/tmp/.vmm-nested/beat.pid"', // a test stops it to play a frozen L1
     `echo ${q(START)}`,
     'env -i chroot "$R" /bin/sh /tmp/.vmm-nested/wrap.sh </dev/null',
     "rc=$?",
+    "kill $beat",
     "printf '\\n@@vmm-nested: exit %d@@\\n' $rc",
     "exit $rc",
   ];
@@ -211,7 +265,7 @@ function bindSource(real: string): string {
 }
 
 /** QEMU's command line for L1. */
-function qemuArgs(kernel: string, initrd: string, shares: string[]): string[] {
+function qemuArgs(kernel: string, initrd: string, shares: string[], qmp: string): string[] {
   const cmdline = [
     "console=ttyS0",
     "panic=-1",
@@ -243,6 +297,7 @@ function qemuArgs(kernel: string, initrd: string, shares: string[]): string[] {
     "-nodefaults", "-no-user-config", "-no-reboot",
     "-display", "none",
     "-serial", "stdio",
+    "-qmp", `unix:${qmp},server=on,wait=off`, // asked where L1's CPUs are if it freezes
     "-kernel", kernel,
     "-initrd", initrd,
     "-append", cmdline,
@@ -257,46 +312,112 @@ function qemuArgs(kernel: string, initrd: string, shares: string[]): string[] {
   return args;
 }
 
-/** Runs QEMU to its end and parses the console. */
-function boot(args: string[], timeoutMs: number): Promise<NestedResult> {
+/**
+ * Runs QEMU to its end and parses the console. Rejects with
+ * `NestedHostError` when L1 stops: no script start within `BOOT_LIMIT_MS`,
+ * or no heartbeat for `frozenMs` (the error names where L1's CPUs stood),
+ * or QEMU ends after the script's start and before its exit status.
+ */
+function boot(args: string[], timeoutMs: number, frozenMs: number, qmp: string): Promise<NestedResult> {
   const debug = !!process.env.VMM_NESTED_DEBUG;
   const t0 = Date.now();
   return new Promise((resolvePromise, reject) => {
     const qemu = spawn(QEMU, args, { stdio: ["ignore", "pipe", "pipe"] });
     const out: Uint8Array[] = [];
     const err: Uint8Array[] = [];
-    let boot = 0;
+    let boot = 0; // when the script started (Date.now()), 0 before
+    let lastBeat = 0;
     let seen = "";
-    let timedOut = false;
+    let ended: "timeout" | "frozen" | "" = "";
+    let frozenWhy = "";
     const timer = setTimeout(() => {
-      timedOut = true;
+      ended = "timeout";
       qemu.kill("SIGKILL");
     }, timeoutMs);
+    const watch = setInterval(() => {
+      const now = Date.now();
+      const silent = boot ? now - lastBeat : now - t0;
+      if (ended || silent < (boot ? frozenMs : BOOT_LIMIT_MS)) return;
+      ended = "frozen";
+      frozenWhy = boot
+        ? `L1 froze: no heartbeat for ${Math.round(silent / 1000)} s, ${Math.round((now - t0) / 1000)} s into the run`
+        : `L1 froze while booting: the script had not started after ${Math.round(silent / 1000)} s`;
+      qmpState(qmp).then((cpus) => {
+        frozenWhy += `; ${cpus}`;
+        qemu.kill("SIGKILL");
+      });
+    }, 1000);
     qemu.stdout.on("data", (b: Uint8Array) => {
       out.push(b);
       if (debug) process.stderr.write(b);
-      if (!boot) {
-        seen = (seen + new TextDecoder().decode(b)).slice(-200);
-        if (seen.includes(START)) boot = Date.now() - t0;
-      }
+      seen = (seen + new TextDecoder().decode(b)).replace(/\r\n/g, "\n");
+      if (!boot && seen.includes(START)) boot = lastBeat = Date.now();
+      const beat = seen.lastIndexOf(BEAT.trim());
+      if (boot && beat >= 0) lastBeat = Date.now();
+      // What is kept can hold the start of a marker, never a whole one seen already.
+      seen = seen.slice(beat >= 0 ? beat + BEAT.length - 2 : 0).slice(-(START.length + BEAT.length));
     });
     qemu.stderr.on("data", (b: Uint8Array) => err.push(b));
     qemu.on("error", (e) => {
       clearTimeout(timer);
+      clearInterval(watch);
       reject(new Error(`qemu-system-x86_64: ${e.message}`));
     });
     qemu.on("close", (status) => {
       clearTimeout(timer);
+      clearInterval(watch);
       const total = Date.now() - t0;
-      const text = decode(out).replace(/\r\n/g, "\n");
+      const text = decode(out).replace(/\r\n/g, "\n").replaceAll(BEAT, "");
       const tail = () => text.slice(-2000) + decode(err).slice(-500);
-      if (timedOut) return reject(new Error(`Nested run timed out after ${timeoutMs} ms; console ends:\n${tail()}`));
+      if (ended === "frozen") return reject(new NestedHostError(`${frozenWhy}; console ends:\n${tail()}`));
+      if (ended === "timeout") return reject(new Error(`Nested run timed out after ${timeoutMs} ms; console ends:\n${tail()}`));
       const start = text.indexOf(START + "\n");
       if (start < 0) return reject(new Error(`L1 did not start the script (QEMU status ${status}); console ends:\n${tail()}`));
       const body = text.slice(start + START.length + 1);
       const m = EXIT_RE.exec(body);
-      if (!m) return reject(new Error(`L1 ended without an exit status (QEMU status ${status}); console ends:\n${tail()}`));
-      resolvePromise({ code: Number(m[1]), output: body.slice(0, m.index), ms: { boot, total } });
+      if (!m) {
+        // Only L1's kernel dying (a panic, then -no-reboot) ends QEMU there.
+        const why = `L1 died: QEMU ended (status ${status}) ${Math.round((Date.now() - boot) / 1000)} s into the script, without its exit status`;
+        return reject(new NestedHostError(`${why}; console ends:\n${tail()}`));
+      }
+      resolvePromise({ code: Number(m[1]), output: body.slice(0, m.index), ms: { boot: boot - t0, total } });
+    });
+  });
+}
+
+/**
+ * Where a frozen L1's CPUs stand, asked of QEMU's monitor: each CPU's RIP,
+ * whether it is halted, its interrupt flag, and its local APIC's pending
+ * (IRR) and in-service (ISR) vectors. A CPU halted with a vector pending in
+ * IRR is the lost interrupt of `qemuArgs`; a CPU spinning with IF=0 is the
+ * one waiting for it. At most 10 s; any failure is said in the answer.
+ */
+function qmpState(path: string): Promise<string> {
+  const cmds = ["info registers -a", "info lapic 0", "info lapic 1"];
+  return new Promise((done) => {
+    let buf = "";
+    const sock = connect(path);
+    const stop = setTimeout(() => finish("QEMU's monitor did not answer in 10 s"), 10_000);
+    function finish(why: string) {
+      clearTimeout(stop);
+      sock.destroy();
+      done(why);
+    }
+    sock.on("error", (e) => finish(`QEMU's monitor: ${e.message}`));
+    sock.on("connect", () => {
+      sock.write('{"execute":"qmp_capabilities"}\n');
+      for (const c of cmds) {
+        sock.write(JSON.stringify({ execute: "human-monitor-command", arguments: { "command-line": c } }) + "\n");
+      }
+    });
+    sock.on("data", (b: Uint8Array) => {
+      buf += new TextDecoder().decode(b);
+      const answers = buf.split("\n").filter((l) => l.includes('"return"')).map((l) => JSON.parse(l).return);
+      // The capabilities' answer, then one per command.
+      if (answers.length < cmds.length + 1) return;
+      const text = answers.slice(1).map((a) => (typeof a === "string" ? a : "")).join("\n");
+      const keep = text.split(/\r?\n/).filter((l) => /^(CPU#|RIP=|dumping local APIC|ISR|IRR|LVTT |Timer)/.test(l.trim()));
+      finish(`L1's CPUs: ${keep.map((l) => l.trim().replace(/\s+/g, " ")).join(" | ")}`);
     });
   });
 }

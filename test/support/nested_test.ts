@@ -78,6 +78,8 @@ test("runNested() runs in a directory under /tmp, which L1's own /tmp would hide
     const r = await runNested(
       [
         'echo "cwd=$(pwd)"',
+        // L1's heartbeat (every 5 s) lands inside this line and leaves no trace.
+        "printf half-; sleep 11; echo line",
         "cat marker.txt",
         "touch marker.txt 2>/dev/null && echo cwd-writable || echo cwd-read-only",
         "touch /tmp/scratch && echo tmp-writable",
@@ -85,11 +87,43 @@ test("runNested() runs in a directory under /tmp, which L1's own /tmp would hide
       { cwd: dir },
     );
     assert.equal(r.code, 0, r.output);
-    assert.equal(r.output, `cwd=${dir}\nfrom-the-host\ncwd-read-only\ntmp-writable\n`);
+    assert.equal(r.output, `cwd=${dir}\nhalf-line\nfrom-the-host\ncwd-read-only\ntmp-writable\n`);
+    assert.equal(r.retried, undefined);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+for (const { how, play, why } of [
+  { how: "whose heartbeat stops is given up as frozen", play: "kill -STOP $(cat /tmp/.vmm-nested/beat.pid); sleep 300", why: /^L1 froze: no heartbeat for 1[5-9] s.*L1's CPUs: CPU#0 .*RIP=[0-9a-f]+.*CPU#1 / },
+  { how: "whose kernel panics is given up as dead", play: "echo c >/proc/sysrq-trigger; sleep 300", why: /^L1 died: QEMU ended \(status 0\) \d+ s into the script, without its exit status/ },
+]) {
+  test(`an L1 ${how}, and the script runs again in a fresh L1`, {
+    skip: !nested.ok && `nested KVM unavailable: ${nested.why}`,
+    timeout: 150_000,
+  }, async () => {
+    // Stopping the heartbeat plays the emulator freezing L1; a sysrq crash,
+    // its kernel dying. The rw share tells the second run from the first.
+    const share = mkdtempSync(join(tmpdir(), "vmm-nested-lost-"));
+    try {
+      const r = await runNested(
+        [
+          `if [ -e ${share}/first ]; then echo second-run; exit 0; fi`,
+          `touch ${share}/first; echo first-run`,
+          play,
+        ].join("\n"),
+        { shareRw: [share], frozenMs: 15_000, timeoutMs: 140_000 },
+      );
+      console.log(`first L1 given up: ${r.retried}`);
+      assert.equal(r.code, 0, r.output);
+      assert.equal(r.output, "second-run\n");
+      // For a freeze, QEMU's monitor said where L1's CPUs were.
+      assert.match(r.retried ?? "", why);
+    } finally {
+      rmSync(share, { recursive: true, force: true });
+    }
+  });
+}
 
 test("runNested() rejects a share that is not a directory", {
   skip: !nested.ok && `nested KVM unavailable: ${nested.why}`,
@@ -125,9 +159,10 @@ test("the default guest boots under QEMU -accel kvm and follows the init protoco
     // writes port 0xF4: that carries the exit status, as vmm does. isa-debugcon
     // at 0xF5 records the ready byte in a file. rtc=on: without a CMOS RTC the
     // kernel's rtc_cmos probe spends seconds of nested-KVM exits on port 0x70.
+    // Each is bounded, so that a guest that hangs leaves its console for the assertions to show.
     const qemu = (tag: string, initrd: string) =>
       [
-        "qemu-system-x86_64 -accel kvm -cpu host -M microvm,rtc=on -m 256M -smp 1",
+        "timeout -k 5 100 qemu-system-x86_64 -accel kvm -cpu host -M microvm,rtc=on -m 256M -smp 1",
         "-nodefaults -no-user-config -no-reboot -display none -serial stdio",
         `-kernel ${g.kernel} -initrd ${initrd} -append 'console=ttyS0 panic=-1 quiet loglevel=1 virtio_blk.queue_depth=64'`,
         "-device virtio-rng-device -device isa-debug-exit,iobase=0xf4,iosize=1",
