@@ -8,6 +8,7 @@
  */
 import { runtime } from "./runtime.ts";
 import { E, SysError } from "./errno.ts";
+import { readFileSync } from "node:fs";
 
 const u64 = "u64" as const, i32 = "i32" as const, i64 = "i64" as const, u32 = "u32" as const;
 
@@ -51,6 +52,8 @@ export const libc = runtime.dlopen("libc.so.6", {
   getrandom: { args: [u64, u64, u32], result: i64 },
   malloc: { args: [u64], result: u64 },
   free: { args: [u64], result: "void" },
+  getrlimit: { args: [i32, u64], result: i32 },
+  setrlimit: { args: [i32, u64], result: i32 },
   getpid: { args: [], result: i32 },
   gettid: { args: [], result: i32 },
   __errno_location: { args: [], result: u64 },
@@ -221,6 +224,38 @@ export function eventfdRead(fd: number): bigint {
 export function pipe(flags = O_CLOEXEC): [number, number] {
   check("pipe2", libc.pipe2(scratch.addr, flags));
   return [scratch.view.getInt32(0, true), scratch.view.getInt32(4, true)];
+}
+
+const RLIMIT_NOFILE = 7;
+
+/** This process's open-file limits (RLIMIT_NOFILE): soft and hard; RLIM_INFINITY is 2^64-1. */
+export function fdLimit(): { soft: bigint; hard: bigint } {
+  check("getrlimit", libc.getrlimit(RLIMIT_NOFILE, scratch.addr));
+  return { soft: scratch.view.getBigUint64(0, true), hard: scratch.view.getBigUint64(8, true) };
+}
+
+/**
+ * Raise this process's open-file limit as far as it may go, as virtiofsd
+ * does: a virtio-fs server holds an O_PATH fd for every host file the
+ * guest's kernel keeps an inode of, until the guest forgets it, and a
+ * `find` over 10,000 files outgrows the usual soft limit of 1024. The soft
+ * limit goes up to the hard one; a privileged process (root in a container
+ * or the nested host) lifts the hard limit to fs.nr_open too. Returns the
+ * soft limit now in force. The limit is the process's: every Worker shares it.
+ */
+export function raiseFdLimit(): bigint {
+  const { soft, hard } = fdLimit();
+  let nrOpen = 0n;
+  try {
+    nrOpen = BigInt(readFileSync("/proc/sys/fs/nr_open", "utf8").trim());
+  } catch { /* no procfs: the hard limit is as far as it goes */ }
+  for (const lim of nrOpen > hard ? [nrOpen, hard] : [hard]) {
+    if (lim <= soft) break;
+    scratch.view.setBigUint64(0, lim, true);
+    scratch.view.setBigUint64(8, lim, true);
+    if (libc.setrlimit(RLIMIT_NOFILE, scratch.addr) === 0) return lim;
+  }
+  return soft;
 }
 
 /**

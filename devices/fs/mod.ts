@@ -21,6 +21,7 @@ import {
   FsRequestQueue,
   VIRTIO_ID_FS,
 } from "./device.ts";
+import { raiseFdLimit } from "../../ffi/libc.ts";
 import { closeForgetPipe, openForgetPipe } from "./forget.ts";
 import { checkShares, parseShareOptions, type ShareOption } from "./share_option.ts";
 
@@ -56,6 +57,8 @@ export const fsKind: DeviceKind<FsSpec, FsOptions> = {
   open(o) {
     const shares = o.shares ?? [];
     checkShares(shares);
+    // Each inode the guest holds is an O_PATH fd here (inodes.ts).
+    if (shares.length) raiseFdLimit();
     const specs: FsSpec[] = [];
     try {
       for (const s of shares) {
