@@ -236,7 +236,11 @@ class VcpuThread {
       case EXIT.SHUTDOWN:
         // A triple fault: the guest crashed; a guest that wants a reset asks
         // through the i8042 or the ACPI reset register instead.
-        this.#end(EXIT_KIND.TRIPLE_FAULT, 0, `vCPU ${this.init.id}: the guest triple-faulted (KVM_EXIT_SHUTDOWN) at rip 0x${this.#rip()}`);
+        // On AMD, KVM has already reset the vCPU (the VMCB is undefined after
+        // a shutdown), so its rip is the reset vector, not where it faulted.
+        const rip = this.#rip();
+        const where = rip === "fff0" ? "(where is lost: KVM reset the vCPU)" : `at rip 0x${rip}`;
+        this.#end(EXIT_KIND.TRIPLE_FAULT, 0, `vCPU ${this.init.id}: the guest triple-faulted (KVM_EXIT_SHUTDOWN) ${where}`);
         return;
       case EXIT.SYSTEM_EVENT: {
         const t = v.getUint32(RUN.SYSTEM_EVENT_TYPE, true);
