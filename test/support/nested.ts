@@ -363,7 +363,7 @@ function boot(args: string[], timeoutMs: number, frozenMs: number, qmp: string):
       clearInterval(watch);
       reject(new Error(`qemu-system-x86_64: ${e.message}`));
     });
-    qemu.on("close", (status) => {
+    qemu.on("close", (status, signal) => {
       clearTimeout(timer);
       clearInterval(watch);
       const total = Date.now() - t0;
@@ -375,8 +375,9 @@ function boot(args: string[], timeoutMs: number, frozenMs: number, qmp: string):
       if (start < 0) return reject(new Error(`L1 did not start the script (QEMU status ${status}); console ends:\n${tail()}`));
       const body = text.slice(start + START.length + 1);
       const m = EXIT_RE.exec(body);
+      if (!m && signal) return reject(new Error(`QEMU was killed (${signal}) before the script's exit status; console ends:\n${tail()}`));
       if (!m) {
-        // Only L1's kernel dying (a panic, then -no-reboot) ends QEMU there.
+        // Only L1's kernel dying (a panic, then -no-reboot) ends QEMU there by itself.
         const why = `L1 died: QEMU ended (status ${status}) ${Math.round((Date.now() - boot) / 1000)} s into the script, without its exit status`;
         return reject(new NestedHostError(`${why}; console ends:\n${tail()}`));
       }
