@@ -21,31 +21,32 @@ cd "$(dirname "$0")/.."
 
 PKGS=(qemu-system-x86 busybox-static cpio kmod xz-utils lz4 zstd e2fsprogs acpica-tools util-linux iproute2 ca-certificates umoci runc)
 
-missing=()
-for p in "${PKGS[@]}"; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
 SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo
-if [ ${#missing[@]} -gt 0 ]; then
-	echo "setup: installing ${missing[*]}"
-	$SUDO apt-get update -q
-	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${PKGS[@]}"
-fi
-# The nested host needs QEMU 10 (bookworm-backports), not bookworm's 7.2,
-# whose TCG froze or corrupted the nested host about once a full suite
-# (test/support/nested.ts; README). Trixie and later have 10 already.
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+missing=()
+for p in "${PKGS[@]}"; do
+	[ "$p" = qemu-system-x86 ] || installed "$p" || missing+=("$p")
+done
+# The nested host needs QEMU 10, not bookworm's 7.2, whose TCG froze or
+# corrupted the nested host about once a full suite (test/support/nested.ts;
+# README): on bookworm it comes from bookworm-backports, whose list goes in
+# before the one apt-get update, so that 7.2 is never fetched. Trixie and
+# later have 10 already.
+qemu=()
 qemu_ver=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)
-if ! dpkg --compare-versions "${qemu_ver:-0}" ge 1:10; then
-	if grep -q '^VERSION_CODENAME=bookworm$' /etc/os-release; then
-		list=/etc/apt/sources.list.d/vmm-bookworm-backports.list
-		if ! apt-cache policy | grep -q bookworm-backports; then
-			echo "deb http://deb.debian.org/debian bookworm-backports main" | $SUDO tee "$list" >/dev/null
-		fi
-		echo "setup: installing QEMU 10 from bookworm-backports (have ${qemu_ver:-none})"
-		$SUDO apt-get update -q
-		DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86
+installed qemu-system-x86 && dpkg --compare-versions "${qemu_ver:-0}" ge 1:10 || qemu=(qemu-system-x86)
+if [ ${#qemu[@]} -gt 0 ] && grep -q '^VERSION_CODENAME=bookworm$' /etc/os-release; then
+	qemu=(-t bookworm-backports qemu-system-x86)
+	if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+		echo "deb http://deb.debian.org/debian bookworm-backports main" | $SUDO tee /etc/apt/sources.list.d/vmm-bookworm-backports.list >/dev/null
 	fi
+fi
+if [ ${#missing[@]} -gt 0 ] || [ ${#qemu[@]} -gt 0 ]; then
+	echo "setup: installing ${missing[*]} ${qemu[*]}${qemu_ver:+ (have QEMU $qemu_ver)}"
+	$SUDO apt-get update -q
+	[ ${#missing[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+	[ ${#qemu[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${qemu[@]}"
 fi
 # apt-get download needs package lists even when everything is installed.
 if ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
