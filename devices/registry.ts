@@ -2,12 +2,10 @@
  * Every kind of virtio device vmm has, in the order the guest sees them:
  * disks first (vda, vdb, …), then network cards, entropy, the console, the
  * shared directories. Adding a kind is a folder under devices/ with a
- * `DeviceKind` (devices/virtio/kind.ts), one line here and one in
- * devices/kinds.ts (how a Worker loads it alone); the CLI and mod.ts's
- * MachineOptions take it from this list.
+ * `DeviceKind` (devices/virtio/kind.ts) and one line here; the CLI, mod.ts's
+ * MachineOptions and the Workers take it from this list.
  */
-import type { DeviceKind } from "./virtio/kind.ts";
-import { registerKinds } from "./kinds.ts";
+import type { DeviceKind, DeviceSpec } from "./virtio/kind.ts";
 import { type BlkOptions, blkKind, type BlkSpec } from "./blk/mod.ts";
 import { type NetDeviceSpec, netKind, type NetOptions } from "./net/mod.ts";
 import { rngKind, type RngOptions, type RngSpec } from "./rng/mod.ts";
@@ -24,5 +22,11 @@ export type DeviceOptions = BlkOptions & NetOptions & RngOptions & FsOptions & S
 /** Any device's spec. */
 export type VirtioSpec = BlkSpec | NetDeviceSpec | RngSpec | ConsoleSpec | FsSpec | StdioSpec;
 
-registerKinds(DEVICE_KINDS);
-export { kindOf } from "./kinds.ts";
+const byName = new Map(DEVICE_KINDS.map((k) => [k.kind, k]));
+
+/** The kind of `spec`; throws for a kind this build does not have. */
+export function kindOf(spec: DeviceSpec): DeviceKind {
+  const k = byName.get(spec.kind);
+  if (!k) throw new RangeError(`Unknown virtio device kind '${spec.kind}'`);
+  return k;
+}

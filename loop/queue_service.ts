@@ -12,7 +12,7 @@ import { GuestError, Virtqueue } from "../devices/virtio/ring.ts";
 import type { QueueHandler } from "../devices/virtio/queue_handler.ts";
 import { type MmioTransport, VIRTIO_MMIO_INT_VRING } from "../devices/virtio/mmio.ts";
 import type { DeviceSpec, HandlerContext } from "../devices/virtio/kind.ts";
-import { kindOf } from "../devices/kinds.ts";
+import { kindOf } from "../devices/registry.ts";
 import { QPOS } from "./shared.ts";
 
 export interface QueueServiceOptions {

@@ -39,8 +39,6 @@
  * FUZZ_CASES override the defaults; a failure names its case and seed.
  */
 
-// Every kind known to device.ts and queue_service.ts, as on the main thread (devices/kinds.ts).
-import "../devices/registry.ts";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import process from "node:process";

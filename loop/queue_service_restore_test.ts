@@ -5,8 +5,6 @@
  * the same guest memory and registers starts with `restored` and goes on
  * from there: it neither serves the old requests again nor rewinds used.idx.
  */
-// Every kind known to device.ts and queue_service.ts, as on the main thread (devices/kinds.ts).
-import "../devices/registry.ts";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { hostGuestMemory } from "../test/support/host_memory.ts";

@@ -4,8 +4,6 @@
  * restart or the VM's stop, so a device can give back what it opened on the
  * host (virtio-fs: the share's fds). A pause keeps it.
  */
-// Every kind known to device.ts and queue_service.ts, as on the main thread (devices/kinds.ts).
-import "../devices/registry.ts";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { hostGuestMemory } from "../test/support/host_memory.ts";

@@ -27,13 +27,12 @@ import { transportFor } from "../devices/virtio/device.ts";
 import { DEV, DEVICE_STATE_WORDS, Q, queuePosWord, queueRunWord, recordExit, SHARED_BYTES, sharedViews, VIRTIO_BLOCK_BYTES } from "./shared.ts";
 import { deviceHandler, QueueService } from "./queue_service.ts";
 import { workerMain } from "./workers.ts";
-import { loadKinds } from "../devices/kinds.ts";
 import type { QueueInit } from "./messages.ts";
 
 workerMain((init: QueueInit) => {
   const thread = new QueueThread(init);
   return () => thread.run();
-}, (init) => loadKinds([init.device.spec.kind]));
+});
 
 class QueueThread {
   readonly init: QueueInit;

@@ -31,13 +31,12 @@ import {
   VCPU, VCPU_STATE_WORD, VIRTIO_BLOCK_BYTES,
 } from "./shared.ts";
 import { workerMain } from "./workers.ts";
-import { loadKinds } from "../devices/kinds.ts";
 import type { VcpuInit, VirtioDeviceInit } from "./messages.ts";
 
 workerMain((init: VcpuInit) => {
   const vcpu = new VcpuThread(init);
   return () => vcpu.run();
-}, (init) => loadKinds(init.virtio.map((d) => d.spec.kind)));
+});
 
 const KVM_RUN = BigInt(KVM.RUN);
 /** How long a device reset waits for its queue Workers to finish the request in hand. */

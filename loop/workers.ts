@@ -94,22 +94,17 @@ export async function joinWorkers(handles: readonly WorkerHandle[], ms: number):
 const self_ = globalThis as any;
 
 /**
- * The body of a Worker script: on the init message, `prepare(init)` loads
- * what this Worker needs (the device kinds it serves, devices/kinds.ts),
- * then `setup(init)` builds the thread's state and returns its loop; the loop runs until it returns. What
+ * The body of a Worker script: on the init message, `setup(init)` builds the
+ * thread's state and returns its loop; the loop runs until it returns. What
  * `setup` throws goes back as `{ ok: false, error }`; the loop must not throw
  * (a Worker reports trouble through shared memory), but if it does the
  * Worker still ends cleanly.
  */
-export function workerMain<I>(
-  setup: (init: I, post: (data: unknown) => void) => () => void,
-  prepare?: (init: I) => Promise<void>,
-): void {
-  self_.onmessage = async (ev: MessageEvent<I>) => {
+export function workerMain<I>(setup: (init: I, post: (data: unknown) => void) => () => void): void {
+  self_.onmessage = (ev: MessageEvent<I>) => {
     self_.onmessage = null;
     let loop: () => void;
     try {
-      await prepare?.(ev.data);
       loop = setup(ev.data, (d) => self_.postMessage(d));
     } catch (e) {
       self_.postMessage({ ok: false, error: (e as Error).message });

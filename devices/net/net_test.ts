@@ -12,8 +12,6 @@
  * kernel's reply, a header the TAP refuses costs one frame, a deleted link
  * ends both directions with one line each.
  */
-// Every kind known to device.ts and queue_service.ts, as on the main thread (devices/kinds.ts).
-import "../registry.ts";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { close, EAGAIN, errno, libc, NativeBuf, pipe, POLLERR } from "../../ffi/libc.ts";

@@ -9,8 +9,6 @@
  * it calls `kick()` after the guest adds buffers, and `input()` when a
  * handler's input fd polls readable (control rx's eventfd, the stdin pipe).
  */
-// Every kind known to device.ts and queue_service.ts, as on the main thread (devices/kinds.ts).
-import "../registry.ts";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";

@@ -12,7 +12,7 @@
  */
 import { VIRTIO_IRQ_START, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START } from "../../boot/layout.ts";
 import { DEV, VIRTIO_CONFIG_MAX, VIRTIO_MAX_QUEUES } from "../../loop/shared.ts";
-import { kindOf } from "../kinds.ts";
+import { kindOf } from "../registry.ts";
 import type { DeviceModel, DeviceSpec } from "./kind.ts";
 import { MmioTransport, mmioStateWords } from "./mmio.ts";
 

@@ -1,8 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { deviceNames, describe, MAX_VIRTIO_DEVICES, virtioCmdline, virtioSlot } from "./device.ts";
-// The registry, as on the main thread: importing it makes every kind known to device.ts (devices/kinds.ts).
-import "../registry.ts";
 import type { VirtioSpec } from "../registry.ts";
 import { buildDsdt } from "../../boot/acpi.ts";
 
