@@ -18,14 +18,15 @@
  * A benchmark, not a test: nothing here is asserted.
  */
 import { parseArgs } from "node:util";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
+import { median } from "./bench/common.ts";
+import { driverFiles, requireNested, runDriverNested } from "./bench/nested.ts";
 import { kvmKind } from "../vm/host.ts";
 import { DEFAULT_CMDLINE } from "../mod.ts";
-import { defaultCacheDir, ensureDefaultGuest } from "../guest/build.ts";
+import { ensureDefaultGuest } from "../guest/build.ts";
 import { type BlkRecord, type BlkResult, CPUS, fromRecords, MEM_MIB, type Phase, type PhaseSample, PHASES, qemuArgv, runBlkBench } from "./bench/blk_driver.ts";
 
 const REPO = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "");
@@ -59,6 +60,7 @@ if (!(runs >= 1) || !(warmup >= 0) || !(sizeMiB >= 1) || !(randOps >= 1) || !(ti
   process.exit(2);
 }
 
+const say = (s: string) => console.error(`bench-blk: ${s}`);
 const img = await ensureDefaultGuest({ log: (s) => console.error(`bench-blk: ${s}`) });
 const started = Date.now();
 let result: BlkResult;
@@ -70,91 +72,26 @@ if (kind === "hardware") {
   where = "hardware KVM (this host's /dev/kvm); image in " + tmpdir();
   result = await runBlkBench({ ...driverOpts, repo: REPO, log: (l) => console.error(`bench-blk: ${l}`) });
 } else {
-  const { nestedAvailable, runNested } = await import("../test/support/nested.ts");
-  const ok = nestedAvailable();
-  if (!ok.ok) {
-    console.error(`bench-blk: /dev/kvm here is ${kind}, and the nested KVM host cannot run: ${ok.why}`);
-    process.exit(1);
-  }
+  requireNested(kind, say);
   where = `nested: L1 = QEMU TCG -cpu max (AMD SVM), 2 vCPUs, 4 GiB; real KVM (kvm-amd) inside L1; image on L1's tmpfs; this host's /dev/kvm is ${kind}`;
-  const dir = mkdtempSync(join(tmpdir(), "vmm-bench-blk-"));
-  const progress = join(dir, "progress.log");
-  const records = join(dir, "records.jsonl");
-  writeFileSync(progress, "");
-  writeFileSync(records, "");
+  const files = driverFiles("vmm-bench-blk-");
   const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
   const script = [
     "bun scripts/bench/blk_driver.ts",
     `--kernel ${q(img.kernel)} --initrd ${q(img.initrd)} --cmdline ${q(DEFAULT_CMDLINE)}`,
     `--runs ${runs} --warmup ${warmup} --timeout-ms ${timeoutMs} --size ${sizeMiB} --rand-ops ${randOps}`,
-    `--json /dev/null --progress ${q(progress)} --records ${q(records)}`,
+    `--json /dev/null --progress ${q(files.progress)} --records ${q(files.records)}`,
   ].join(" ");
-  // Progress and results come through the shared directory while L1 runs;
-  // silence for longer than a run's limit plus a minute means L1 is wedged.
-  const stallMs = timeoutMs + 60_000;
-  let shown = 0;
-  let lastNews = Date.now();
-  let stalled = false;
-  const tick = setInterval(() => {
-    try {
-      const text = readFileSync(progress, "utf8");
-      const lines = text.slice(shown).split("\n").slice(0, -1);
-      for (const l of lines) console.error(`bench-blk: ${l}`);
-      shown = text.lastIndexOf("\n") + 1;
-      if (lines.length) lastNews = Date.now();
-    } catch { /* not yet */ }
-    if (shown > 0 && Date.now() - lastNews > stallMs && !stalled) {
-      stalled = true;
-      const pid = nestedQemuPid();
-      console.error(`bench-blk: no news from L1 for ${stallMs / 1000} s: ending its QEMU (pid ${pid ?? "?"})`);
-      if (pid) process.kill(pid, "SIGKILL");
-    }
-  }, 2000);
-  const budget = 180_000 + (warmup + runs) * 3 * timeoutMs;
-  console.error(`bench-blk: running in the nested KVM host (L1 boots first, ~10 s); limit ${Math.round(budget / 60000)} min`);
-  let problem = "";
-  try {
-    const r = await runNested(script, { cwd: REPO, timeoutMs: budget, env: { VMM_CACHE: defaultCacheDir() }, shareRw: [dir] });
-    if (r.code !== 0) problem = `the driver failed in L1 (status ${r.code}); its output ends:\n${r.output.slice(-4000)}`;
-    where += `; L1 boot ${(r.ms.boot / 1000).toFixed(1)} s`;
-  } catch (e) {
-    problem = (stalled ? "L1 stalled and was ended. " : "") + (e as Error).message.slice(-3000);
-  } finally {
-    clearInterval(tick);
-  }
-  const recs = readFileSync(records, "utf8").split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l) as BlkRecord);
-  rmSync(dir, { recursive: true, force: true });
-  if (problem) {
-    console.error(`bench-blk: ${problem}`);
-    if (!recs.some((r) => r.type === "sample")) process.exit(1);
-    console.error("bench-blk: the table below holds only the runs finished before that");
-    partial = true;
-  }
+  // Progress and records come through the shared directory while L1 runs (scripts/bench/nested.ts).
+  const run = await runDriverNested<BlkRecord>(files, script, { say, budgetMs: 180_000 + (warmup + runs) * 3 * timeoutMs, stallMs: timeoutMs + 60_000 });
+  if (run.where) where += `; ${run.where}`;
+  partial = run.partial;
+  const recs = run.records;
   result = fromRecords(recs);
-}
-
-/** The pid of the nested host's QEMU: this process's qemu-system-x86_64 child. */
-function nestedQemuPid(): number | undefined {
-  const me = process.pid;
-  for (const d of readdirSync("/proc")) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = readFileSync(`/proc/${d}/stat`, "utf8");
-      const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      if (ppid === me && comm.startsWith("qemu-system")) return Number(d);
-    } catch { /* gone */ }
-  }
-  return undefined;
 }
 
 // ---------- the table ----------
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const n = s.length;
-  return n === 0 ? NaN : n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-};
 
 interface Metric {
   label: string;

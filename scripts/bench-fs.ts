@@ -27,15 +27,16 @@
  * A benchmark, not a test: nothing here is asserted.
  */
 import { parseArgs } from "node:util";
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { randomFillSync } from "node:crypto";
 import { execFileSync } from "node:child_process";
-import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
+import { median } from "./bench/common.ts";
+import { driverFiles, requireNested, runDriverNested } from "./bench/nested.ts";
 import { kvmKind } from "../vm/host.ts";
-import { defaultCacheDir, ensureDefaultGuest } from "../guest/build.ts";
+import { ensureDefaultGuest } from "../guest/build.ts";
 import { type FsRecord, type FsResult, type FsSample, fromRecords, hostInfo, q, runFsBench, type Side, TREE_DIRS, TREE_FILES_PER_DIR, workloadSteps } from "./bench/fs_driver.ts";
 
 const REPO = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "");
@@ -97,66 +98,20 @@ if (kind === "hardware") {
   where = "hardware KVM (this host's /dev/kvm); native = this host";
   result = await runFsBench({ ...driverArgs, repo: REPO, log: say });
 } else {
-  const { nestedAvailable, runNested } = await import("../test/support/nested.ts");
-  const ok = nestedAvailable();
-  if (!ok.ok) {
-    say(`/dev/kvm here is ${kind}, and the nested KVM host cannot run: ${ok.why}`);
-    process.exit(1);
-  }
+  requireNested(kind, say);
   where = `nested: L1 = QEMU TCG -cpu max (AMD SVM), 2 vCPUs, 4 GiB, real KVM (kvm-amd) inside L1; native = L1; this host's /dev/kvm is ${kind}`;
-  const dir = mkdtempSync(join(tmpdir(), "vmm-bench-fs-"));
-  const progress = join(dir, "progress.log");
-  const records = join(dir, "records.jsonl");
-  writeFileSync(progress, "");
-  writeFileSync(records, "");
+  const files = driverFiles("vmm-bench-fs-");
   const script = [
     "bun scripts/bench/fs_driver.ts",
     `--big ${q(big)} --tree ${q(tree)} --runs ${runs} --stdout-mib ${stdoutMiB} --serial-kib ${serialKiB} --timeout-ms ${timeoutMs}`,
     `--warm ${q(img.kernel)} --warm ${q(img.initrd)}`,
-    `--json /dev/null --progress ${q(progress)} --records ${q(records)}`,
+    `--json /dev/null --progress ${q(files.progress)} --records ${q(files.records)}`,
   ].join(" ");
-  // Progress and results come through the shared directory while L1 runs;
-  // silence for longer than a command's limit plus a minute means L1 is wedged.
-  const stallMs = timeoutMs + 60_000;
-  let shown = 0;
-  let lastNews = Date.now();
-  let stalled = false;
-  const tick = setInterval(() => {
-    try {
-      const text = readFileSync(progress, "utf8");
-      const lines = text.slice(shown).split("\n").slice(0, -1);
-      for (const l of lines) say(l);
-      shown = text.lastIndexOf("\n") + 1;
-      if (lines.length) lastNews = Date.now();
-    } catch { /* not yet */ }
-    if (shown > 0 && Date.now() - lastNews > stallMs && !stalled) {
-      stalled = true;
-      const pid = nestedQemuPid();
-      say(`no news from L1 for ${stallMs / 1000} s: ending its QEMU (pid ${pid ?? "?"})`);
-      if (pid) process.kill(pid, "SIGKILL");
-    }
-  }, 2000);
-  // A boot is 15–20 s nested; a run is five boots plus the workload.
-  const budget = 300_000 + runs * 6 * 60_000;
-  say(`running in the nested KVM host (L1 boots first, ~10 s; its first pass reads the fixtures over 9p); limit ${Math.round(budget / 60000)} min`);
-  let problem = "";
-  try {
-    const r = await runNested(script, { cwd: REPO, timeoutMs: budget, env: { VMM_CACHE: defaultCacheDir() }, shareRw: [dir] });
-    if (r.code !== 0) problem = `the driver failed in L1 (status ${r.code}); its output ends:\n${r.output.slice(-4000)}`;
-    where += `; L1 boot ${(r.ms.boot / 1000).toFixed(1)} s`;
-  } catch (e) {
-    problem = (stalled ? "L1 stalled and was ended. " : "") + (e as Error).message.slice(-3000);
-  } finally {
-    clearInterval(tick);
-  }
-  const recs = readFileSync(records, "utf8").split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l) as FsRecord);
-  rmSync(dir, { recursive: true, force: true });
-  if (problem) {
-    say(problem);
-    if (!recs.some((r) => r.type === "sample")) process.exit(1);
-    say("the table below holds only what was measured before that");
-    partial = true;
-  }
+  // Progress and records come through the shared directory while L1 runs (scripts/bench/nested.ts).
+  const run = await runDriverNested<FsRecord>(files, script, { say, budgetMs: 300_000 + runs * 6 * 60_000, stallMs: timeoutMs + 60_000 });
+  if (run.where) where += `; ${run.where}`;
+  partial = run.partial;
+  const recs = run.records;
   result = fromRecords(recs);
 }
 
@@ -199,28 +154,8 @@ function residency(file: string): number | undefined {
   }
 }
 
-/** The pid of the nested host's QEMU: this process's qemu-system-x86_64 child. */
-function nestedQemuPid(): number | undefined {
-  const me = process.pid;
-  for (const d of readdirSync("/proc")) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = readFileSync(`/proc/${d}/stat`, "utf8");
-      const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
-      const ppid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      if (ppid === me && comm.startsWith("qemu-system")) return Number(d);
-    } catch { /* gone */ }
-  }
-  return undefined;
-}
-
 // ---------- the table ----------
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const n = s.length;
-  return n === 0 ? NaN : n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
-};
 /** A number with about three significant digits, no exponent. */
 const num = (v: number) => {
   if (!Number.isFinite(v)) return "–";

@@ -26,6 +26,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
+import { median } from "./bench/common.ts";
 import { kvmKind } from "../vm/host.ts";
 import { concatInitrd, DEFAULT_CMDLINE, runArchive } from "../mod.ts";
 import { defaultCacheDir, ensureDefaultGuest } from "../guest/build.ts";
@@ -158,10 +159,6 @@ for (const line of output.split("\n")) {
 
 if (Object.keys(CONTENDERS).some((n) => !samples.has(n))) console.error(`bench-net: output tail:\n${output.slice(-2500)}`);
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length ? (s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2) : NaN;
-};
 const med = (name: string, k: keyof Sample) => median((samples.get(name) ?? []).map((s) => s[k]));
 const rows: [string, keyof Sample, number][] = [
   ["guest → host TCP (MiB/s)", "g2h", 1],

@@ -35,6 +35,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, wri
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
+import { indent, rotateContenders } from "./common.ts";
 import { concatInitrd, runArchive } from "../../mod.ts";
 import { S_IFDIR, S_IFREG, writeCpio } from "../../guest/cpio.ts";
 import { randreadElf } from "./randread_elf.ts";
@@ -208,34 +209,15 @@ export async function runBlkBench(o: BlkBenchOptions): Promise<BlkResult> {
     const list = contenders({ kernel: o.kernel, initrd, qemuInitrd, cmdline: o.cmdline, image, script });
     const results: ContenderResult[] = list.map((c) => ({ ...c, runs: [], failures: [] }));
     emit({ type: "host", host: hostInfo(), contenders: list, sizeMiB, randOps });
-    const dead = new Set<number>();
-    for (let i = 0; i < warmup + o.runs; i++) {
-      const measured = i >= warmup;
-      const label = measured ? `run ${i - warmup + 1}/${o.runs}` : `warm-up ${i + 1}/${warmup}`;
-      for (let k = 0; k < list.length; k++) {
-        const idx = (i + k) % list.length; // rotate who goes first
-        if (dead.has(idx)) continue;
-        const c = list[idx];
-        try {
-          const s = await runOnce(c, o.repo, timeoutMs, tmp, { sizeMiB, randOps }, (l) => log(`${label} ${c.name}: ${l}`));
-          log(`${label} ${c.name}: ` + PHASES.map((p) => `${p} ${rate(p, s[p])}, cpu ${s[p].cpuSec.toFixed(2)} s (+ ${s[p].guestCpuSec.toFixed(2)} s in guest mode)`).join("; "));
-          if (measured) {
-            results[idx].runs.push(s);
-            emit({ type: "sample", name: c.name, sample: s });
-          }
-        } catch (e) {
-          const msg = (e as Error).message;
-          log(`${label} ${c.name}: FAILED: ${msg}`);
-          results[idx].failures.push(`${label}: ${msg}`);
-          emit({ type: "failure", name: c.name, msg: `${label}: ${msg}` });
-          // A contender that fails its warm-up or twice in all is dropped.
-          if (!measured || results[idx].failures.length >= 2) {
-            dead.add(idx);
-            log(`${c.name}: dropped from the remaining runs`);
-          }
-        }
-      }
-    }
+    await rotateContenders(list, results, {
+      warmup,
+      runs: o.runs,
+      log,
+      run: (c, say) => runOnce(c, o.repo, timeoutMs, tmp, { sizeMiB, randOps }, say),
+      describe: (s) => PHASES.map((p) => `${p} ${rate(p, s[p])}, cpu ${s[p].cpuSec.toFixed(2)} s (+ ${s[p].guestCpuSec.toFixed(2)} s in guest mode)`).join("; "),
+      onSample: (c, s) => emit({ type: "sample", name: c.name, sample: s }),
+      onFailure: (c, msg) => emit({ type: "failure", name: c.name, msg }),
+    });
     return { host: hostInfo(), sizeMiB, randOps, contenders: results };
   } finally {
     if (!o.dir) rmSync(tmp, { recursive: true, force: true });
@@ -396,10 +378,6 @@ function runOnce(
     closeSync(inFd);
     rmSync(fifo, { force: true });
   });
-}
-
-function indent(s: string): string {
-  return s.replace(/\r/g, "").split("\n").map((l) => "  | " + l).join("\n");
 }
 
 /** The archive appended to the default guest's initramfs for the benchmark: `/bench/randread`. */

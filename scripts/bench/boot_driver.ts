@@ -38,6 +38,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
+import { indent, rotateContenders } from "./common.ts";
 
 export const MARKER = "vmm-guest: ready";
 export const MEM_MIB = 512;
@@ -177,39 +178,21 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
   const results: ContenderResult[] = list.map((c) => ({ name: c.name, argv: c.argv, runs: [], failures: [] }));
   const emit = o.onRecord ?? (() => {});
   emit({ type: "host", host: hostInfo(), contenders: list });
-  const dead = new Set<number>();
   const tmp = mkdtempSync(join(tmpdir(), "vmm-bench-"));
   try {
-    for (let i = 0; i < warmup + o.runs; i++) {
-      const measured = i >= warmup;
-      const label = measured ? `run ${i - warmup + 1}/${o.runs}` : `warm-up ${i + 1}/${warmup}`;
-      for (let k = 0; k < list.length; k++) {
-        const idx = (i + k) % list.length; // rotate who goes first
-        if (dead.has(idx)) continue;
-        const c = list[idx];
-        try {
-          const s = await runOnce(c, o.repo, timeoutMs, tmp, (l) => log(`${label} ${c.name}: ${l}`));
-          log(`${label} ${c.name}: ready ${s.readyMs.toFixed(0)} ms, ` +
-            (s.exitMs !== undefined ? `exit ${s.exitMs.toFixed(0)} ms` : "exit – (poweroff -f ignored, stopped with SIGTERM)") +
-            `, peak ${(s.peakKiB / 1024).toFixed(1)} MiB` + (s.resent ? ` (poweroff re-sent ${s.resent}x)` : ""));
-          if (s.note && !measured) log(`${c.name}: ${s.note}`);
-          if (measured) {
-            results[idx].runs.push(s);
-            emit({ type: "sample", name: c.name, sample: s });
-          }
-        } catch (e) {
-          const msg = (e as Error).message;
-          log(`${label} ${c.name}: FAILED: ${msg}`);
-          results[idx].failures.push(`${label}: ${msg}`);
-          emit({ type: "failure", name: c.name, msg: `${label}: ${msg}` });
-          // A contender that fails its warm-up or twice in all is dropped.
-          if (!measured || results[idx].failures.length >= 2) {
-            dead.add(idx);
-            log(`${c.name}: dropped from the remaining runs`);
-          }
-        }
-      }
-    }
+    const dead = await rotateContenders(list, results, {
+      warmup,
+      runs: o.runs,
+      log,
+      run: (c, say) => runOnce(c, o.repo, timeoutMs, tmp, say),
+      describe: (s, c, measured) =>
+        `ready ${s.readyMs.toFixed(0)} ms, ` +
+        (s.exitMs !== undefined ? `exit ${s.exitMs.toFixed(0)} ms` : "exit – (poweroff -f ignored, stopped with SIGTERM)") +
+        `, peak ${(s.peakKiB / 1024).toFixed(1)} MiB` + (s.resent ? ` (poweroff re-sent ${s.resent}x)` : "") +
+        (s.note && !measured ? `\n${c.name}: ${s.note}` : ""),
+      onSample: (c, s) => emit({ type: "sample", name: c.name, sample: s }),
+      onFailure: (c, msg) => emit({ type: "failure", name: c.name, msg }),
+    });
     const startupRuns = o.startupRuns ?? 0;
     for (let i = 0; i < startupRuns; i++) {
       for (const [idx, c] of list.entries()) {
@@ -426,10 +409,6 @@ function memoryAtReady(pid: number | undefined): Partial<RunSample> {
   } catch {
     return {};
   }
-}
-
-function indent(s: string): string {
-  return s.replace(/\r/g, "").split("\n").map((l) => "  | " + l).join("\n");
 }
 
 /** CLI: `bun scripts/bench/boot_driver.ts --kernel K --initrd I --cmdline C [--runs N] [--json FILE]`. */

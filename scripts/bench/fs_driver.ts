@@ -40,6 +40,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, sta
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
+import { indent } from "./common.ts";
 import { exitOf } from "../../test/support/vmm_cli.ts";
 
 /** Files in the synthetic metadata tree: TREE_DIRS directories of TREE_FILES_PER_DIR files. */
@@ -393,10 +394,6 @@ export function hostInfo(repo: string, big: string): FsHost {
 /** Single-quotes a string for sh. */
 export function q(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
-}
-
-function indent(s: string): string {
-  return s.replace(/\r/g, "").split("\n").map((l) => "  | " + l).join("\n");
 }
 
 /** CLI: `bun scripts/bench/fs_driver.ts --big FILE --tree DIR [--runs N] [--records FILE] [--progress FILE]`. */

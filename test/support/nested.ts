@@ -47,6 +47,8 @@ export interface NestedOptions {
   env?: Record<string, string>;
   /** How long without L1's heartbeat means L1 froze; default 90 s (VMM_NESTED_FROZEN_S). */
   frozenMs?: number;
+  /** Called with the reason before the script runs again in a fresh L1 (to reset what the first run left in a share). */
+  onRetry?: (why: string) => void;
 }
 
 export interface NestedResult {
@@ -140,6 +142,7 @@ export async function runNested(script: string, opts: NestedOptions = {}): Promi
       // and is never run again. The script must not depend on what a
       // cut-short run left in rw shares.
       process.stderr.write(`vmm-nested: ${e.message}\nvmm-nested: booting a fresh L1 and running the script again (once)\n`);
+      opts.onRetry?.(e.message.split("; console ends:")[0]);
       // timeoutMs bounds the whole run: the second L1 has what the first left.
       const again = await boot(args, timeoutMs - (Date.now() - t0), frozenMs, qmp);
       return { ...again, retried: e.message.split("; console ends:")[0] };

@@ -1,0 +1,85 @@
+/**
+ * What every benchmark shares: the contenders' rotation, medians, and the
+ * indentation of a failed run's output. The drivers (boot, blk, fs) and the
+ * front ends (scripts/bench-*.ts) take these from here; scripts/bench/nested.ts
+ * runs a driver in the nested host.
+ */
+
+/** A contender's measured runs and failures, as a driver reports them. */
+export interface Tally<S> {
+  runs: S[];
+  failures: string[];
+}
+
+/** What one contender's run reports to the driver's log and records. */
+export interface Rotation<C, S> {
+  warmup: number;
+  runs: number;
+  log: (line: string) => void;
+  /** Runs contender `c` once; `say` prefixes its lines with the run and the contender. */
+  run: (c: C, say: (line: string) => void) => Promise<S>;
+  /** One line for the log about a finished run. */
+  describe: (s: S, c: C, measured: boolean) => string;
+  /** A measured sample or a failure, for the records. */
+  onSample: (c: C, s: S) => void;
+  onFailure: (c: C, msg: string) => void;
+}
+
+/**
+ * Runs `warmup` unmeasured rounds, then `runs` measured ones. Each round runs
+ * every contender once, the first in the round moving along by one each time
+ * (so none always goes first into a cold or a warm machine). A contender that
+ * fails its warm-up, or twice in all, is dropped from the remaining rounds.
+ * Returns the indices of the dropped ones.
+ */
+export async function rotateContenders<C extends { name: string }, S>(
+  list: readonly C[],
+  results: readonly Tally<S>[],
+  o: Rotation<C, S>,
+): Promise<Set<number>> {
+  const dead = new Set<number>();
+  for (let i = 0; i < o.warmup + o.runs; i++) {
+    const measured = i >= o.warmup;
+    const label = measured ? `run ${i - o.warmup + 1}/${o.runs}` : `warm-up ${i + 1}/${o.warmup}`;
+    for (let k = 0; k < list.length; k++) {
+      const idx = (i + k) % list.length;
+      if (dead.has(idx)) continue;
+      const c = list[idx];
+      try {
+        const s = await o.run(c, (l) => o.log(`${label} ${c.name}: ${l}`));
+        o.log(`${label} ${c.name}: ${o.describe(s, c, measured)}`);
+        if (measured) {
+          results[idx].runs.push(s);
+          o.onSample(c, s);
+        }
+      } catch (e) {
+        const msg = (e as Error).message;
+        o.log(`${label} ${c.name}: FAILED: ${msg}`);
+        results[idx].failures.push(`${label}: ${msg}`);
+        o.onFailure(c, `${label}: ${msg}`);
+        if (!measured || results[idx].failures.length >= 2) {
+          dead.add(idx);
+          o.log(`${c.name}: dropped from the remaining runs`);
+        }
+      }
+    }
+  }
+  return dead;
+}
+
+/** The median of `xs`; NaN when there are none. */
+export function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const n = s.length;
+  return n === 0 ? NaN : n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
+
+/** Median, least, most and count of `xs`. */
+export function stats(xs: readonly number[]): { med: number; min: number; max: number; n: number } {
+  return { med: median(xs), min: Math.min(...xs), max: Math.max(...xs), n: xs.length };
+}
+
+/** A failed command's output, indented under the line that names it. */
+export function indent(s: string): string {
+  return s.replace(/\r/g, "").split("\n").map((l) => "  | " + l).join("\n");
+}
