@@ -308,7 +308,10 @@ function runOnce(
       log(`still running after ${((performance.now() - t0) / 1000).toFixed(0)} s; console's last line: ${JSON.stringify(last)}`);
     }, 30_000));
     timers.push(setTimeout(() => fail(`timed out after ${timeoutMs} ms`), timeoutMs));
-    const onLine = (line: string) => {
+    const onLine = (raw: string) => {
+      // A marker can follow firmware noise on its line: QEMU 10's SeaBIOS
+      // leaves escape sequences ("\x1bc\x1b[?7l\x1b[2J") right before the first.
+      const line = raw.includes("@@") ? raw.slice(raw.indexOf("@@")) : raw;
       let m: RegExpExecArray | null;
       if ((m = /^@@go (\w+)$/.exec(line))) {
         const p = m[1] as Phase;
