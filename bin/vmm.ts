@@ -10,7 +10,7 @@ import { kvmKind } from "../vm/host.ts";
 import { findDefaultGuest } from "../guest/default_guest.ts";
 import { printError, printNote, progress } from "../cli/stderr.ts";
 import { planHostRun } from "../guest/root.ts";
-import { O_CLOEXEC, O_WRONLY, open } from "../ffi/libc.ts";
+import { O_CLOEXEC, O_CREAT, O_TRUNC, O_WRONLY, open } from "../ffi/libc.ts";
 
 /**
  * The default guest: embedded in a single executable, prebuilt in the npm
@@ -32,6 +32,8 @@ vmm run: CMD sees the host's root read-only (writes to /etc, /var and the
 home directory land in a tmpfs), the current directory read-write at the same
 path, and runs there with this environment, uid and gid. Its stdin, stdout and
 stderr are vmm's own; kernel messages are not shown (-v shows them on stderr).
+  --console-log FILE  write the kernel's messages to FILE instead (for a run
+                    that hangs or fails: what the guest said last)
   --root DIR        use DIR as the root instead (an unpacked image, a debootstrap tree)
   --rw DIR          also share DIR read-write at the same path (repeatable)
   --busybox         run CMD in the default guest's busybox initramfs instead,
@@ -86,6 +88,7 @@ async function main(argv: string[]): Promise<number> {
       memory: { type: "string" },
       ...Object.fromEntries(DEVICE_KINDS.flatMap((k) => (k.cli ? [[k.cli.flag, { type: k.cli.type, multiple: k.cli.multiple ?? false }]] : []))),
       console: { type: "string" },
+      "console-log": { type: "string" },
       root: { type: "string" },
       rw: { type: "string", multiple: true },
       busybox: { type: "boolean" },
@@ -112,6 +115,9 @@ async function main(argv: string[]): Promise<number> {
 
   const overRoot = values.root !== undefined || values.rw !== undefined;
   if (cmd !== "run" && (overRoot || values.busybox)) throw new UsageError("--root, --rw and --busybox are options of vmm run");
+  if (values["console-log"] !== undefined && !(cmd === "run" && !values.busybox)) {
+    throw new UsageError("--console-log is an option of vmm run over host files (elsewhere the console is the terminal)");
+  }
   if (values.busybox && overRoot) throw new UsageError("--busybox runs CMD in the initramfs: it takes no --root or --rw");
   const cpus = values.cpus !== undefined ? parseCpus(values.cpus) : 1;
   const memMiB = values.memory !== undefined ? parseMemory(values.memory) : 512;
@@ -125,6 +131,9 @@ async function main(argv: string[]): Promise<number> {
   }
   // Over a root: check it, the working directory and every --rw now, before KVM.
   const hostRun = cmd === "run" && !values.busybox ? planHostRun({ argv: rest, root: values.root, rw: values.rw }) : undefined;
+  // Opened (and emptied) now, so a path that cannot be written fails before KVM does.
+  const log = values["console-log"];
+  const consoleLog = log !== undefined ? open(log, O_WRONLY | O_CREAT | O_TRUNC, 0o644, `--console-log ${log}`) : undefined;
   const kind = kvmKind();
   if (kind === "none") throw new ConfigError("/dev/kvm: not found (is KVM enabled on this host?)");
   if (kind === "pvm" && !process.env.VMM_ALLOW_PVM) {
@@ -149,8 +158,9 @@ async function main(argv: string[]): Promise<number> {
   };
   if (hostRun) {
     // stdout and stderr are the command's alone: the kernel's console goes to
-    // /dev/null (the panic watch still reads it), or to stderr with -v.
-    const out = values.verbose ? 2 : open("/dev/null", O_WRONLY | O_CLOEXEC);
+    // /dev/null (the panic watch still reads it), to --console-log's file,
+    // or to stderr with -v.
+    const out = consoleLog ?? (values.verbose ? 2 : open("/dev/null", O_WRONLY | O_CLOEXEC));
     opts.console = { outFd: out, inFd: null, device: consoleDev };
     opts.stdio = { inFd: 0, outFd: 1, errFd: 2 };
   }

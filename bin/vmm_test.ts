@@ -132,6 +132,18 @@ test("vmm run --root with no such directory names it, in one line, exit 1", () =
   assert.equal(r.status, 1);
 });
 
+test("vmm run --console-log in a directory that does not exist names it, in one line, before KVM, exit 1", () => {
+  const r = vmmSync(["run", "--console-log", "/nonexistent-vmm-dir/console.log", "--", "true"], { allowPvm: false });
+  oneLine(r.stderr, "--console-log /nonexistent-vmm-dir/console.log: ENOENT (no such file or directory)");
+  assert.equal(r.status, 1);
+});
+
+test("vmm boot --console-log is a usage error (the console is the terminal), exit 2", async () => {
+  const r = await withFile(TINY, (k) => vmmSync(["boot", "--kernel", k, "--console-log", "/tmp/x"], { allowPvm: false }));
+  oneLine(r.stderr, "--console-log is an option of vmm run over host files (elsewhere the console is the terminal)");
+  assert.equal(r.status, 2);
+});
+
 test("vmm run --root with a root that has no /bin/sh says so before booting, exit 1", async () => {
   // A directory holding one file: the root of nothing.
   await withFile(TINY, (f) => {

@@ -130,7 +130,7 @@ export function hostView(addr: bigint, len: number): Uint8Array {
   return len > 0 ? new Uint8Array(runtime.view(addr, len)) : new Uint8Array(0);
 }
 
-export const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2, O_CREAT = 0o100, O_CLOEXEC = 0o2000000,
+export const O_RDONLY = 0, O_WRONLY = 1, O_RDWR = 2, O_CREAT = 0o100, O_TRUNC = 0o1000, O_CLOEXEC = 0o2000000,
   O_NONBLOCK = 0o4000;
 export const PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4;
 export const MAP_SHARED = 1, MAP_PRIVATE = 2, MAP_ANONYMOUS = 0x20, MAP_NORESERVE = 0x4000;

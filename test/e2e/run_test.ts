@@ -61,76 +61,86 @@ D=$RUN_DIR
 E=$D/e2e
 rm -rf $E $D/cwd $D/ro $D/tiny # what a run in an L1 that froze left (runNested runs the script again)
 mkdir -p $E $D/cwd $D/ro
-begin() { t0=$(date +%s); }
-say() { echo; echo "@@run $1 rc=$2 s=$(($(date +%s) - t0))"; for s in out err host; do { cat $E/$1.$s 2>/dev/null; echo; } | sed "s/^/@@$1.$s /"; done; }
+begin() { t0=$(date +%s); cur=$1; }
+say() { echo; echo "@@run $1 rc=$2 s=$(($(date +%s) - t0))"; for s in out err host console; do { cat $E/$1.$s 2>/dev/null; echo; } | sed "s/^/@@$1.$s /"; done; }
+# vmm run, bounded, with the kernel's messages (warnings and worse) kept: a
+# run that fails leaves the end of its guest's console in $E/$cur.console.
+vrun() {
+  timeout -k 30 300 $VMM run --console-log $E/last.console --append loglevel=5 "$@"
+  r=$?
+  [ $r -eq 0 ] || { echo "== a run ended with $r; its console's end:"; tail -n 40 $E/last.console; } >>$E/$cur.console
+  return $r
+}
 ms() { echo $(( $(date +%s%N) / 1000000 )); }
 
 # program: a host program busybox does not have, its output exact.
-begin
-timeout -k 30 300 $VMM run -- sh -c ${q(PROGRAM)} >$E/program.out 2>$E/program.err
+begin program
+vrun -- sh -c ${q(PROGRAM)} >$E/program.out 2>$E/program.err
 rc=$?
 sh -c ${q(PROGRAM)} >$E/program.host 2>&1
 say program $rc
 
 # cwd: the working directory is shared read-write at the same path; the root is read-only.
-begin
+begin cwd
 echo keep >$D/ro/kept
 cd $D/cwd
-VMM_E2E_VAR=${q(ODD_VALUE)} timeout -k 30 300 $VMM run -- sh -c 'echo "pwd=$(pwd)"; echo "uid=$(id -u) gid=$(id -g)"; printf "var=%s\\n" "$VMM_E2E_VAR"
+export VMM_E2E_VAR=${q(ODD_VALUE)}
+vrun -- sh -c 'echo "pwd=$(pwd)"; echo "uid=$(id -u) gid=$(id -g)"; printf "var=%s\\n" "$VMM_E2E_VAR"
   echo from-the-guest >written && echo wrote=yes
   echo "ro=$( (echo changed >../ro/kept) 2>&1 | grep -o "Read-only file system" || echo written)"
   echo "ro-new=$( (echo new >../ro/new) 2>&1 | grep -o "Read-only file system" || echo written)"
   echo "etc=$(echo x >/etc/vmm-e2e && cat /etc/vmm-e2e)"' >$E/cwd.out 2>$E/cwd.err
 rc=$?
+unset VMM_E2E_VAR
 cd - >/dev/null
 { echo "dir=$D/cwd"; echo "uid=$(id -u) gid=$(id -g)"; echo "written=$(cat $D/cwd/written 2>&1)"; echo "kept=$(cat $D/ro/kept)"
   echo "new=$(ls $D/ro/new 2>/dev/null || echo absent)"; echo "etc=$(ls /etc/vmm-e2e 2>/dev/null || echo absent)"; } >$E/cwd.host
 say cwd $rc
 
 # bytes: 8 MiB of random bytes on stdout, byte-exact; stderr apart, also when reopened.
-begin
-timeout -k 30 300 $VMM run -- sh -c 'head -c ${BIG} /dev/urandom >/tmp/r; echo "guest-sha=$(sha256sum </tmp/r | cut -c1-64)" >&2; cat /tmp/r; echo to-stderr >&2; echo to-dev-stderr >/dev/stderr' >$E/bytes.bin 2>$E/bytes.err
+begin bytes
+vrun -- sh -c 'head -c ${BIG} /dev/urandom >/tmp/r; echo "guest-sha=$(sha256sum </tmp/r | cut -c1-64)" >&2; cat /tmp/r; echo to-stderr >&2; echo to-dev-stderr >/dev/stderr' >$E/bytes.bin 2>$E/bytes.err
 rc=$?
 { echo "size=$(wc -c <$E/bytes.bin)"; echo "host-sha=$(sha256sum <$E/bytes.bin | cut -c1-64)"; } >$E/bytes.host
 rm -f $E/bytes.bin
 say bytes $rc
 
 # stdin: piped input reaches the command, and so does its end.
-begin
-printf x | timeout -k 30 300 $VMM run -- cat >$E/stdin.bin 2>$E/stdin.err
+begin stdin
+printf x | vrun -- cat >$E/stdin.bin 2>$E/stdin.err
 rc=$?
 echo "bytes=$(od -An -c $E/stdin.bin | tr -d ' ')" >$E/stdin.host
 say stdin $rc
 
 # status: the command's exit status, and 128+N for a signal.
-begin
+begin status
 : >$E/status.host
 for s in 0 1 7 255; do
-  timeout -k 30 300 $VMM run -- sh -c "exit $s" </dev/null >>$E/status.out 2>>$E/status.err
+  vrun -- sh -c "exit $s" </dev/null >>$E/status.out 2>>$E/status.err
   echo "status-$s=$?" >>$E/status.host
 done
-timeout -k 30 300 $VMM run -- sh -c 'kill -9 $$' </dev/null >>$E/status.out 2>>$E/status.err
+vrun -- sh -c 'kill -9 $$' </dev/null >>$E/status.out 2>>$E/status.err
 echo "status-killed=$?" >>$E/status.host
 say status 0
 
 # seq: ${SEQ_RUNS} runs in a row each deliver all ${SEQ_LINES} lines.
-begin
+begin seq
 : >$E/seq.host
 i=1
 while [ $i -le ${SEQ_RUNS} ]; do
   a=$(ms)
-  timeout -k 30 300 $VMM run -- seq 1 ${SEQ_LINES} </dev/null >$E/seq.txt 2>>$E/seq.err
+  vrun -- seq 1 ${SEQ_LINES} </dev/null >$E/seq.txt 2>>$E/seq.err
   echo "run-$i=rc:$? lines:$(wc -l <$E/seq.txt) last:$(tail -n 1 $E/seq.txt) ms:$(( $(ms) - a ))" >>$E/seq.host
   i=$((i + 1))
 done
 say seq 0
 
 # tinyroot: --root with a root that is busybox alone; it stays read-only.
-begin
+begin tinyroot
 T=$D/tiny
 mkdir -p $T/bin $T/proc $T/sys $T/dev $T/tmp $T/run
 cp "$(command -v busybox)" $T/bin/busybox && ln -sf busybox $T/bin/sh
-timeout -k 30 300 $VMM run --root $T -- sh -c 'echo "tiny=$((6*7))"; echo "ls=$(ls / | tr "\\n" " ")"; echo "ro=$( (touch /new) 2>&1 | grep -o "Read-only file system" || echo written)"' >$E/tinyroot.out 2>$E/tinyroot.err
+vrun --root $T -- sh -c 'echo "tiny=$((6*7))"; echo "ls=$(ls / | tr "\\n" " ")"; echo "ro=$( (touch /new) 2>&1 | grep -o "Read-only file system" || echo written)"' >$E/tinyroot.out 2>$E/tinyroot.err
 rc=$?
 echo "new=$(ls $T/new 2>/dev/null || echo absent)" >$E/tinyroot.host
 say tinyroot $rc

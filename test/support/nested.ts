@@ -164,10 +164,16 @@ export async function runNested(script: string, opts: NestedOptions = {}): Promi
  */
 function hangWatch(afterS: number): string {
   const dump = [
-    'echo "vmm-nested: vmm (pid $p) has run $age s; its threads (tid, state, CPU, wait channel):"',
+    'echo "vmm-nested: vmm (pid $p) has run $age s; its threads (tid, state, CPU time (the first row: the whole process), wait channel):"',
     "ps -L -o tid=,stat=,time=,wchan:28=,comm= -p $p",
     // Kernel stacks, less the runtimes' idle pools (all in futex_wait).
     'for t in /proc/$p/task/*; do case "$(cat $t/wchan)" in futex*) continue ;; esac; echo "-- thread ${t##*/}, kernel stack:"; head -6 $t/stack 2>/dev/null; done',
+    // Where the guest is: one second of KVM exits (each names the guest rip).
+    // A vCPU thread that is runnable with no kernel stack is in the guest;
+    // these say whether it spins in one place or goes round a wider loop.
+    "T=/sys/kernel/tracing; [ -e $T/trace ] || mount -t tracefs nodev $T 2>/dev/null",
+    'if [ -w $T/events/kvm/kvm_exit/enable ]; then : >$T/trace; echo 1 >$T/events/kvm/kvm_exit/enable; sleep 1; echo 0 >$T/events/kvm/kvm_exit/enable;' +
+    ' echo "-- the guest\'s KVM exits in one second: $(grep -c kvm_exit $T/trace), the last:"; grep kvm_exit $T/trace | tail -n 6; fi',
   ].join("; ");
   return [
     "mkdir -p /tmp/.vmm-nested/seen",

@@ -12,6 +12,8 @@ export interface Outcome {
   out: string;
   err: string;
   host: string;
+  /** The end of the guest's console when a run failed (scenarios that keep it). */
+  console: string;
 }
 
 /** Every scenario of `tag` in `output`, by name. */
@@ -20,9 +22,9 @@ export function parseScenarios(output: string, tag: string): Map<string, Outcome
   const headRe = new RegExp(`^@@${tag} (\\w+) rc=(\\d+)(?: s=(\\d+))?$`);
   for (const line of output.split("\n")) {
     const head = headRe.exec(line);
-    if (head) m.set(head[1], { rc: Number(head[2]), seconds: head[3] === undefined ? undefined : Number(head[3]), out: "", err: "", host: "" });
-    const body = /^@@(\w+)\.(out|err|host) (.*)$/.exec(line);
-    if (body && m.has(body[1]) && body[3] !== "") m.get(body[1])![body[2] as "out" | "err" | "host"] += body[3] + "\n";
+    if (head) m.set(head[1], { rc: Number(head[2]), seconds: head[3] === undefined ? undefined : Number(head[3]), out: "", err: "", host: "", console: "" });
+    const body = /^@@(\w+)\.(out|err|host|console) (.*)$/.exec(line);
+    if (body && m.has(body[1]) && body[3] !== "") m.get(body[1])![body[2] as "out" | "err" | "host" | "console"] += body[3] + "\n";
   }
   return m;
 }
@@ -34,7 +36,8 @@ export function field(text: string, key: string): string | undefined {
 
 /** Everything a scenario left, for failure messages. */
 export function showOutcome(o: Outcome): string {
-  return `status ${o.rc}\n--- console ---\n${o.out}--- vmm stderr ---\n${o.err}--- host ---\n${o.host}`;
+  const guest = o.console ? `--- guest console ---\n${o.console}` : "";
+  return `status ${o.rc}\n--- stdout ---\n${o.out}--- vmm stderr ---\n${o.err}--- host ---\n${o.host}${guest}`;
 }
 
 /** The digest of a `sha256sum FILE` line for `file`. */
