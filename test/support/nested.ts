@@ -70,6 +70,15 @@ const EXIT_RE = /\n@@vmm-nested: exit (\d+)@@\n/;
  * HEARTBEAT_S seconds, in one write(2) so that it lands whole, between two
  * writes of the script. Its own newlines around it make it removable without
  * a trace: "ab" + BEAT + "c\n" reads "abc\n" once it is taken out.
+ *
+ * One write(2) takes care: busybox's `printf` on a tty writes up to each
+ * newline separately ("\n", then "@@…@@\n"), so the beat is `cat` of a file
+ * (/vmm/beat), one write that the tty keeps whole against other writers. And
+ * the loop must not die in the middle of one: a kill can cut a tty write
+ * short, and a beat without its last newline, taken out, takes the exit
+ * marker's first newline with it (CI saw "second-run" for "second-run\n").
+ * So the loop ends through a TERM trap, which ash runs only after the `cat`
+ * in hand, and run.sh waits for it before it prints the exit marker.
  */
 const BEAT = "\n@@vmm-nested: alive@@\n";
 const HEARTBEAT_S = 5;
@@ -231,19 +240,21 @@ function runFiles(script: string, cwd: string, shares: string[], env: Record<str
       .sort((a, b) => a.p.length - b.p.length) // parents before children
       .map(({ p, cmd }) => `mkdir -p "$R"${q(p)} && ${cmd} "$R"${q(p)} || fail ${q(`cannot mount ${p}`)}`),
     'mkdir -p "$R/tmp/.vmm-nested" && cp /vmm/wrap.sh "$R/tmp/.vmm-nested/wrap.sh"',
-    `( while sleep ${HEARTBEAT_S}; do printf ${q(BEAT.replace(/\n/g, "\\n"))}; done ) &`,
+    // `wait` returns at once for a trapped TERM; a `cat` in hand finishes first.
+    `( trap 'exit 0' TERM; while :; do sleep ${HEARTBEAT_S} & wait $!; cat /vmm/beat; done ) &`,
     "beat=$!",
     'echo $beat >"$R/tmp/.vmm-nested/beat.pid"', // a test stops it to play a frozen L1
     `echo ${q(START)}`,
     'env -i chroot "$R" /bin/sh /tmp/.vmm-nested/wrap.sh </dev/null',
     "rc=$?",
-    "kill $beat",
+    "kill $beat; wait $beat",
     "printf '\\n@@vmm-nested: exit %d@@\\n' $rc",
     "exit $rc",
   ];
   const enc = new TextEncoder();
   return [
     { path: "vmm/run.sh", mode: S_IFREG | 0o755, data: enc.encode(run.join("\n") + "\n") },
+    { path: "vmm/beat", mode: S_IFREG | 0o644, data: enc.encode(BEAT) },
     { path: "vmm/wrap.sh", mode: S_IFREG | 0o755, data: enc.encode(wrap.join("\n") + "\n") },
   ];
 }
