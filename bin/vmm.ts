@@ -133,7 +133,7 @@ async function main(argv: string[]): Promise<number> {
   const hostRun = cmd === "run" && !values.busybox ? planHostRun({ argv: rest, root: values.root, rw: values.rw }) : undefined;
   // Opened (and emptied) now, so a path that cannot be written fails before KVM does.
   const log = values["console-log"];
-  const consoleLog = log !== undefined ? open(log, O_WRONLY | O_CREAT | O_TRUNC, 0o644, `--console-log ${log}`) : undefined;
+  const consoleLog = log !== undefined ? open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644, `--console-log ${log}`) : undefined;
   const kind = kvmKind();
   if (kind === "none") throw new ConfigError("/dev/kvm: not found (is KVM enabled on this host?)");
   if (kind === "pvm" && !process.env.VMM_ALLOW_PVM) {
