@@ -11,6 +11,9 @@ import { findDefaultGuest } from "../guest/default_guest.ts";
 import { printError, printNote, progress } from "../cli/stderr.ts";
 import { planHostRun } from "../guest/root.ts";
 import { O_CLOEXEC, O_CREAT, O_TRUNC, O_WRONLY, open } from "../ffi/libc.ts";
+import { cachedRun, cacheWritable, dropRun, runCacheKey, saveRun, touchRun } from "../loop/run_cache.ts";
+import { join } from "node:path";
+import { restoreOptionsOf } from "../loop/snapshot.ts";
 
 /**
  * The default guest: embedded in a single executable, prebuilt in the npm
@@ -26,6 +29,8 @@ const HELP = `vmm: a KVM virtual machine monitor for Deno and Bun
 Usage:
   vmm boot [options]            boot a guest with its console on this terminal
   vmm run [options] -- CMD...   run CMD in a VM over this host's files, exit with CMD's status
+  vmm restore DIR [options]     go on with a guest snapshotted into DIR (its console here);
+                                device options give its disks, TAPs and shares again
   vmm --help | --version
 
 vmm run: CMD sees the host's root read-only (writes to /etc, /var and the
@@ -38,6 +43,7 @@ stderr are vmm's own; kernel messages are not shown (-v shows them on stderr).
   --rw DIR          also share DIR read-write at the same path (repeatable)
   --busybox         run CMD in the default guest's busybox initramfs instead,
                     with the console as its terminal (no host files)
+  --cold            boot the guest even when a snapshot of it is cached (see below)
 
 Options:
   --kernel PATH     bzImage to boot (default: the default guest's Debian kernel)
@@ -48,9 +54,17 @@ Options:
   --memory SIZE     guest RAM: MiB, or with a suffix M or G (default 512M)
 ${DEVICE_KINDS.flatMap((k) => (k.cli ? [`  ${k.cli.help}`] : [])).join("\n")}
   --console DEV     the guest console: serial (ttyS0, default) or hvc (virtio-console hvc0)
+  --snapshot-dir DIR  vmm boot and vmm restore: on SIGUSR2, pause the guest, snapshot
+                    it into DIR (memory and state files) and let it go on
   --virtio-cmdline  also list the virtio devices on the kernel command line
                     (kernels with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES and no ACPI)
   -v, --verbose     report boot timing and why the VM ended
+
+A run over host files starts from a snapshot: the first one with a given
+guest (kernel, initramfs, memory, CPUs, devices) boots it and snapshots it
+once its init waits for its command; later ones restore that snapshot and
+hand it their command. Snapshots live in $VMM_SNAPSHOT_CACHE (default
+~/.cache/vmm/snapshots); runs with --drive or --net always boot.
 
 Exit status: 0 when the guest powers off or reboots; CMD's status for vmm run
 (128+N when a signal N ended it; 125 when the guest could not start it);
@@ -89,9 +103,11 @@ async function main(argv: string[]): Promise<number> {
       ...Object.fromEntries(DEVICE_KINDS.flatMap((k) => (k.cli ? [[k.cli.flag, { type: k.cli.type, multiple: k.cli.multiple ?? false }]] : []))),
       console: { type: "string" },
       "console-log": { type: "string" },
+      "snapshot-dir": { type: "string" },
       root: { type: "string" },
       rw: { type: "string", multiple: true },
       busybox: { type: "boolean" },
+      cold: { type: "boolean" },
       "virtio-cmdline": { type: "boolean" },
       verbose: { type: "boolean", short: "v" },
       help: { type: "boolean", short: "h" },
@@ -107,10 +123,17 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const [cmd, ...rest] = positionals;
-  if (cmd !== "boot" && cmd !== "run") {
+  if (cmd !== "boot" && cmd !== "run" && cmd !== "restore") {
     throw new UsageError(cmd ? `Unknown command '${cmd}' (try vmm --help)` : "No command given (try vmm --help)");
   }
   if (cmd === "boot" && rest.length > 0) throw new UsageError(`vmm boot takes no arguments, got '${rest[0]}'`);
+  if (cmd === "restore" && rest.length !== 1) throw new UsageError("vmm restore takes one argument, the snapshot's directory: vmm restore DIR");
+  if (values["snapshot-dir"] !== undefined && cmd === "run") throw new UsageError("--snapshot-dir is an option of vmm boot and vmm restore");
+  if (cmd === "restore") {
+    for (const o of ["kernel", "initrd", "cmdline", "append", "virtio-cmdline", "busybox", "root", "rw", "cold", "console-log"] as const) {
+      if (values[o] !== undefined) throw new UsageError(`--${o} is not an option of vmm restore: the guest it goes on with has its own`);
+    }
+  }
   if (cmd === "run" && rest.length === 0) throw new UsageError("vmm run needs a command: vmm run -- CMD...");
 
   const overRoot = values.root !== undefined || values.rw !== undefined;
@@ -119,8 +142,9 @@ async function main(argv: string[]): Promise<number> {
     throw new UsageError("--console-log is an option of vmm run over host files (elsewhere the console is the terminal)");
   }
   if (values.busybox && overRoot) throw new UsageError("--busybox runs CMD in the initramfs: it takes no --root or --rw");
-  const cpus = values.cpus !== undefined ? parseCpus(values.cpus) : 1;
-  const memMiB = values.memory !== undefined ? parseMemory(values.memory) : 512;
+  if (values.cold && !(cmd === "run" && !values.busybox)) throw new UsageError("--cold is an option of vmm run over host files (the only runs that start from a snapshot)");
+  const cpus = values.cpus !== undefined ? parseCpus(values.cpus) : cmd === "restore" ? undefined : 1;
+  const memMiB = values.memory !== undefined ? parseMemory(values.memory) : cmd === "restore" ? undefined : 512;
   const consoleDev = values.console ?? "serial";
   if (consoleDev !== "serial" && consoleDev !== "hvc") throw new UsageError(`--console ${consoleDev}: expected serial or hvc`);
   // Each device kind parses its own option (devices/registry.ts): bad values fail here, before KVM checks.
@@ -155,7 +179,13 @@ async function main(argv: string[]): Promise<number> {
     console: { outFd: 1, inFd: 0, device: consoleDev },
     virtioCmdline: values["virtio-cmdline"] ?? false,
     signals: true,
+    snapshotDir: values["snapshot-dir"],
   };
+  const verbose = values.verbose ?? false;
+  if (cmd === "restore") {
+    await using restored = await Machine.fromSnapshot(rest[0], restoreOptionsOf(opts));
+    return report(await restored.run(), verbose);
+  }
   if (hostRun) {
     // stdout and stderr are the command's alone: the kernel's console goes to
     // /dev/null (the panic watch still reads it), to --console-log's file,
@@ -171,18 +201,53 @@ async function main(argv: string[]): Promise<number> {
   } else if (cmd === "run" && !values.initrd) {
     opts.initrd = (await defaultGuest()).initrd;
   }
-  await using machine = await Machine.create(opts);
-  return report(await machine.run(), values.verbose ?? false);
+  await using machine = await makeMachine(opts, !values.cold, verbose);
+  return report(await machine.run(), verbose);
+}
+
+/**
+ * The machine of a run: restored from the run cache when it holds this
+ * guest (loop/run_cache.ts), else booted, and then snapshotted into the
+ * cache when its init is ready. A snapshot that cannot be restored costs one
+ * line and a cold boot, which replaces it.
+ */
+async function makeMachine(opts: MachineOptions, useCache: boolean, verbose: boolean): Promise<Machine> {
+  const key = useCache ? runCacheKey(opts) : null;
+  if (key === null) return await Machine.create(opts);
+  const { dir, present } = cachedRun(key);
+  if (present) {
+    const t0 = Date.now();
+    try {
+      const m = await Machine.fromSnapshot(dir, restoreOptionsOf(opts));
+      touchRun(dir);
+      if (verbose) printNote(`restored the waiting guest from ${dir} in ${Date.now() - t0} ms`);
+      return m;
+    } catch (e) {
+      printNote(`cannot start from the snapshot in ${dir} (${(e as Error).message}); booting the guest instead`);
+      dropRun(dir); // this run's cold boot writes a new one
+    }
+  }
+  if (!cacheWritable(join(dir, ".."))) {
+    // Not a failure: this run boots, as every run will until the cache is writable.
+    if (verbose) printNote(`cannot write snapshots to ${join(dir, "..")}: booting every run`);
+    return await Machine.create(opts);
+  }
+  return await Machine.create({
+    ...opts,
+    atReady: (snapshot) => {
+      const t0 = Date.now();
+      saveRun(dir, snapshot);
+      if (verbose) printNote(`snapshot of the waiting guest written to ${dir} in ${Date.now() - t0} ms`);
+    },
+  });
 }
 
 /** Say how the guest ended (one line, when it matters or with -v); returns vmm's exit status. */
 function report(r: RunResult, verbose: boolean): number {
   if (verbose) {
     // The start-up breakdown matters where there is an init to wait for (vmm run); a bare `vmm boot -v` says only how it ended.
-    if (r.readyMs !== undefined) {
-      if (r.workersMs !== undefined) printNote(`Workers started after ${r.workersMs} ms`);
-      printNote(`guest init ready after ${r.readyMs} ms`);
-    }
+    if (r.workersMs !== undefined && (r.readyMs !== undefined || r.restored)) printNote(`Workers started after ${r.workersMs} ms`);
+    if (r.readyMs !== undefined) printNote(`guest init ready after ${r.readyMs} ms`);
     printNote(`${r.reason || r.kind.toLowerCase()} (exit ${r.code})`);
   } else if (r.kind === "PANIC") {
     printError(`guest kernel panic: ${r.reason}`);

@@ -8,7 +8,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import process from "node:process";
-import { dirname } from "node:path";
+import { dirname, join } from "node:path";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { asm, makeBzImage, printAndExit } from "../test/support/tiny_kernel.ts";
 import { requireKvm } from "../test/support/tiny_run.ts";
 import { CHILD_BOUND_MS, childPids, type VmmChild, vmmRun, vmmSpawn, vmmSync, withFile } from "../test/support/vmm_cli.ts";
@@ -16,6 +18,12 @@ import { kvmKind } from "../vm/host.ts";
 
 const TINY = printAndExit("hi from vmm\n", 7);
 const SPINNING = makeBzImage(new Uint8Array([...asm.print("spinning\n"), ...asm.spin]));
+/** Prints "ready", then echoes every byte it reads from the UART (polling its line status). */
+const ECHO = makeBzImage(new Uint8Array([
+  ...asm.print("ready\n"),
+  ...asm.inb(0x3fd), 0xa8, 0x01, 0x74, 0xf7, // loop: in al, LSR; test al, DR; jz loop
+  ...asm.inb(0x3f8), 0x66, 0xba, 0xf8, 0x03, 0xee, 0xeb, 0xeb, // in al, RBR; out THR, al; jmp loop
+]));
 const GARBAGE = new Uint8Array(4096).map((_, i) => (i * 37 + 11) & 0xff);
 
 /** stderr is exactly one `vmm: ...` line, with no stack trace. */
@@ -263,4 +271,76 @@ test("SIGTERM stops vmm as PID 1 of a new pid namespace (unshare --pid --fork) w
   const { status, vmm } = await signalSpinningGuest("SIGTERM", { unshare: true });
   assert.equal(status, 143, `stderr ${vmm.stderr()}`);
   assert.equal(vmm.stderr(), "");
+});
+
+/**
+ * Signals go by process.kill(): on Deno, ChildProcess.kill() also closes the
+ * child's stdin (vmm would see its console input end) and sends nothing
+ * once it has sent one signal (`killed` is set).
+ */
+const signal = (vmm: VmmChild, sig: "SIGUSR2" | "SIGTERM") => process.kill(vmm.child.pid!, sig);
+
+/** Stop a vmm child with SIGTERM (SIGKILL if it does not go) and return its status. */
+async function terminate(vmm: VmmChild): Promise<number | null> {
+  signal(vmm, "SIGTERM");
+  const timer = setTimeout(() => vmm.child.kill("SIGKILL"), CHILD_BOUND_MS);
+  const status = await vmm.exited;
+  clearTimeout(timer);
+  return status;
+}
+
+test("vmm boot --snapshot-dir snapshots on SIGUSR2 and goes on; vmm restore DIR goes on from there; SIGTERM still stops both", async () => {
+  requireKvm();
+  const dir = mkdtempSync(join(tmpdir(), "vmm-cli-snapshot-"));
+  try {
+    await withFile(ECHO, async (kernel) => {
+      const booted = vmmSpawn(["boot", "--kernel", kernel, "--memory", "32", "--snapshot-dir", dir]);
+      try {
+        await booted.waitForStdout("ready\n");
+        booted.child.stdin!.write("1");
+        await booted.waitForStdout("ready\n1");
+        signal(booted, "SIGUSR2");
+        await booted.waitForStderr(`vmm: snapshot written to ${dir}\n`);
+        booted.child.stdin!.write("2");
+        await booted.waitForStdout("ready\n12");
+        assert.equal(await terminate(booted), 143, `stderr ${booted.stderr()}`);
+      } finally {
+        booted.child.kill("SIGKILL");
+      }
+      const restored = vmmSpawn(["restore", dir]);
+      try {
+        restored.child.stdin!.write("3");
+        await restored.waitForStdout("3");
+        assert.equal(await terminate(restored), 143, `stderr ${restored.stderr()}`);
+        assert.equal(restored.stdout(), "3", "the restored guest printed nothing of its boot again");
+        assert.equal(restored.stderr(), "");
+      } finally {
+        restored.child.kill("SIGKILL");
+      }
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("vmm restore: a missing directory, extra arguments and boot-only options are refused in one line", () => {
+  const none = vmmSync(["restore"]);
+  oneLine(none.stderr, "vmm restore takes one argument, the snapshot's directory: vmm restore DIR");
+  assert.equal(none.status, 2);
+  const kernel = vmmSync(["restore", "/tmp", "--kernel", "/x"]);
+  oneLine(kernel.stderr, "--kernel is not an option of vmm restore: the guest it goes on with has its own");
+  assert.equal(kernel.status, 2);
+  const run = vmmSync(["run", "--snapshot-dir", "/tmp", "--", "true"]);
+  oneLine(run.stderr, "--snapshot-dir is an option of vmm boot and vmm restore");
+  assert.equal(run.status, 2);
+  const cold = vmmSync(["boot", "--cold"]);
+  oneLine(cold.stderr, "--cold is an option of vmm run over host files (the only runs that start from a snapshot)");
+  assert.equal(cold.status, 2);
+});
+
+test("vmm restore DIR without a snapshot there names the missing file, in one line, exit 1", () => {
+  requireKvm();
+  const r = vmmSync(["restore", "/nonexistent-vmm-snapshot"]);
+  oneLine(r.stderr, "/nonexistent-vmm-snapshot/state: no such file");
+  assert.equal(r.status, 1);
 });

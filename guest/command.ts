@@ -6,11 +6,19 @@
  *
  * - `vmm run --busybox -- CMD`: `/vmm/run.sh` holds CMD, quoted; init runs it
  *   in the initramfs with the console as its terminal.
- * - `vmm run -- CMD` (over a root): `/vmm/run.conf` tells init what to mount
- *   (shell assignments it sources), `/vmm/exec.sh` is what the root's own
- *   /bin/sh runs as the caller (environment, directory, then `exec CMD`), and
- *   `/vmm/setids` enters the root and takes on the caller's ids
- *   (guest/setids.ts). The shares those files name are in `hostRunShares()`.
+ * - `vmm run -- CMD` (over a root): the archive holds only `/vmm/run.stdin`,
+ *   the same for every command, which tells init to wait for its command on
+ *   the vmm.stdin port. The command comes there, ahead of the host's stdin,
+ *   as `runPayload()`: a 16-byte header, then a cpio archive init unpacks.
+ *   `/vmm/run.conf` tells init what to mount (shell assignments it sources),
+ *   `/vmm/exec.sh` is what the root's own /bin/sh runs as the caller
+ *   (environment, directory, then `exec CMD`), `/vmm/setids` enters the root
+ *   and takes on the caller's ids (guest/setids.ts), `/vmm/settime` sets the
+ *   wall clock (guest/settime.ts) and `/vmm/seed` is mixed into the guest's
+ *   random pool. The shares those files name are in `hostRunShares()`.
+ *   Because the command is not in the image, a guest whose init is up and
+ *   waiting is the same for every command: `vmm run` snapshots it once and
+ *   restores it for every later run (loop/run_cache.ts).
  *
  * Everything the caller controls (arguments, environment values, paths) is
  * single-quoted for sh, which keeps every byte but NUL, and no argument,
@@ -18,6 +26,8 @@
  */
 import { S_IFDIR, S_IFREG, writeCpio } from "./cpio.ts";
 import { type Identity, setidsElf } from "./setids.ts";
+import { SETTIME_CLOCK_BYTES, settimeElf } from "./settime.ts";
+export { stampClock } from "./settime.ts";
 
 /** Quote one argument for sh. */
 export function shellQuote(arg: string): string {
@@ -113,22 +123,84 @@ export function runConf(r: HostRun): string {
   return lines.join("\n") + "\n";
 }
 
+/** The extra initramfs archive of a run over a root: only the mark that makes init wait for its command on vmm.stdin. */
+export function hostRunArchive(): Uint8Array {
+  return writeCpio([
+    { path: "vmm", mode: S_IFDIR | 0o755 },
+    { path: "vmm/run.stdin", mode: S_IFREG | 0o644, data: new Uint8Array(0) },
+  ]);
+}
+
+/** The payload header: this magic, then the archive's length as 8 hex digits. */
+export const PAYLOAD_MAGIC = "vmm-cmd1";
+export const PAYLOAD_HEADER = 16;
+
 /**
- * The extra initramfs archive for a run over a root. Throws RangeError when
- * the environment and arguments are too big to pass.
+ * What `vmm run` sends on vmm.stdin before the host's stdin: the header,
+ * then the cpio archive of the command's files (see the top of this file).
+ * `now` is the wall clock the guest takes; `seed` goes into its random pool
+ * (a restored guest would otherwise start from the snapshot's pool every
+ * time). Throws RangeError when the environment and arguments are too big.
  */
-export function hostRunArchive(r: HostRun): Uint8Array {
+export function runPayload(r: HostRun, now = Date.now(), seed = crypto.getRandomValues(new Uint8Array(64))): RunPayload {
   const enc = new TextEncoder();
   const exec = enc.encode(execScript(r));
   if (exec.length > MAX_EXEC_SCRIPT) {
     throw new RangeError(`The command and its environment take ${exec.length} bytes; at most ${MAX_EXEC_SCRIPT} fit in one exec argument`);
   }
-  return writeCpio([
+  const settime = settimeElf(now);
+  const archive = writeCpio([
     { path: "vmm", mode: S_IFDIR | 0o755 },
     { path: "vmm/run.conf", mode: S_IFREG | 0o644, data: enc.encode(runConf(r)) },
     { path: "vmm/exec.sh", mode: S_IFREG | 0o644, data: exec },
     { path: "vmm/setids", mode: S_IFREG | 0o755, data: setidsElf(r.id) },
+    { path: "vmm/seed", mode: S_IFREG | 0o600, data: seed },
+    // Last, so its clock (its last 16 bytes) sits at a known place: before the archive's trailer.
+    { path: "vmm/settime", mode: S_IFREG | 0o755, data: settime },
   ]);
+  const bytes = new Uint8Array(PAYLOAD_HEADER + archive.length);
+  bytes.set(enc.encode(PAYLOAD_MAGIC + archive.length.toString(16).padStart(8, "0")));
+  bytes.set(archive, PAYLOAD_HEADER);
+  const clockAt = PAYLOAD_HEADER + lastIndexOf(archive, settime) + settime.length - SETTIME_CLOCK_BYTES;
+  return { bytes, clockAt };
+}
+
+/** A command as sent: its bytes, and where in them the guest's wall clock is (a timespec: u64 seconds, u64 nanoseconds). */
+export interface RunPayload {
+  bytes: Uint8Array;
+  clockAt: number;
+}
+
+function lastIndexOf(hay: Uint8Array, needle: Uint8Array): number {
+  outer: for (let i = hay.length - needle.length; i >= 0; i--) {
+    for (let j = 0; j < needle.length; j++) if (hay[i + j] !== needle[j]) continue outer;
+    return i;
+  }
+  throw new Error("settime is not in the payload");
+}
+
+/** What a run over a root adds to a machine's options: its shares, and its command on vmm.stdin. */
+export interface HostRunDevices {
+  hostRun?: HostRun;
+  shares?: RunShare[];
+  stdio?: { inFd: number | null; outFd: number; errFd: number; stdinPrefix?: Uint8Array; stdinClockAt?: number };
+}
+
+/**
+ * Options with `hostRun` turned into devices: the shares it needs join the
+ * caller's, and its payload goes ahead of stdin. The same for a cold boot
+ * and a restore (loop/snapshot.ts), whose guest waits at the same point.
+ * Throws RangeError when the command is too big to send, or there is no stdio device.
+ */
+export function withHostRun<O extends HostRunDevices>(o: O): O {
+  if (!o.hostRun) return o;
+  if (!o.stdio) throw new RangeError("A command over a root needs the stdio device (MachineOptions.stdio) for its stdin, stdout and stderr");
+  const p = runPayload(o.hostRun);
+  return {
+    ...o,
+    shares: [...(o.shares ?? []), ...hostRunShares(o.hostRun)],
+    stdio: { ...o.stdio, stdinPrefix: p.bytes, stdinClockAt: p.clockAt },
+  };
 }
 
 /**

@@ -7,12 +7,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
-  concatInitrd, execScript, type HostRun, hostRunArchive, hostRunShares, MAX_EXEC_SCRIPT, runArchive, runConf, shellQuote,
+  concatInitrd, execScript, type HostRun, hostRunArchive, hostRunShares, MAX_EXEC_SCRIPT, runArchive, runConf, runPayload, shellQuote,
+  type HostRunDevices, stampClock, withHostRun,
 } from "./command.ts";
+import { settimeOf } from "./settime.ts";
 
 const ODD = ["plain", "", "it's", 'a "b" $HOME `id` \\ *', "new\nline", "tab\there", "ünï ☃", "'"];
 
@@ -80,10 +82,52 @@ test("hostRunShares() shares the root read-only and every mount read-write", () 
   ]);
 });
 
-test("hostRunArchive() holds run.conf, exec.sh and setids, and refuses more than one exec argument holds", () => {
-  const text = new TextDecoder("latin1").decode(hostRunArchive(plan()));
-  for (const f of ["vmm/run.conf", "vmm/exec.sh", "vmm/setids"]) assert.ok(text.includes(f), f);
-  assert.throws(() => hostRunArchive(plan({ env: { BIG: "x".repeat(MAX_EXEC_SCRIPT) } })), /at most \d+ fit in one exec argument/);
+test("hostRunArchive() holds only the mark that makes init wait for its command, the same for every command", () => {
+  const text = new TextDecoder("latin1").decode(hostRunArchive());
+  assert.ok(text.includes("vmm/run.stdin"));
+  assert.ok(!text.includes("vmm/run.conf"));
+});
+
+test("runPayload() is read back by init's way (dd iflag=fullblock, cpio) exactly, with the host's stdin after it", () => {
+  const dir = mkdtempSync(join(tmpdir(), "vmm-payload-"));
+  try {
+    const seed = new Uint8Array(64).fill(7);
+    const p = runPayload(plan({ argv: ["echo", "it's"] }), 1_000, seed);
+    // What the stdin Worker does as it starts sending: the clock becomes the current time.
+    stampClock(p.bytes, p.clockAt, 1_796_000_000_123);
+    const stdin = new Uint8Array([...p.bytes, ...new TextEncoder().encode("the command's stdin")]);
+    // guest/init.sh read_command, with the host's busybox (Debian's busybox-static, as the guest's).
+    const script = `set -e; cd "$1"; exec 3<&0
+      hdr=$(busybox dd bs=16 count=1 iflag=fullblock <&3 2>/dev/null)
+      len=$((0x\${hdr#vmm-cmd1}))
+      busybox dd bs="$len" count=1 iflag=fullblock of=command.cpio <&3 2>/dev/null
+      busybox cpio -i -d -u <command.cpio 2>/dev/null
+      busybox cat <&3 >rest`;
+    execFileSync("sh", ["-c", script, "sh", dir], { input: stdin });
+    assert.equal(readFileSync(join(dir, "rest"), "utf8"), "the command's stdin");
+    assert.match(readFileSync(join(dir, "vmm/exec.sh"), "utf8"), /exec 'echo' 'it'\\''s'\n$/);
+    assert.match(readFileSync(join(dir, "vmm/run.conf"), "utf8"), /^root_tag='vmm\.root'$/m);
+    assert.deepEqual(new Uint8Array(readFileSync(join(dir, "vmm/seed"))), seed);
+    assert.equal(settimeOf(new Uint8Array(readFileSync(join(dir, "vmm/settime")))), 1_796_000_000_123);
+    assert.ok(readFileSync(join(dir, "vmm/setids")).length > 0);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("runPayload() refuses more than one exec argument holds", () => {
+  assert.throws(() => runPayload(plan({ env: { BIG: "x".repeat(MAX_EXEC_SCRIPT) } })), /at most \d+ fit in one exec argument/);
+});
+
+test("withHostRun() adds the run's shares and puts its command ahead of stdin; without a stdio device it refuses", () => {
+  const stdio = { inFd: 0, outFd: 1, errFd: 2 };
+  const o: HostRunDevices = withHostRun({ hostRun: plan(), shares: [{ path: "/x", tag: "mine", readOnly: true }], stdio });
+  assert.deepEqual(o.shares?.map((s) => s.tag), ["mine", "vmm.root"]);
+  assert.equal(new TextDecoder().decode(o.stdio?.stdinPrefix?.subarray(0, 8)), "vmm-cmd1");
+  assert.ok((o.stdio?.stdinClockAt ?? 0) > 16);
+  assert.throws(() => withHostRun({ hostRun: plan() }), /needs the stdio device/);
+  const plain = { shares: [] };
+  assert.equal(withHostRun(plain), plain);
 });
 
 test("runArchive() holds run.sh with the command quoted", () => {

@@ -2,13 +2,16 @@
 # /init of vmm's default guest image (busybox sh; guest/build.ts writes the image).
 #
 # Protocol with the host (vmm implements the other side):
-#   port 0xF5 (245)  one byte written once the modules are loaded: "init is up".
-#   port 0xF4 (244)  the exit status of /vmm/run.sh, one byte: vmm exits with it.
+#   port 0xF5 (245)  one byte written once init is up; in a run over a root,
+#                    once it waits for its command (vmm may snapshot it then).
+#   port 0xF4 (244)  the exit status of the command, one byte: vmm exits with it.
 # What to run is not part of the image: vmm appends a second cpio archive
 # (guest/command.ts), and Linux unpacks both. Three modes:
-#   /vmm/run.conf  `vmm run -- CMD`: CMD runs over a root shared by virtio-fs
-#                  (the host's own by default), with its stdin, stdout and
-#                  stderr on virtio-serial ports; see host_run below.
+#   /vmm/run.stdin `vmm run -- CMD`: the command comes on the vmm.stdin
+#                  port (read_command below), then CMD runs over a root
+#                  shared by virtio-fs (the host's own by default), with its
+#                  stdin, stdout and stderr on virtio-serial ports; see
+#                  host_run below.
 #   /vmm/run.sh    `vmm run --busybox -- CMD`: CMD runs here, in the
 #                  initramfs, with the console as its terminal.
 #   neither        `vmm boot`: an interactive shell on the console.
@@ -32,7 +35,7 @@ mount -t tmpfs tmpfs /run
 hostname vmm
 
 run_mode=
-[ -f /vmm/run.sh ] || [ -f /vmm/run.conf ] && run_mode=1
+[ -f /vmm/run.sh ] || [ -f /vmm/run.stdin ] && run_mode=1
 
 # Nothing of ours may reach the console in run mode: warnings go to the kernel log.
 warn() {
@@ -147,10 +150,38 @@ overlay() {
 		mount -t overlay overlay -o "lowerdir=$R$1,upperdir=$up/upper,workdir=$up/work" "$R$1"
 }
 
+# read_command: the command, from fd 3 (vmm.stdin), ahead of the host's
+# stdin: a 16-byte header "vmm-cmd1" + the length in 8 hex digits, then a
+# cpio archive of /vmm/run.conf, exec.sh, setids, settime and seed
+# (guest/command.ts runPayload). dd with iflag=fullblock reads exactly that
+# many bytes, never past them: what follows is the command's stdin.
+read_command() {
+	hdr=$(dd bs=16 count=1 iflag=fullblock <&3 2>/dev/null)
+	case "$hdr" in
+	vmm-cmd1[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]) ;;
+	*) run_fail "no command from vmm on vmm.stdin (read '$hdr')" || return ;;
+	esac
+	len=$((0x${hdr#vmm-cmd1}))
+	dd bs="$len" count=1 iflag=fullblock of=/vmm/command.cpio <&3 2>/dev/null &&
+		(cd / && cpio -i -d -u </vmm/command.cpio 2>/dev/null) || run_fail "cannot unpack the command vmm sent" || return
+	rm -f /vmm/command.cpio
+	# The clock first: a restored guest has the snapshot's (guest/settime.ts).
+	/vmm/settime || warn "cannot set the clock"
+	# A restored guest's random pool is the snapshot's: stir in fresh bytes.
+	cat /vmm/seed >/dev/urandom 2>/dev/null
+	rm -f /vmm/seed
+}
+
 host_run() {
 	port_err=
-	. /vmm/run.conf
 	find_ports || run_fail "no vmm.stdin, vmm.stdout and vmm.stderr ports (is vmm's stdio device there?)" || return
+	# Up, and waiting for a command: vmm may snapshot the guest here, before
+	# it opened vmm.stdin or mounted anything, and restore this moment for
+	# later runs (loop/run_cache.ts).
+	port_write 245 0
+	exec 3<"$port_in" || run_fail "cannot open vmm.stdin ($port_in)" || return
+	read_command || return
+	. /vmm/run.conf
 	mkdir -p "$R" "$RW"
 	mount -t virtiofs -o ro "$root_tag" "$R" || run_fail "cannot mount the root (virtio-fs tag $root_tag)" || return
 	mount -t tmpfs -o mode=0755 vmm-rw "$RW" || run_fail "cannot mount a tmpfs for the overlays" || return
@@ -197,7 +228,8 @@ host_run() {
 	copy_out=$!
 	cat /vmm/err >"$port_err" &
 	copy_err=$!
-	cat "$port_in" >/vmm/in &
+	cat <&3 >/vmm/in &
+	exec 3<&-
 	# In a subshell that becomes the command (exec): ash applies a simple
 	# command's redirections in its own process, and would then print
 	# "Killed" for a killed command on the command's stderr.
@@ -217,15 +249,15 @@ host_run() {
 	return "$status"
 }
 
-port_write 245 0
-
-if [ -f /vmm/run.conf ]; then
+if [ -f /vmm/run.stdin ]; then
 	host_run
 	status=$?
 	port_write 244 "$status"
 	poweroff -f
 	exit "$status"
 fi
+
+port_write 245 0
 
 if [ -n "$run_mode" ]; then
 	cd /

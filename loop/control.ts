@@ -28,6 +28,13 @@ import {
 import type { ControlEvent, ControlInit } from "./messages.ts";
 import { pauseQueues, resumeQueues, stopQueues } from "./virtio.ts";
 
+/** One line on stderr from the control loop, which has no other channel on either thread. */
+function say(line: string): void {
+  try {
+    writeAll(2, new TextEncoder().encode(`vmm: ${line}\n`));
+  } catch { /* stderr is gone */ }
+}
+
 /** How a run ended. */
 export interface RunResult {
   /** vmm's exit status. */
@@ -38,6 +45,8 @@ export interface RunResult {
   readyMs?: number;
   /** Milliseconds from `startedAt` until every Worker had reported ready (a vCPU may already be running the guest by then). */
   workersMs?: number;
+  /** The machine was made from a snapshot (Machine.fromSnapshot, restore). */
+  restored?: boolean;
 }
 
 /** Exit status when the guest kernel panicked. */
@@ -57,6 +66,12 @@ export const DRAIN_TIMEOUT_MS = 30_000;
 export interface ControlHooks {
   /** Write a snapshot of the paused machine; returns where it went. SIGUSR2 asks for it. */
   snapshot?: () => string;
+  /**
+   * The guest's init reported ready, and the machine is paused right there
+   * (CTL.HOLD_AT_READY): do what must see that moment (`vmm run` snapshots
+   * it, loop/run_cache.ts); the machine resumes when this returns or throws.
+   */
+  atReady?: () => void;
 }
 
 export class Controller {
@@ -68,6 +83,7 @@ export class Controller {
   readonly #kickPoller: Poller;
   readonly #sigBuf = NativeBuf.alloc(16);
   #signalled = 0;
+  #readySeen = false;
 
   constructor(init: ControlInit, hooks: ControlHooks = {}) {
     this.#init = init;
@@ -91,10 +107,17 @@ export class Controller {
     const { ctlFd, cmdFd, sigFd } = this.#init;
     let drainError = "";
     try {
+      if (this.#init.resumeFirst) this.#resume();
       while (Atomics.load(ctl, CTL.EXIT_KIND) === EXIT_KIND.NONE) {
         const [ev, cmd, sig] = this.#poller.wait(-1);
         if (sig) this.#signals();
-        if (ev) eventfdRead(ctlFd);
+        if (ev) {
+          eventfdRead(ctlFd);
+          if (!this.#readySeen && Atomics.load(ctl, CTL.READY) === 1) {
+            this.#readySeen = true;
+            if (Atomics.load(ctl, CTL.HOLD_AT_READY) === 1) this.#atReady();
+          }
+        }
         if (cmd) {
           eventfdRead(cmdFd);
           this.#command(report);
@@ -131,11 +154,6 @@ export class Controller {
    * not. A machine already paused through the mailbox stays paused.
    */
   #snapshot(): void {
-    const say = (line: string) => {
-      try {
-        writeAll(2, new TextEncoder().encode(`vmm: ${line}\n`));
-      } catch { /* stderr is gone */ }
-    };
     const hook = this.#hooks.snapshot;
     if (!hook) return say("SIGUSR2: this machine was not given a snapshot directory");
     const wasPaused = Atomics.load(this.#s.ctl, CTL.RUN) === RUN.PAUSE;
@@ -149,6 +167,23 @@ export class Controller {
       say(`snapshot failed: ${(e as Error).message}`);
     } finally {
       if (!wasPaused) this.#resume();
+    }
+  }
+
+  /**
+   * The ready report held the machine (CTL.HOLD_AT_READY): the vCPU that
+   * heard it is parking; park the rest and the queues as a pause does, run
+   * the hook, and go on. A failed pause or hook costs the hook's work only.
+   */
+  #atReady(): void {
+    const err = this.#pause();
+    if (err) return say(`at the guest's ready report: ${err}`); // #pause resumed what it paused
+    try {
+      this.#hooks.atReady?.();
+    } catch (e) {
+      say(`at the guest's ready report: ${(e as Error).message}`);
+    } finally {
+      this.#resume();
     }
   }
 

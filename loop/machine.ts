@@ -22,7 +22,7 @@ import { acquireKickSignal, releaseKickSignal, signalPipe } from "../ffi/signals
 import { RawTerminal } from "../ffi/termios.ts";
 import { buildMachine } from "../vm/machine.ts";
 import { ConfigError, type Vm } from "../vm/vm.ts";
-import { concatInitrd, type HostRun, hostRunArchive, hostRunShares, runArchive } from "../guest/command.ts";
+import { concatInitrd, type HostRun, hostRunArchive, runArchive, withHostRun } from "../guest/command.ts";
 import { DEVICE_KINDS, type DeviceOptions, kindOf, type VirtioSpec } from "../devices/registry.ts";
 import type { ConsoleOptions } from "../devices/virtio/kind.ts";
 import { virtioCmdline, virtioSlot } from "../devices/virtio/device.ts";
@@ -77,6 +77,14 @@ export interface MachineOptions extends DeviceOptions {
    * --snapshot-dir`. Only under run(), whose thread can reach the machine.
    */
   snapshotDir?: string;
+  /**
+   * Called when the guest's init reports ready (port 0xF5), with the machine
+   * paused at that very instruction; `snapshot(dir)` writes it as
+   * `Machine.snapshot()` would. The guest resumes when this returns. `vmm
+   * run` snapshots its waiting guest this way (loop/run_cache.ts). Only under
+   * run(), whose thread can reach the machine.
+   */
+  atReady?: (snapshot: (dir: string) => void) => void;
 }
 
 /** How long `wait()` gives the Workers to leave their loops once the control loop ended. */
@@ -123,6 +131,11 @@ interface Parts {
   stdinWakeFd: number;
   signals: boolean;
   snapshotDir?: string;
+  atReady?: (snapshot: (dir: string) => void) => void;
+  /** Made from a snapshot to go on at once (Machine.fromSnapshot): its vCPUs and queues come up parked. */
+  resumeFirst: boolean;
+  /** Made from a snapshot at all. */
+  restored: boolean;
 }
 
 /**
@@ -206,6 +219,25 @@ export class Machine {
       throw e;
     }
     return m;
+  }
+
+  /**
+   * A machine made from a snapshot that goes on where it was when started:
+   * `run()` or `start()` continue the guest, as they would start a new one.
+   * Devices come from `o` as for `restore()`, which is the form that stays
+   * paused. `vmm run` takes this road from its snapshot cache.
+   */
+  static async fromSnapshot(dir: string, o: RestoreOptions = {}): Promise<Machine> {
+    const startedAt = Date.now();
+    const own = new Owner();
+    try {
+      const from = new SnapshotSource(dir);
+      const parts = await build(from.options(o), own, from);
+      return new Machine({ ...parts, resumeFirst: true }, own, startedAt);
+    } catch (e) {
+      own.release();
+      throw e;
+    }
   }
 
   /**
@@ -332,6 +364,8 @@ export class Machine {
       this.#runOwn.add(() => term.restore());
     }
 
+    // A ready hook needs this thread (the control loop runs here): only run() holds the guest for it.
+    if (inline && p.atReady) Atomics.store(p.shared.ctl, CTL.HOLD_AT_READY, 1);
     const mem = { memAddr: vm.memAddr, memSize: vm.memSize, regions: vm.regions };
     const ctlFd = p.ctlFd, shared = p.sharedAddr;
     // Queue Workers first, all started together: they park until their
@@ -367,6 +401,7 @@ export class Machine {
     const init: ControlInit = {
       kind: "control", shared, runAddrs: p.runAddrs, runSize: vm.runSize, vcpuWakeFds: p.vcpuWakeFds, ctlFd, cmdFd: p.cmdFd,
       sigFd, stdinWakeFd: inFd !== null && p.console.device !== "hvc" ? p.stdinWakeFd : -1, virtio: p.virtio,
+      resumeFirst: p.resumeFirst,
     };
     if (!inline) {
       try {
@@ -376,8 +411,11 @@ export class Machine {
         recordExit(p.shared.ctl, p.shared.bytes, EXIT_KIND.ERROR, 1, (e as Error).message);
       }
     }
-    const dir = p.snapshotDir;
-    const c = new Controller(init, dir === undefined ? {} : { snapshot: () => (writeSnapshot(dir, p), dir) });
+    const dir = p.snapshotDir, atReady = p.atReady;
+    const c = new Controller(init, {
+      ...(dir !== undefined ? { snapshot: () => (writeSnapshot(dir, p), dir) } : {}),
+      ...(atReady ? { atReady: () => atReady((to) => writeSnapshot(to, p)) } : {}),
+    });
     try {
       c.run(this.#onEvent);
     } finally {
@@ -397,7 +435,7 @@ export class Machine {
     }
     this.#p.specs.length = 0;
     this.#runOwn.release();
-    let r: RunResult = { ...runResult(this.#p.shared, this.#startedAt, ev), workersMs: this.#workersMs };
+    let r: RunResult = { ...runResult(this.#p.shared, this.#startedAt, ev), workersMs: this.#workersMs, restored: this.#p.restored };
     if (late) r = { ...r, code: r.code || 1, kind: "ERROR", reason: `${r.reason}; then ${late} Worker(s) did not end` };
     this.#result = r;
     this.#life.ended();
@@ -413,17 +451,14 @@ async function build(o: MachineOptions, own: Owner, from?: SnapshotSource): Prom
   let initrd = o.initrd !== undefined ? load("--initrd", o.initrd) : undefined;
   if (o.command || o.hostRun) {
     if (!initrd) throw new ConfigError("A command needs an initrd whose init runs it (the default guest's)");
-    let extra: Uint8Array;
-    try {
-      extra = o.hostRun ? hostRunArchive(o.hostRun) : runArchive(o.command!);
-    } catch (e) {
-      throw new ConfigError((e as Error).message);
-    }
-    initrd = concatInitrd(initrd, extra);
+    initrd = concatInitrd(initrd, o.hostRun ? hostRunArchive() : runArchive(o.command!));
   }
-  if (o.hostRun) {
-    // The run's own shares join any the caller gave (tags vmm.root, vmm.cwd, vmm.rwN).
-    o = { ...o, shares: [...(o.shares ?? []), ...hostRunShares(o.hostRun)] };
+  try {
+    // The run's own shares join any the caller gave (tags vmm.root, vmm.cwd,
+    // vmm.rwN), and its command goes ahead of stdin (guest/command.ts).
+    o = withHostRun(o);
+  } catch (e) {
+    throw new ConfigError((e as Error).message);
   }
   const console_ = o.console ?? { outFd: 1, inFd: 0 };
   let cmdline = o.cmdline ?? DEFAULT_CMDLINE;
@@ -460,6 +495,6 @@ async function build(o: MachineOptions, own: Owner, from?: SnapshotSource): Prom
   from?.apply({ vm, specs, shared }); // last: it starts the guest's clock
   return {
     vm, console: console_, specs, virtio, sharedAddr, shared, runAddrs, ctlFd, cmdFd, vcpuWakeFds, stdinWakeFd, signals: o.signals ?? false,
-    snapshotDir: o.snapshotDir,
+    snapshotDir: o.snapshotDir, atReady: o.atReady, resumeFirst: false, restored: from !== undefined,
   };
 }

@@ -86,6 +86,8 @@ export interface ControlInit {
   /** The stdin Worker's wake eventfd, or -1. */
   stdinWakeFd: number;
   virtio: VirtioDeviceInit[];
+  /** The vCPUs and queues come up parked (a machine made from a snapshot): resume them first. */
+  resumeFirst?: boolean;
 }
 
 /** What the control loop reports, in order. */

@@ -26,7 +26,7 @@ export interface QueueServiceOptions {
    * A fresh handler, made at each start (a reset forgets the device's queue
    * state), given the features the driver accepted and where to log.
    */
-  handler: (driverFeatures: bigint, log: (line: string) => void) => QueueHandler;
+  handler: (driverFeatures: bigint, log: (line: string) => void, restored: boolean) => QueueHandler;
   /** Raise the device's interrupt (write its irqfd). */
   interrupt: () => void;
   /** Whether the queue is still meant to run (false once a reset is under way). */
@@ -76,7 +76,7 @@ export class QueueService {
       if (restored && p && Atomics.load(p, QPOS.VALID) === 1) {
         this.#vq.resumeAt(Atomics.load(p, QPOS.NEXT_AVAIL), Atomics.load(p, QPOS.NEXT_USED));
       }
-      this.#handler = this.#o.handler(this.#o.transport.driverFeatures, (line) => this.#log(line));
+      this.#handler = this.#o.handler(this.#o.transport.driverFeatures, (line) => this.#log(line), restored);
     } catch (e) {
       this.#fail(e);
     }

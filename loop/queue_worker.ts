@@ -65,9 +65,9 @@ class QueueThread {
       mem,
       transport,
       queue,
-      handler: (features, log) =>
+      handler: (features, log, restored) =>
         deviceHandler(device.spec, {
-          mem, features, queue, log, state, config,
+          mem, features, queue, log, state, config, restored,
           end: (kind, code, reason) => this.#end(kind, code, reason),
           configChanged: () => {
             if (transport.configChanged()) eventfdSignal(device.irqFd);

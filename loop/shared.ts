@@ -58,6 +58,9 @@ export const CTL = {
   CMD: 5, // CMD.*
   CMD_SEQ: 6, // bumped by the sender for each command
   CMD_DONE: 7, // the control loop stores CMD_SEQ here once the command is carried out
+  // 1: the vCPU that hears the ready report pauses the machine right there,
+  // before the guest goes on, for the control loop's ready hook (ControlHooks.atReady).
+  HOLD_AT_READY: 8,
 } as const;
 const CTL_WORDS = 16;
 

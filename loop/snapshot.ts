@@ -36,7 +36,6 @@ import process from "node:process";
 import { check, close, errno, hostView, libc, NativeBuf, O_CREAT, O_RDONLY, O_WRONLY, open, writeAll } from "../ffi/libc.ts";
 import { SysError } from "../ffi/errno.ts";
 import { VcpuFd } from "../ffi/kvm.ts";
-import { Vm } from "../vm/vm.ts";
 import { vcpuCpuid } from "../vm/cpuid.ts";
 import { msrsToSave, restoreVcpu, saveVcpu, vcpuStateCaps } from "../vm/vcpu_state.ts";
 import { restoreVmState, saveVmState } from "../vm/vm_state.ts";
@@ -46,7 +45,8 @@ import {
 import { describe } from "../devices/virtio/device.ts";
 import type { VirtioSpec } from "../devices/registry.ts";
 import { parseNetSpec } from "../devices/net/tap.ts";
-import { hostRunShares } from "../guest/command.ts";
+import { withHostRun } from "../guest/command.ts";
+import { ConfigError, Vm } from "../vm/vm.ts";
 import { withSpinLock } from "../devices/spinlock.ts";
 import {
   CTL, DEV, DEVICE_LAYOUT, Q, queueRunWord, RUN, SERIAL_BYTES, SERIAL_OFFSET, type SharedViews, VIRTIO_BLOCK_BYTES, virtioBlock,
@@ -64,6 +64,12 @@ const MiB = 1024 * 1024;
  * line) comes from the snapshot; `cpus` and `memMiB`, if given, must match it.
  */
 export type RestoreOptions = Omit<Partial<MachineOptions>, "kernel" | "initrd" | "cmdline" | "append" | "command" | "virtioCmdline">;
+
+/** The options of `Machine.create()` a restore takes: those that do not say what to boot. */
+export function restoreOptionsOf(o: MachineOptions): RestoreOptions {
+  const { kernel: _k, initrd: _i, cmdline: _c, append: _a, command: _cmd, virtioCmdline: _v, ...devices } = o;
+  return devices;
+}
 
 /** What a machine holds that a snapshot reads or writes. */
 export interface SnapshotParts {
@@ -278,9 +284,15 @@ export class SnapshotSource {
       if (saved && spec.mtu === undefined) spec.mtu = Number(saved.mtu);
       return spec;
     });
-    // A host run's shares are devices too (guest/command.ts); its command is the guest's business now.
-    const shares = o.hostRun ? [...(o.shares ?? []), ...hostRunShares(o.hostRun)] : o.shares;
-    return { ...o, hostRun: undefined, nets, shares, kernel: new Uint8Array(0), cpus: s.cpus, memMiB };
+    // A host run's shares are devices, and its command goes ahead of stdin
+    // to an init that waits for it (guest/command.ts), as on a cold boot.
+    let withRun: RestoreOptions;
+    try {
+      withRun = withHostRun(o);
+    } catch (e) {
+      throw new ConfigError((e as Error).message);
+    }
+    return { ...withRun, hostRun: undefined, nets, kernel: new Uint8Array(0), cpus: s.cpus, memMiB };
   }
 
   /** The devices are open: check them against the snapshot, then make the VM over the memory file. */

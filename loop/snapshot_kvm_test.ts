@@ -76,3 +76,49 @@ test("a counting guest snapshotted here goes on counting after a restore in anot
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+/**
+ * `out 0xF5` (ready), then count to COUNT_TO and `out 0xF4` with 42: the
+ * shape of vmm run's guest, whose init reports ready and waits.
+ */
+const COUNT_TO = 100_000;
+const readyThenCount = makeBzImage(new Uint8Array([
+  0xb0, 0x01, 0xe6, 0xf5, //                                   mov al, 1; out 0xf5, al
+  0x67, 0x48, 0xff, 0x04, 0x25, ...le32(COUNTER), //           loop: inc qword [COUNTER]
+  0x67, 0x48, 0x81, 0x3c, 0x25, ...le32(COUNTER), ...le32(COUNT_TO), // cmp qword [COUNTER], COUNT_TO
+  0x72, 0xe8, //                                               jb loop
+  0xb0, 0x2a, 0xe6, 0xf4, //                                   mov al, 42; out 0xf4, al
+  0xf4, 0xeb, 0xfd, //                                         hlt; jmp hlt
+]));
+
+test("the ready hook sees the guest held at its ready report, and a machine made from that snapshot goes on with run()", async () => {
+  requireKvm();
+  const dir = mkdtempSync(join(tmpdir(), "vmm-snapshot-ready-"));
+  try {
+    let atReady = -1;
+    {
+      const m: Machine = await Machine.create({
+        kernel: readyThenCount, memMiB: MEM_MIB, cpus: 2, console: { outFd: 2, inFd: null },
+        atReady: (snapshot) => {
+          atReady = m.vm.mem.readU32(COUNTER);
+          snapshot(dir);
+        },
+      });
+      try {
+        const r = await m.run();
+        assert.equal(r.code, 42, r.reason);
+        assert.equal(m.vm.mem.readU32(COUNTER), COUNT_TO);
+      } finally {
+        await m.close();
+      }
+    }
+    // Held at the port write: not one increment had run, on either vCPU.
+    assert.equal(atReady, 0, "the guest went on past its ready report before the hook");
+    const [cmd, args] = scriptCommand(fileURLToPath(new URL("../test/support/restore_child.ts", import.meta.url)), [dir, String(COUNTER), "run"]);
+    const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 180_000 });
+    assert.equal(r.status, 0, `child stderr: ${r.stderr}`);
+    assert.match(r.stdout, new RegExp(`^ran 42 ${COUNT_TO}$`, "m"), `the restored guest did not count from 0 to the end: ${r.stdout}`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -81,6 +81,10 @@ class VcpuThread {
       exit: (code) => this.#end(EXIT_KIND.EXIT_CODE, code, `guest command exited with ${code}`),
       ready: () => {
         new DataView(this.sharedBytes.buffer, this.sharedBytes.byteOffset).setFloat64(CTL_READY_TIME, Date.now(), true);
+        // Held: this vCPU parks as soon as this exit is handled, so the guest
+        // is caught at the very instruction that said "ready" (its init
+        // blocked in the port write); the control loop parks the others.
+        if (Atomics.load(this.ctl, CTL.HOLD_AT_READY) === 1) Atomics.store(this.ctl, CTL.RUN, RUN_STATE.PAUSE);
         Atomics.store(this.ctl, CTL.READY, 1);
         eventfdSignal(init.ctlFd);
       },

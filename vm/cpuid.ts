@@ -73,3 +73,12 @@ function topologyLevel(index: number, id: number, cpus: number): Pick<CpuidEntry
   if (index === 1) return { eax: bitsFor(cpus), ebx: cpus, ecx: (2 << 8) | 1, edx: id };
   return { eax: 0, ebx: 0, ecx: index, edx: id };
 }
+
+/** The vendor string of a CPUID table (leaf 0: EBX, EDX, ECX), "?" without leaf 0. */
+export function cpuidVendor(t: CpuidEntry[]): string {
+  const e = t.find((x) => x.function === 0 && x.index === 0);
+  if (!e) return "?";
+  const b = new Uint8Array(12), v = new DataView(b.buffer);
+  [e.ebx, e.edx, e.ecx].forEach((x, i) => v.setUint32(i * 4, x, true));
+  return new TextDecoder().decode(b);
+}

@@ -30,12 +30,13 @@ import { Buffer } from "node:buffer";
 import pkg from "../package.json" with { type: "json" };
 import type { CpuidEntry } from "../ffi/structs.ts";
 import type { VcpuState } from "./vcpu_state.ts";
+import { cpuidVendor } from "./cpuid.ts";
 import type { VmState } from "./vm_state.ts";
 
 /** The version of vmm this code is: a snapshot restores only into the same one. */
 export const VMM_VERSION: string = pkg.version;
 /** Bumped whenever the body's fields or their meaning change. */
-export const SNAPSHOT_FORMAT = 1;
+export const SNAPSHOT_FORMAT = 2; // 2: the stdio device keeps what its driver was told (devices/stdio/control.ts W.PLAN)
 export const SNAPSHOT_MAGIC = "VMMSNAP\0";
 /** Header byte offsets, as drawn above. */
 export const HDR = { MAGIC: 0, FORMAT: 8, BODY_LEN: 16, VMM_VERSION: 24, SHA256: 48, SIZE: 80 } as const;
@@ -202,13 +203,7 @@ const hex = (n: number) => "0x" + (n >>> 0).toString(16);
  */
 export function cpuidMismatch(saved: CpuidEntry[], here: CpuidEntry[]): string | null {
   const find = (t: CpuidEntry[], f: number, i: number) => t.find((e) => e.function === f && e.index === i);
-  const vendor = (t: CpuidEntry[]) => {
-    const e = find(t, 0, 0);
-    if (!e) return "?";
-    const b = new Uint8Array(12), v = new DataView(b.buffer);
-    [e.ebx, e.edx, e.ecx].forEach((x, i) => v.setUint32(i * 4, x, true));
-    return new TextDecoder().decode(b);
-  };
+  const vendor = cpuidVendor;
   if (vendor(saved) !== vendor(here)) return `CPU vendor ${vendor(saved)}, this host's is ${vendor(here)}`;
   const fms = (t: CpuidEntry[]) => (find(t, 1, 0)?.eax ?? 0) >>> 0;
   if (fms(saved) !== fms(here)) return `CPU family/model/stepping ${hex(fms(saved))}, this host's is ${hex(fms(here))}`;

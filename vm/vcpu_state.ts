@@ -10,6 +10,7 @@
  */
 import { CAP, type Kvm, type VcpuFd, type VmFd } from "../ffi/kvm.ts";
 import type { CpuidEntry, DebugRegs, Fpu, Regs, Sregs, Xcr } from "../ffi/structs.ts";
+import { cpuidVendor } from "./cpuid.ts";
 
 /** IA32_TSC and IA32_TSC_DEADLINE (Intel SDM vol. 4): the deadline is restored after the TSC. */
 export const MSR_IA32_TSC = 0x10, MSR_IA32_TSC_DEADLINE = 0x6e0;
@@ -121,6 +122,24 @@ export interface RestoreReport {
 }
 
 /**
+ * The special registers to write back, with TR's type as the CPU had it.
+ * On AMD, KVM reports TR always busy (svm_get_segment: "the busy flag in the
+ * tr selector isn't exposed"), and writes back whatever it is given. A
+ * long-mode guest never looks at the flag, and AMD's VMRUN does not check
+ * it, but QEMU's TCG, which runs the nested host's SVM, takes an I/O
+ * permission check through a busy TSS for a #GP: a restored guest's
+ * `ioperm()`ed `out` (guest/init.sh reporting its command's status) faulted.
+ * So on AMD the 64-bit TSS goes back available (9): TCG runs with that, as
+ * it had it before the snapshot, and the hardware ignores the flag.
+ */
+function trAsSaved(state: VcpuState): VcpuState["sregs"] {
+  const s = state.sregs;
+  if (cpuidVendor(state.cpuid) !== "AuthenticAMD" || s.tr.type !== TSS64_BUSY) return s;
+  return { ...s, tr: { ...s.tr, type: TSS64_AVAILABLE } };
+}
+const TSS64_AVAILABLE = 9, TSS64_BUSY = 11;
+
+/**
  * Write `state` into `vcpu`, a vCPU that has not run yet (fresh from
  * KVM_CREATE_VCPU on a VM whose irqchip and PIT already exist). Throws
  * SysError naming the ioctl KVM refused; MSRs KVM refuses are skipped and
@@ -137,7 +156,7 @@ export function restoreVcpu(vcpu: VcpuFd, state: VcpuState): RestoreReport {
   // Special registers before general ones: EFER, CR0 and CR4 set the mode in
   // which RIP and RFLAGS are taken (QEMU's order), and SREGS carries the APIC
   // base that KVM_SET_LAPIC below relies on.
-  vcpu.setSregs(state.sregs);
+  vcpu.setSregs(trAsSaved(state));
   // KVM_SET_REGS drops any pending exception: it must precede KVM_SET_VCPU_EVENTS.
   vcpu.setRegs(state.regs);
   // FPU, then XSAVE: KVM_SET_FPU writes the legacy area only, and KVM_SET_XSAVE

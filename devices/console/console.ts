@@ -52,6 +52,11 @@ export interface ConsoleRxOptions {
    * driver "no more input" from another thread cannot overtake the data.
    */
   onEof?: () => void;
+  /**
+   * Bytes to deliver before anything read from the input; with an input fd
+   * of -1 they are all there is, and the input ends once they are delivered.
+   */
+  prefix?: Uint8Array;
 }
 
 /** The receive queue: host input → guest. */
@@ -68,10 +73,11 @@ export class ConsoleRx implements QueueHandler {
     this.#inFd = inFd;
     this.#o = o;
     this.#escape = o.onQuit ? new ConsoleEscape() : null;
+    if (o.prefix) this.#pending = o.prefix; // not copied: StdinRx stamps its clock in place before the first delivery
   }
 
   inputFd(): number {
-    return this.#eof || this.#starved || this.#pending.length > 0 ? -1 : this.#inFd;
+    return this.#eof || this.#starved || this.#pending.length > 0 || this.#inFd < 0 ? -1 : this.#inFd;
   }
 
   input(vq: Virtqueue): void {
@@ -129,6 +135,8 @@ export class ConsoleRx implements QueueHandler {
     }
     // Budget spent on input a hostile driver keeps us from placing: drop it.
     if (!this.#starved) this.#pending = new Uint8Array(0);
+    // No input fd: the prefix was all there is.
+    if (this.#pending.length === 0 && this.#inFd < 0 && !this.#eof) this.#ended();
   }
 }
 

@@ -128,6 +128,13 @@ export const W = {
   STDIN_EOF: 1,
   /** GUEST_OPEN + port: 1 while a guest program has the port open (its PORT_OPEN). */
   GUEST_OPEN: 2,
+  /**
+   * What the host has told this driver session (ControlPlan.state), kept
+   * here rather than in the control receive Worker's memory so that a
+   * snapshot carries it: a restored guest whose stdin ends must still be
+   * told so, by a Worker that never saw the ports announced.
+   */
+  PLAN: 2 + NR_PORTS,
 } as const;
 
 export const REQ_DEVICE_READY = 1;
@@ -152,6 +159,8 @@ export function guestRequest(m: ControlMsg): { requests: number; guestOpen?: { p
   }
 }
 
+const PLAN_ADDED = 1, PLAN_NAMED = 2, PLAN_STDIN_OPEN = 0x100, PLAN_STDIN_CLOSED = 0x200;
+
 /**
  * The host's half of the conversation, for one driver session (a device
  * reset starts a new one): given what the guest asked since last time and
@@ -164,6 +173,22 @@ export class ControlPlan {
   readonly #named = new Set<number>();
   /** What the guest was last told about stdin's host end (null: nothing yet). */
   #stdinOpen: boolean | null = null;
+
+  /** A plan that goes on from `state` (a `state` read earlier; 0: a new session). */
+  constructor(state = 0) {
+    this.#added = (state & PLAN_ADDED) !== 0;
+    for (let id = 0; id < NR_PORTS; id++) if (state & (PLAN_NAMED << id)) this.#named.add(id);
+    this.#stdinOpen = state & PLAN_STDIN_OPEN ? true : state & PLAN_STDIN_CLOSED ? false : null;
+  }
+
+  /** What has been said so far, as one word (W.PLAN). */
+  get state(): number {
+    let s = this.#added ? PLAN_ADDED : 0;
+    for (const id of this.#named) s |= PLAN_NAMED << id;
+    if (this.#stdinOpen === true) s |= PLAN_STDIN_OPEN;
+    if (this.#stdinOpen === false) s |= PLAN_STDIN_CLOSED;
+    return s;
+  }
 
   next(requests: number, stdinEof: boolean): ControlMsg[] {
     const out: ControlMsg[] = [];

@@ -27,18 +27,26 @@ export interface StdioOptions {
    * null gives the guest an empty stdin. Whoever sets this must keep the
    * serial console from also reading `inFd` (MachineOptions.console.inFd).
    */
-  stdio?: { inFd: number | null; outFd: number; errFd: number };
+  stdio?: {
+    inFd: number | null;
+    outFd: number;
+    errFd: number;
+    /** Sent on vmm.stdin before `inFd`'s bytes (StdioFds.stdinPrefix). */
+    stdinPrefix?: Uint8Array;
+    /** Where in it the wall clock goes (StdioFds.stdinClockAt). */
+    stdinClockAt?: number;
+  };
 }
 
 export const stdioKind: DeviceKind<StdioSpec, StdioOptions> = {
   kind: "stdio",
   open(o) {
     if (!o.stdio) return [];
-    const { inFd, outFd, errFd } = o.stdio;
+    const { inFd, outFd, errFd, stdinPrefix, stdinClockAt } = o.stdio;
     // Non-blocking: a Worker may read one that polled readable for another reason.
     const controlWakeFd = eventfd(EFD_CLOEXEC | EFD_NONBLOCK);
     const stdinWakeFd = eventfd(EFD_CLOEXEC | EFD_NONBLOCK);
-    return [{ kind: "stdio", inFd, outFd, errFd, controlWakeFd, stdinWakeFd }];
+    return [{ kind: "stdio", inFd, outFd, errFd, controlWakeFd, stdinWakeFd, ...(stdinPrefix ? { stdinPrefix, stdinClockAt } : {}) }];
   },
   close(spec) {
     close(spec.controlWakeFd);

@@ -24,6 +24,7 @@
  * port: until then it must not send anything (StdinRx says why).
  */
 import { eventfdRead, eventfdSignal } from "../../ffi/libc.ts";
+import { stampClock } from "../../guest/settime.ts";
 import { ConsoleRx, ConsoleTx } from "../console/console.ts";
 import type { HandlerContext } from "../virtio/kind.ts";
 import { type QueueHandler, serveAll } from "../virtio/queue_handler.ts";
@@ -52,6 +53,18 @@ export interface StdioFds {
   controlWakeFd: number;
   /** Eventfd (non-blocking) that wakes the stdin Worker when the guest opens or closes vmm.stdin. */
   stdinWakeFd: number;
+  /**
+   * Bytes the guest reads on vmm.stdin before host stdin: how `vmm run`
+   * hands its command to a guest init that is already up (guest/command.ts
+   * runPayload), the same way on a cold boot and after a restore.
+   */
+  stdinPrefix?: Uint8Array;
+  /**
+   * Where in `stdinPrefix` a timespec gets the wall clock as the prefix
+   * starts on its way (guest/settime.ts): the guest's clock is set from
+   * it, and the Workers' start-up must not make it late.
+   */
+  stdinClockAt?: number;
 }
 
 /** The handler of queue `ctx.queue`. */
@@ -59,21 +72,26 @@ export function stdioHandler(fds: StdioFds, ctx: HandlerContext): QueueHandler {
   const r = queueRole(ctx.queue);
   switch (r.role) {
     case "control-rx":
-      return new ControlRx(ctx.state, fds.controlWakeFd, fds.inFd === null);
+      return new ControlRx(ctx.state, fds.controlWakeFd, noStdin(fds), ctx.restored ?? false);
     case "control-tx":
-      return new ControlTx(ctx.state, fds.controlWakeFd, fds.stdinWakeFd);
+      return new ControlTx(ctx.state, fds.controlWakeFd, fds.stdinWakeFd, ctx.restored ?? false);
     case "rx":
-      if (r.port !== STDIN_PORT || fds.inFd === null) return { kick() {} }; // the guest's buffers wait
+      if (r.port !== STDIN_PORT || noStdin(fds)) return { kick() {} }; // the guest's buffers wait
       return new StdinRx(ctx.state, fds.stdinWakeFd, fds.inFd, () => {
         Atomics.store(ctx.state, W.STDIN_EOF, 1);
         eventfdSignal(fds.controlWakeFd);
-      });
+      }, fds.stdinPrefix, fds.stdinClockAt);
     case "tx": {
       if (r.port === STDIN_PORT) return { kick: (vq) => serveAll(vq, () => 0) }; // a write to stdin goes nowhere
       const name = PORT_NAMES[r.port];
       return new ConsoleTx(ctx.mem, r.port === STDERR_PORT ? fds.errFd : fds.outFd, { log: (l) => ctx.log(`${name} ${l}`) });
     }
   }
+}
+
+/** The guest's stdin is empty from the start: no host stdin and nothing to say before it. */
+function noStdin(fds: StdioFds): boolean {
+  return fds.inFd === null && !fds.stdinPrefix?.length;
 }
 
 /**
@@ -86,10 +104,11 @@ export class ControlTx implements QueueHandler {
   readonly #wakeFd: number;
   readonly #stdinWakeFd: number;
 
-  constructor(state: Int32Array, wakeFd: number, stdinWakeFd: number) {
+  constructor(state: Int32Array, wakeFd: number, stdinWakeFd: number, restored = false) {
     this.#state = state;
     this.#wakeFd = wakeFd;
     this.#stdinWakeFd = stdinWakeFd;
+    if (restored) return; // the snapshot's session goes on, with its open ports
     // A new driver session: requests and open ports from before a reset are not this driver's.
     Atomics.store(state, W.REQUESTS, 0);
     for (let port = 0; port < NR_PORTS; port++) Atomics.store(state, W.GUEST_OPEN + port, 0);
@@ -132,10 +151,26 @@ export class StdinRx implements QueueHandler {
   /** What inputFd() last returned, so input() knows which fd polled readable. */
   #polled = -1;
 
-  constructor(state: Int32Array, gateFd: number, inFd: number, onEof: () => void) {
+  /** Sending has begun: the guest opened the port once. */
+  #started = false;
+  /** What to stamp with the clock before the first byte goes: the prefix, and where. */
+  #clock: { prefix: Uint8Array; at: number } | null;
+
+  /** `inFd` null: the guest's stdin ends after `prefix`. */
+  constructor(state: Int32Array, gateFd: number, inFd: number | null, onEof: () => void, prefix?: Uint8Array, clockAt?: number) {
     this.#state = state;
     this.#gateFd = gateFd;
-    this.#rx = new ConsoleRx(inFd, { onEof });
+    this.#rx = new ConsoleRx(inFd ?? -1, { onEof, prefix });
+    this.#clock = prefix && clockAt !== undefined ? { prefix, at: clockAt } : null;
+  }
+
+  #send(vq: Virtqueue): void {
+    this.#started = true;
+    if (this.#clock) {
+      stampClock(this.#clock.prefix, this.#clock.at);
+      this.#clock = null;
+    }
+    this.#rx.kick(vq);
   }
 
   #guestOpen(): boolean {
@@ -143,6 +178,11 @@ export class StdinRx implements QueueHandler {
   }
 
   inputFd(): number {
+    // Until the first delivery, the gate: once the guest opened the port it
+    // holds a count, and input() starts sending. Asking the guest's state
+    // here instead could miss the start: with a prefix waiting, ConsoleRx
+    // polls nothing, and the guest, blocked in read(), kicks nothing.
+    if (!this.#started) return this.#polled = this.#gateFd;
     return this.#polled = this.#guestOpen() ? this.#rx.inputFd() : this.#gateFd;
   }
 
@@ -150,11 +190,11 @@ export class StdinRx implements QueueHandler {
     if (this.#polled !== this.#gateFd) return this.#rx.input(vq);
     eventfdRead(this.#gateFd); // non-blocking
     // Opened: buffers the guest added meanwhile got kicks we ignored.
-    if (this.#guestOpen()) this.#rx.kick(vq);
+    if (this.#guestOpen()) this.#send(vq);
   }
 
   kick(vq: Virtqueue): void {
-    if (this.#guestOpen()) this.#rx.kick(vq);
+    if (this.#guestOpen()) this.#send(vq);
   }
 
   close(): void {
@@ -172,13 +212,16 @@ export class ControlRx implements QueueHandler {
   readonly #state: Int32Array;
   readonly #wakeFd: number;
   readonly #noStdin: boolean;
-  readonly #plan = new ControlPlan();
+  readonly #plan: ControlPlan = new ControlPlan();
   readonly #out: Uint8Array[] = [];
 
-  constructor(state: Int32Array, wakeFd: number, noStdin: boolean) {
+  constructor(state: Int32Array, wakeFd: number, noStdin: boolean, restored = false) {
     this.#state = state;
     this.#wakeFd = wakeFd;
     this.#noStdin = noStdin;
+    // After a restore the plan goes on from what the snapshot's session was told; else it starts anew.
+    if (restored) this.#plan = new ControlPlan(Atomics.load(state, W.PLAN));
+    else Atomics.store(state, W.PLAN, 0);
   }
 
   inputFd(): number {
@@ -194,6 +237,7 @@ export class ControlRx implements QueueHandler {
     const requests = Atomics.exchange(this.#state, W.REQUESTS, 0);
     const eof = this.#noStdin || Atomics.load(this.#state, W.STDIN_EOF) === 1;
     for (const m of this.#plan.next(requests, eof)) this.#out.push(encodeControl(m));
+    Atomics.store(this.#state, W.PLAN, this.#plan.state);
     while (this.#out.length > 0) {
       const chain = vq.pop();
       if (!chain) {

@@ -64,7 +64,7 @@ class Guest {
   #data = DATA;
   #rx = RX;
 
-  constructor(fds: { inFd: number | null; outFd: number; errFd: number }) {
+  constructor(fds: { inFd: number | null; outFd: number; errFd: number; stdinPrefix?: Uint8Array; stdinClockAt?: number }) {
     const [controlWakeFd, stdinWakeFd] = [0, 1].map(() => eventfd(EFD_CLOEXEC | EFD_NONBLOCK));
     this.spec = { kind: "stdio", ...fds, controlWakeFd, stdinWakeFd };
     for (let q = 0; q < NR_QUEUES; q++) {
@@ -75,11 +75,11 @@ class Guest {
     this.start();
   }
 
-  /** DRIVER_OK: every Worker makes its queue's handler, through the device registry. */
-  start(): void {
+  /** DRIVER_OK: every Worker makes its queue's handler, through the device registry; `restored`: Workers of a restored machine. */
+  start(restored = false): void {
     this.handlers = this.vqs.map((_, queue) =>
       deviceHandler(this.spec, {
-        mem: this.mem, features: 0n, queue, state: this.state, config: new Uint8Array(0),
+        mem: this.mem, features: 0n, queue, state: this.state, config: new Uint8Array(0), restored,
         log: (l) => this.log.push(l), end: () => assert.fail("the stdio console ended the VM"), configChanged() {},
       })
     );
@@ -378,6 +378,7 @@ test("stdin is not read before a guest program opens vmm.stdin: Linux would drop
     g.kick(rx);
     assert.deepEqual(g.received(rx), []);
     g.send({ id: STDIN_PORT, event: VIRTIO_CONSOLE_PORT_OPEN, value: 1 }); // port_fops_open()
+    assert.ok(g.pollInput(rx), "the gate opens");
     assert.equal(g.handlers[rx].inputFd!(), p.fds.inFd, "now it waits on stdin");
     assert.ok(g.pollInput(rx));
     assert.deepEqual(g.received(rx).map((b) => new TextDecoder().decode(b)), ["early"]);
@@ -466,6 +467,79 @@ test("a device reset starts a new conversation: stale requests are dropped, the 
     assert.equal(g.state[W.GUEST_OPEN + STDOUT_PORT], 0, "the new driver has no port open");
     g.send({ id: BAD_ID, event: VIRTIO_CONSOLE_DEVICE_READY, value: 1 });
     assert.deepEqual(brief(g.control()), ["1:0:1", "1:1:1", "1:2:1"]);
+  } finally {
+    g.close();
+    p.close();
+  }
+});
+
+test("a prefix goes to the guest ahead of stdin, its clock stamped as it starts; with no stdin, the port closes after it", () => {
+  const p = pipes();
+  const prefix = new TextEncoder().encode("command:................:end");
+  const g = new Guest({ ...p.fds, inFd: null, stdinPrefix: prefix, stdinClockAt: 8 });
+  try {
+    const msgs = brief(g.handshake());
+    assert.ok(msgs.includes("6:0:1"), `stdin announced open while the prefix waits: ${msgs.join(" ")}`);
+    const rx = portQueues(STDIN_PORT).rx;
+    g.kick(rx);
+    assert.deepEqual(g.received(rx), [], "nothing before the guest opens the port");
+    const before = Date.now();
+    g.send({ id: STDIN_PORT, event: VIRTIO_CONSOLE_PORT_OPEN, value: 1 });
+    g.pollInput(rx);
+    const [got, ...more] = g.received(rx);
+    assert.deepEqual(more, []);
+    assert.equal(new TextDecoder().decode(got.subarray(0, 8)), "command:");
+    assert.equal(new TextDecoder().decode(got.subarray(24)), ":end");
+    const v = new DataView(got.buffer, got.byteOffset + 8, 16);
+    const ms = Number(v.getBigUint64(0, true)) * 1000 + Number(v.getBigUint64(8, true)) / 1e6;
+    assert.ok(ms >= Math.floor(before / 1000) * 1000 && ms <= Date.now(), `stamped ${ms}, sent at ${before}`);
+    assert.equal(g.state[W.STDIN_EOF], 1, "the prefix was all of stdin");
+    assert.deepEqual(brief(g.control()), ["6:0:0"]);
+  } finally {
+    g.close();
+    p.close();
+  }
+});
+
+test("a prefix goes ahead of the host's stdin, in order", () => {
+  const p = pipes();
+  const g = new Guest({ ...p.fds, stdinPrefix: new TextEncoder().encode("first,") });
+  try {
+    g.handshake();
+    const rx = portQueues(STDIN_PORT).rx;
+    writeAll(p.hostIn, new TextEncoder().encode("then stdin"));
+    g.send({ id: STDIN_PORT, event: VIRTIO_CONSOLE_PORT_OPEN, value: 1 });
+    g.pollInput(rx);
+    assert.equal(g.handlers[rx].inputFd!(), p.fds.inFd, "the prefix is out: now stdin");
+    assert.ok(g.pollInput(rx));
+    assert.deepEqual(g.received(rx).map((b) => new TextDecoder().decode(b)), ["first,", "then stdin"]);
+  } finally {
+    g.close();
+    p.close();
+  }
+});
+
+test("handlers of a restored machine go on with the session: open ports kept, and stdin's end still told", () => {
+  const p = pipes();
+  const g = new Guest(p.fds);
+  try {
+    g.handshake();
+    g.send({ id: STDIN_PORT, event: VIRTIO_CONSOLE_PORT_OPEN, value: 1 });
+    g.start(true); // the snapshot's queues, taken over by new Workers
+    assert.equal(g.state[W.GUEST_OPEN + STDIN_PORT], 1, "the guest still has vmm.stdin open");
+    const rx = portQueues(STDIN_PORT).rx;
+    g.kick(rx); // a resumed queue Worker's first act (loop/queue_worker.ts)
+    assert.equal(g.handlers[rx].inputFd!(), p.fds.inFd, "sending again at once: no new PORT_OPEN will come");
+    writeAll(p.hostIn, new TextEncoder().encode("after"));
+    close(p.hostIn);
+    p.hostIn = -1;
+    assert.ok(g.pollInput(rx));
+    assert.ok(g.pollInput(rx), "EOF");
+    assert.deepEqual(g.received(rx).map((b) => new TextDecoder().decode(b)), ["after"]);
+    // A fresh plan would not know the guest was told stdin is open, and would never close it.
+    assert.deepEqual(brief(g.control()), ["6:0:0"]);
+    g.send({ id: BAD_ID, event: VIRTIO_CONSOLE_DEVICE_READY, value: 1 });
+    assert.deepEqual(g.control(), [], "the ports were added already: not again");
   } finally {
     g.close();
     p.close();

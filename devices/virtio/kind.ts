@@ -49,6 +49,12 @@ export interface HandlerContext {
   config: Uint8Array;
   /** Tell the driver the configuration changed (ConfigGeneration + a config interrupt). */
   configChanged: () => void;
+  /**
+   * The queue was taken over from a snapshot (loop/snapshot.ts): `state`
+   * holds the saved driver session's words, to go on with, not to clear as
+   * a new session (after DRIVER_OK) would.
+   */
+  restored?: boolean;
 }
 
 /** The file descriptors of the machine's console, for kinds that use them. */

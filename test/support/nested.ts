@@ -205,6 +205,9 @@ function runFiles(script: string, cwd: string, shares: string[], env: Record<str
     "export HOME=/tmp/home",
     `export PATH=${q(path.join(":"))}`,
     "export TERM=dumb LANG=C.UTF-8 VMM_NESTED=1",
+    // vmm run's snapshots (loop/run_cache.ts) in L1's tmpfs: its root, where
+    // vmm's cache is, is this machine's, read-only.
+    "export VMM_SNAPSHOT_CACHE=/tmp/vmm-snapshots",
     ...Object.entries(env).map(([k, v]) => `export ${k}=${q(v)}`),
     'mkdir -p "$HOME"',
     `cd ${q(cwd)} || exit 125`,

@@ -7,12 +7,22 @@
  *
  * Usage: <runtime> test/support/restore_child.ts DIR COUNTER_GPA
  * Prints `restored N`, `later N`, `again N`, `stopped KIND`, one per line.
+ *
+ * With a third argument `run`: `Machine.fromSnapshot(DIR)`, then `run()`
+ * on this thread, the CLI's way, until the guest ends; prints `ran CODE N`
+ * with the exit status and the count it ended with.
  */
 import process from "node:process";
 import { Machine } from "../../mod.ts";
 
-const [dir, counterArg] = process.argv.slice(2);
+const [dir, counterArg, mode] = process.argv.slice(2);
 const counter = Number(counterArg);
+if (mode === "run") {
+  await using r = await Machine.fromSnapshot(dir, { console: { outFd: 2, inFd: null } });
+  const ended = await r.run();
+  console.log(`ran ${ended.code} ${r.vm.mem.readU32(counter)}`);
+  process.exit(0);
+}
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const m = await Machine.restore(dir, { console: { outFd: 2, inFd: null } });

@@ -137,6 +137,8 @@ export interface VmmChild {
   stderr(): string;
   /** Resolves once stdout contains `text`; rejects after `ms`. */
   waitForStdout(text: string, ms?: number): Promise<void>;
+  /** Resolves once stderr contains `text`; rejects after `ms`. */
+  waitForStderr(text: string, ms?: number): Promise<void>;
   /** Resolves with the exit status (null when killed by a signal). */
   exited: Promise<number | null>;
 }
@@ -153,29 +155,33 @@ export function vmmSpawn(args: string[], o: { unshare?: boolean } = {}): VmmChil
     out += new TextDecoder().decode(d);
     waiters.forEach((w) => w());
   });
-  child.stderr!.on("data", (d: Uint8Array) => (err += new TextDecoder().decode(d)));
+  child.stderr!.on("data", (d: Uint8Array) => {
+    err += new TextDecoder().decode(d);
+    waiters.forEach((w) => w());
+  });
   const exited = exitOf(child);
+  const waitFor = (where: "stdout" | "stderr", text: string, ms: number) =>
+    new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        child.kill("SIGKILL");
+        reject(new Error(`vmm did not print ${JSON.stringify(text)} on ${where} within ${ms} ms; stdout ${JSON.stringify(out)}, stderr ${JSON.stringify(err)}`));
+      }, ms);
+      const check = () => {
+        if ((where === "stdout" ? out : err).includes(text)) {
+          clearTimeout(timer);
+          resolve();
+        }
+      };
+      waiters.push(check);
+      check();
+    });
   return {
     child,
     stdout: () => out,
     stderr: () => err,
     exited,
-    waitForStdout(text, ms = CHILD_BOUND_MS) {
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => {
-          child.kill("SIGKILL");
-          reject(new Error(`vmm did not print ${JSON.stringify(text)} within ${ms} ms; stdout ${JSON.stringify(out)}, stderr ${JSON.stringify(err)}`));
-        }, ms);
-        const check = () => {
-          if (out.includes(text)) {
-            clearTimeout(timer);
-            resolve();
-          }
-        };
-        waiters.push(check);
-        check();
-      });
-    },
+    waitForStdout: (text, ms = CHILD_BOUND_MS) => waitFor("stdout", text, ms),
+    waitForStderr: (text, ms = CHILD_BOUND_MS) => waitFor("stderr", text, ms),
   };
 }
 

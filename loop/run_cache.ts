@@ -1,0 +1,168 @@
+/**
+ * `vmm run` from a snapshot: the first run of a guest boots it cold and,
+ * when its init is up and waiting for its command, snapshots it into a
+ * cache; every later run with the same guest restores that snapshot and
+ * sends the command to the init that is already waiting (Firecracker's
+ * snapshot, put to a test runner's use).
+ *
+ * What makes this possible is that the guest is the same for every command
+ * until it reads one: the command is not in the initramfs but comes on the
+ * vmm.stdin port, ahead of the host's stdin (guest/command.ts runPayload),
+ * and init reports ready (port 0xF5) after the driver found its ports and
+ * before it opened vmm.stdin or mounted any share (guest/init.sh host_run).
+ * The vCPU that hears that report parks at once (CTL.HOLD_AT_READY), so the
+ * snapshot catches the guest blocked in that port write; the virtio-fs
+ * servers have served nothing yet, so their inode tables, which a snapshot
+ * does not carry, are empty on both sides.
+ *
+ * **The key** is a hash of everything that makes one waiting guest differ
+ * from another: the kernel and initramfs files (device, inode, size,
+ * mtime: a rebuilt image is a new file), the command line, CPUs, memory,
+ * the console, the shares' tags and modes (their paths are the restoring
+ * run's own), the rng device, the vmm version and the snapshot format. A
+ * run with disks or network cards is not cached: a disk's blocks may sit in
+ * the snapshot's page cache, and would not be those of the disk given next.
+ *
+ * **Concurrency.** A snapshot is written to a temporary directory and
+ * renamed into place whole; one that loses the race to another run is
+ * thrown away. Restoring maps the memory file MAP_PRIVATE and never writes
+ * it, and a snapshot is never changed once published, only replaced (a
+ * rename, which leaves the old files to whoever mapped them). So any number
+ * of runs may restore one snapshot while another replaces it.
+ */
+import { createHash } from "node:crypto";
+import { accessSync, constants, existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, utimesSync } from "node:fs";
+import { join } from "node:path";
+import process from "node:process";
+import { defaultCacheDir } from "../guest/build.ts";
+import { SNAPSHOT_FORMAT, VMM_VERSION } from "../vm/snapshot_file.ts";
+import { SHARED_FINGERPRINT, STATE_FILE } from "./snapshot.ts";
+import type { MachineOptions } from "./machine.ts";
+
+/** How many snapshots the cache keeps: the ones used last. */
+export const KEEP_SNAPSHOTS = 4;
+
+/** Where run snapshots live: $VMM_SNAPSHOT_CACHE, else `snapshots/` in vmm's cache. */
+export function runCacheDir(env: Record<string, string | undefined> = process.env): string {
+  return env.VMM_SNAPSHOT_CACHE || join(defaultCacheDir(), "snapshots");
+}
+
+/** What identifies a file without reading it. */
+function fileId(path: string): string {
+  const st = statSync(path);
+  return `${path} ${st.dev}:${st.ino} ${st.size} ${st.mtimeMs}`;
+}
+
+/**
+ * The cache key of a run's waiting guest, or null when the run cannot use
+ * the cache (no command over a root, a kernel or initrd given as bytes,
+ * disks or network cards).
+ */
+export function runCacheKey(o: MachineOptions): string | null {
+  if (!o.hostRun || !o.stdio || typeof o.kernel !== "string" || typeof o.initrd !== "string") return null;
+  if (o.drives?.length || o.nets?.length) return null;
+  const r = o.hostRun;
+  const shares = [
+    ...(o.shares ?? []).map((s) => typeof s === "string" ? `option ${s}` : `${s.tag} ${s.readOnly ? "ro" : "rw"}`),
+    "vmm.root ro",
+    ...r.mounts.map((m) => `${m.tag} rw`),
+  ];
+  const what = {
+    vmm: VMM_VERSION,
+    format: SNAPSHOT_FORMAT,
+    layout: SHARED_FINGERPRINT,
+    kernel: fileId(o.kernel),
+    initrd: fileId(o.initrd),
+    cmdline: o.cmdline ?? null,
+    append: o.append ?? null,
+    virtioCmdline: o.virtioCmdline ?? false,
+    cpus: o.cpus ?? 1,
+    memMiB: o.memMiB ?? 512,
+    console: o.console?.device ?? "serial",
+    shares,
+    rng: o.rng ?? false,
+  };
+  return createHash("sha256").update(JSON.stringify(what)).digest("hex").slice(0, 32);
+}
+
+/** Whether snapshots can be written to `cache` (made if missing): a read-only home, a container's read-only root, cannot. */
+export function cacheWritable(cache = runCacheDir()): boolean {
+  try {
+    mkdirSync(cache, { recursive: true });
+    accessSync(cache, constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The snapshot directory of `key`, and whether a snapshot is there. */
+export function cachedRun(key: string, cache = runCacheDir()): { dir: string; present: boolean } {
+  const dir = join(cache, key);
+  return { dir, present: existsSync(join(dir, STATE_FILE)) };
+}
+
+/** Mark a snapshot used now (the cache keeps the ones used last). */
+export function touchRun(dir: string): void {
+  try {
+    const now = new Date();
+    utimesSync(dir, now, now);
+  } catch { /* a cache we cannot write to still restores */ }
+}
+
+/** Remove a snapshot that could not be restored (runs that mapped it keep their mapping). */
+export function dropRun(dir: string): void {
+  try {
+    rmSync(dir, { recursive: true, force: true });
+  } catch { /* the cold boot's save replaces it, or says why not */ }
+}
+
+/**
+ * Write a run's snapshot into `dir` through `snapshot` (Machine's ready
+ * hook): into a temporary directory beside it, then renamed into place,
+ * replacing an old one (an unusable snapshot that made this run boot cold).
+ * A run that finds `dir` already made by another run keeps that one. Then
+ * the cache is trimmed to the KEEP_SNAPSHOTS used last. A run that could not
+ * restore `dir` removes it first (dropRun), so its own goes in.
+ */
+export function saveRun(dir: string, snapshot: (dir: string) => void): void {
+  const tmp = `${dir}.tmp-${process.pid}`;
+  rmSync(tmp, { recursive: true, force: true });
+  try {
+    snapshot(tmp);
+    if (existsSync(join(dir, STATE_FILE))) {
+      rmSync(tmp, { recursive: true, force: true }); // another run was first
+      return;
+    }
+    rmSync(dir, { recursive: true, force: true }); // a half-made one (no state file)
+    try {
+      renameSync(tmp, dir);
+    } catch (e) {
+      const code = (e as { code?: string }).code;
+      if (code !== "ENOTEMPTY" && code !== "EEXIST") throw e;
+      rmSync(tmp, { recursive: true, force: true }); // another run renamed its own in meanwhile
+      return;
+    }
+  } catch (e) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  }
+  trimCache(join(dir, ".."), dir);
+}
+
+/** Remove all but the KEEP_SNAPSHOTS snapshots used last (never `keep`), and temporary directories a killed run left a day ago. */
+export function trimCache(cache: string, keep: string): void {
+  let entries: { path: string; used: number; tmp: boolean }[];
+  try {
+    entries = readdirSync(cache).map((name) => {
+      const path = join(cache, name);
+      return { path, used: statSync(path).mtimeMs, tmp: name.includes(".tmp-") };
+    });
+  } catch {
+    return;
+  }
+  const old = Date.now() - 24 * 3600_000;
+  for (const e of entries) if (e.tmp && e.used < old) rmSync(e.path, { recursive: true, force: true });
+  const done = entries.filter((e) => !e.tmp && e.path !== keep).sort((a, b) => b.used - a.used);
+  for (const e of done.slice(KEEP_SNAPSHOTS - 1)) rmSync(e.path, { recursive: true, force: true });
+}
