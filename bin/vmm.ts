@@ -11,7 +11,7 @@ import { findDefaultGuest } from "../guest/default_guest.ts";
 import { printError, printNote, progress } from "../cli/stderr.ts";
 import { planHostRun } from "../guest/root.ts";
 import { O_CLOEXEC, O_CREAT, O_TRUNC, O_WRONLY, open } from "../ffi/libc.ts";
-import { cachedRun, cacheWritable, dropRun, runCacheKey, saveRun, touchRun } from "../loop/run_cache.ts";
+import { cachedRun, cacheWritable, runCacheKey, saveRun, touchRun } from "../loop/run_cache.ts";
 import { join } from "node:path";
 import { restoreOptionsOf } from "../loop/snapshot.ts";
 
@@ -215,6 +215,7 @@ async function makeMachine(opts: MachineOptions, useCache: boolean, verbose: boo
   const key = useCache ? runCacheKey(opts) : null;
   if (key === null) return await Machine.create(opts);
   const { dir, present } = cachedRun(key);
+  let replace = false;
   if (present) {
     const t0 = Date.now();
     try {
@@ -224,7 +225,7 @@ async function makeMachine(opts: MachineOptions, useCache: boolean, verbose: boo
       return m;
     } catch (e) {
       printNote(`cannot start from the snapshot in ${dir} (${(e as Error).message}); booting the guest instead`);
-      dropRun(dir); // this run's cold boot writes a new one
+      replace = true; // this run's cold boot writes a new one in its place
     }
   }
   if (!cacheWritable(join(dir, ".."))) {
@@ -236,8 +237,9 @@ async function makeMachine(opts: MachineOptions, useCache: boolean, verbose: boo
     ...opts,
     atReady: (snapshot) => {
       const t0 = Date.now();
-      saveRun(dir, snapshot);
-      if (verbose) printNote(`snapshot of the waiting guest written to ${dir} in ${Date.now() - t0} ms`);
+      const mine = saveRun(dir, snapshot, replace);
+      if (!verbose) return;
+      printNote(mine ? `snapshot of the waiting guest written to ${dir} in ${Date.now() - t0} ms` : `another run wrote the snapshot in ${dir} first: kept that one`);
     },
   });
 }

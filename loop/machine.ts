@@ -204,7 +204,9 @@ export class Machine {
     let m: Machine;
     try {
       const from = new SnapshotSource(dir);
+      own.add(() => from.close());
       m = new Machine(await build(from.options(o), own, from), own, startedAt);
+      from.close(); // RAM is mapped: the files are not needed any more
     } catch (e) {
       own.release();
       throw e;
@@ -232,7 +234,9 @@ export class Machine {
     const own = new Owner();
     try {
       const from = new SnapshotSource(dir);
+      own.add(() => from.close());
       const parts = await build(from.options(o), own, from);
+      from.close(); // RAM is mapped: the files are not needed any more
       return new Machine({ ...parts, resumeFirst: true }, own, startedAt);
     } catch (e) {
       own.release();

@@ -25,10 +25,12 @@
  *
  * **Concurrency.** A snapshot is written to a temporary directory and
  * renamed into place whole; one that loses the race to another run is
- * thrown away. Restoring maps the memory file MAP_PRIVATE and never writes
- * it, and a snapshot is never changed once published, only replaced (a
- * rename, which leaves the old files to whoever mapped them). So any number
- * of runs may restore one snapshot while another replaces it.
+ * thrown away. A published snapshot is never changed, only replaced whole
+ * (saveRun), and a reader opens both files before it trusts either, then
+ * checks the directory still holds those two (SnapshotSource). Restoring
+ * maps the memory file MAP_PRIVATE and never writes it; a replaced
+ * snapshot's files live on for whoever has them open or mapped. So any
+ * number of runs may restore one snapshot while another replaces it.
  */
 import { createHash } from "node:crypto";
 import { accessSync, constants, existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, utimesSync } from "node:fs";
@@ -110,44 +112,44 @@ export function touchRun(dir: string): void {
   } catch { /* a cache we cannot write to still restores */ }
 }
 
-/** Remove a snapshot that could not be restored (runs that mapped it keep their mapping). */
-export function dropRun(dir: string): void {
-  try {
-    rmSync(dir, { recursive: true, force: true });
-  } catch { /* the cold boot's save replaces it, or says why not */ }
-}
-
 /**
  * Write a run's snapshot into `dir` through `snapshot` (Machine's ready
- * hook): into a temporary directory beside it, then renamed into place,
- * replacing an old one (an unusable snapshot that made this run boot cold).
- * A run that finds `dir` already made by another run keeps that one. Then
- * the cache is trimmed to the KEEP_SNAPSHOTS used last. A run that could not
- * restore `dir` removes it first (dropRun), so its own goes in.
+ * hook): into a temporary directory beside it, then renamed into place. A
+ * published snapshot is never removed or changed under a reader: when `dir`
+ * is there already (another run was first), this one is thrown away; with
+ * `replace` (this run could not restore `dir`), the old one is first renamed
+ * aside, so a reader finds either a whole snapshot or none. A reader holds
+ * both files open before it trusts them (loop/snapshot.ts SnapshotSource),
+ * so a swap between its two opens is caught. Then the cache is trimmed to
+ * the KEEP_SNAPSHOTS used last. Returns whether this snapshot is the one
+ * published.
  */
-export function saveRun(dir: string, snapshot: (dir: string) => void): void {
+export function saveRun(dir: string, snapshot: (dir: string) => void, replace = false): boolean {
   const tmp = `${dir}.tmp-${process.pid}`;
   rmSync(tmp, { recursive: true, force: true });
   try {
     snapshot(tmp);
-    if (existsSync(join(dir, STATE_FILE))) {
-      rmSync(tmp, { recursive: true, force: true }); // another run was first
-      return;
+    if (replace) {
+      const old = `${dir}.old-${process.pid}`;
+      try {
+        renameSync(dir, old);
+      } catch { /* gone already */ }
+      rmSync(old, { recursive: true, force: true }); // a reader that mapped it keeps its pages
     }
-    rmSync(dir, { recursive: true, force: true }); // a half-made one (no state file)
     try {
       renameSync(tmp, dir);
     } catch (e) {
       const code = (e as { code?: string }).code;
       if (code !== "ENOTEMPTY" && code !== "EEXIST") throw e;
-      rmSync(tmp, { recursive: true, force: true }); // another run renamed its own in meanwhile
-      return;
+      rmSync(tmp, { recursive: true, force: true }); // another run was first
+      return false;
     }
   } catch (e) {
     rmSync(tmp, { recursive: true, force: true });
     throw e;
   }
   trimCache(join(dir, ".."), dir);
+  return true;
 }
 
 /** Remove all but the KEEP_SNAPSHOTS snapshots used last (never `keep`), and temporary directories a killed run left a day ago. */
@@ -156,7 +158,7 @@ export function trimCache(cache: string, keep: string): void {
   try {
     entries = readdirSync(cache).map((name) => {
       const path = join(cache, name);
-      return { path, used: statSync(path).mtimeMs, tmp: name.includes(".tmp-") };
+      return { path, used: statSync(path).mtimeMs, tmp: name.includes(".tmp-") || name.includes(".old-") };
     });
   } catch {
     return;

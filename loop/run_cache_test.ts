@@ -8,9 +8,12 @@ import assert from "node:assert/strict";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { execFile } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import type { HostRun } from "../guest/command.ts";
+import { scriptCommand } from "../test/support/vmm_cli.ts";
 import type { MachineOptions } from "./machine.ts";
-import { cachedRun, cacheWritable, dropRun, KEEP_SNAPSHOTS, runCacheDir, runCacheKey, saveRun, trimCache } from "./run_cache.ts";
+import { cachedRun, cacheWritable, KEEP_SNAPSHOTS, runCacheDir, runCacheKey, saveRun, trimCache } from "./run_cache.ts";
 
 function withDir(f: (dir: string) => void): void {
   const dir = mkdtempSync(join(tmpdir(), "vmm-run-cache-"));
@@ -83,19 +86,43 @@ test("saveRun(): written aside and renamed into place; a snapshot already there 
       writeFileSync(join(to, "memory"), label);
       writeFileSync(join(to, "state"), label);
     };
-    saveRun(dir, write("first"));
+    assert.equal(saveRun(dir, write("first")), true);
     assert.equal(cachedRun("k1", cache).present, true);
-    saveRun(dir, write("second")); // another run finished first: its snapshot stays
+    assert.equal(saveRun(dir, write("second")), false); // another run finished first: its snapshot stays
     assert.equal(readFileSync(join(dir, "state"), "utf8"), "first");
     assert.deepEqual(readdirSync(cache), ["k1"], "no temporary directory left behind");
-    dropRun(dir); // it could not be restored
-    saveRun(dir, write("third"));
+    assert.equal(saveRun(dir, write("third"), true), true, "replacing one this run could not restore");
     assert.equal(readFileSync(join(dir, "state"), "utf8"), "third");
+    assert.deepEqual(readdirSync(cache), ["k1"], "the old one is gone, not left aside");
     assert.throws(() => saveRun(join(cache, "k2"), () => {
       throw new Error("disk full");
     }), /disk full/);
     assert.deepEqual(readdirSync(cache), ["k1"]);
   });
+});
+
+test("processes racing to publish one entry: one snapshot wins whole, the rest are thrown away, nothing is left over", async () => {
+  const cache = mkdtempSync(join(tmpdir(), "vmm-run-race-"));
+  try {
+    const dir = join(cache, "key");
+    const start = String(Date.now() + 1500); // after every child has loaded
+    const child = fileURLToPath(new URL("../test/support/save_run_child.ts", import.meta.url));
+    const run = (label: string, ...more: string[]) =>
+      new Promise<string>((resolve, reject) => {
+        const [cmd, args] = scriptCommand(child, [dir, label, start, ...more]);
+        execFile(cmd, args, { encoding: "utf8", timeout: 60_000 }, (e, out, err) => (e ? reject(new Error(`${e.message} ${err}`)) : resolve(out.trim())));
+      });
+    const lines = await Promise.all(["a", "b", "c", "d"].map((l) => run(l)));
+    const won = lines.filter((l) => l.startsWith("published"));
+    assert.equal(won.length, 1, lines.join(", "));
+    const label = won[0].split(" ")[1];
+    // Both files are the winner's: never one run's state with another's memory.
+    assert.equal(readFileSync(join(dir, "state"), "utf8"), label);
+    assert.equal(readFileSync(join(dir, "memory"), "utf8").slice(0, 4), label.repeat(4));
+    assert.deepEqual(readdirSync(cache), ["key"]);
+  } finally {
+    rmSync(cache, { recursive: true, force: true });
+  }
 });
 
 test("trimCache(): keeps the snapshots used last, and old leftovers of killed runs go", () => {

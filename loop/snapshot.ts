@@ -33,8 +33,8 @@
 import { mkdirSync, readFileSync, renameSync, rmSync, statSync, truncateSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
-import { check, close, errno, hostView, libc, NativeBuf, O_CREAT, O_RDONLY, O_WRONLY, open, writeAll } from "../ffi/libc.ts";
-import { SysError } from "../ffi/errno.ts";
+import { check, close, errno, fileIdOf, hostView, libc, NativeBuf, O_CLOEXEC, O_CREAT, O_RDONLY, O_WRONLY, open, writeAll } from "../ffi/libc.ts";
+import { E, SysError } from "../ffi/errno.ts";
 import { VcpuFd } from "../ffi/kvm.ts";
 import { vcpuCpuid } from "../vm/cpuid.ts";
 import { msrsToSave, restoreVcpu, saveVcpu, vcpuStateCaps } from "../vm/vcpu_state.ts";
@@ -148,6 +148,27 @@ export function writeSnapshot(dir: string, p: SnapshotParts): void {
   });
 }
 
+/** Whether each path still names the file its fd is open on (same device and inode). */
+export function stillThere(files: readonly (readonly [string, number])[]): boolean {
+  return files.every(([path, fd]) => {
+    try {
+      const st = statSync(path);
+      return `${st.dev}:${st.ino}` === fileIdOf(fd);
+    } catch {
+      return false; // gone
+    }
+  });
+}
+
+/** Open a snapshot file to read, or refuse the snapshot naming it. */
+function openOrRefuse(path: string): number {
+  try {
+    return open(path, O_RDONLY | O_CLOEXEC);
+  } catch (e) {
+    throw new SnapshotError(`${path}: ${e instanceof SysError && e.errno === E.ENOENT ? "no such file" : (e as Error).message}`);
+  }
+}
+
 /** Make `path` by writing a temporary file beside it, then renaming it into place. */
 function publish(path: string, write: (tmp: string) => void): void {
   const tmp = `${path}.tmp-${process.pid}`;
@@ -243,26 +264,38 @@ function pwriteAll(fd: number, addr: bigint, len: number, off: number): void {
 export class SnapshotSource {
   readonly state: SnapshotState;
   readonly #memPath: string;
+  /** Both files, open from the start: what is read is one snapshot, whatever happens to the directory. */
+  #stateFd = -1;
+  #memFd = -1;
 
   constructor(dir: string) {
     const statePath = join(dir, STATE_FILE);
-    let bytes: Uint8Array;
-    try {
-      bytes = new Uint8Array(readFileSync(statePath));
-    } catch (e) {
-      throw new SnapshotError(`${statePath}: ${(e as { code?: string }).code === "ENOENT" ? "no such file" : (e as Error).message}`);
-    }
-    const s = this.state = decodeSnapshot(bytes, statePath);
-    if (s.sharedLayout !== SHARED_FINGERPRINT) throw new SnapshotError(`${statePath}: its device block layout is not this vmm's`);
     this.#memPath = join(dir, MEMORY_FILE);
-    let size: number;
     try {
-      size = statSync(this.#memPath).size;
-    } catch {
-      throw new SnapshotError(`${this.#memPath}: no such file`);
+      this.#stateFd = openOrRefuse(statePath);
+      this.#memFd = openOrRefuse(this.#memPath);
+      // Another process may replace the directory (loop/run_cache.ts) between
+      // the two opens; files only ever move as a whole directory, so if the
+      // paths still name the files open here, those two belong together.
+      if (!stillThere([[statePath, this.#stateFd], [this.#memPath, this.#memFd]])) {
+        throw new SnapshotError(`${dir}: the snapshot changed while it was being read`);
+      }
+      const bytes = new Uint8Array(readFileSync(`/proc/self/fd/${this.#stateFd}`));
+      const s = this.state = decodeSnapshot(bytes, statePath);
+      if (s.sharedLayout !== SHARED_FINGERPRINT) throw new SnapshotError(`${statePath}: its device block layout is not this vmm's`);
+      const size = statSync(`/proc/self/fd/${this.#memFd}`).size;
+      if (size < s.memory.bytes) throw new SnapshotError(`${this.#memPath}: truncated: ${size} bytes, the guest has ${s.memory.bytes}`);
+      if (size > s.memory.bytes) throw new SnapshotError(`${this.#memPath}: ${size} bytes, the guest has ${s.memory.bytes}: not this snapshot's memory`);
+    } catch (e) {
+      this.close();
+      throw e;
     }
-    if (size < s.memory.bytes) throw new SnapshotError(`${this.#memPath}: truncated: ${size} bytes, the guest has ${s.memory.bytes}`);
-    if (size > s.memory.bytes) throw new SnapshotError(`${this.#memPath}: ${size} bytes, the guest has ${s.memory.bytes}: not this snapshot's memory`);
+  }
+
+  /** Close the files (the VM's mapping keeps the memory file); safe to call again. */
+  close(): void {
+    for (const fd of [this.#stateFd, this.#memFd]) if (fd >= 0) close(fd);
+    this.#stateFd = this.#memFd = -1;
   }
 
   /**
@@ -300,13 +333,7 @@ export class SnapshotSource {
     const s = this.state;
     const diff = devicesMismatch(s.devices, specs.map(deviceRecord));
     if (diff) throw new SnapshotError(`The snapshot's ${diff}`);
-    const fd = open(this.#memPath, O_RDONLY);
-    let vm: Vm;
-    try {
-      vm = new Vm({ cpus: s.cpus, memMiB: s.memory.bytes / MiB, memFd: fd });
-    } finally {
-      close(fd); // the mapping keeps the file
-    }
+    const vm = new Vm({ cpus: s.cpus, memMiB: s.memory.bytes / MiB, memFd: this.#memFd });
     try {
       if (vm.regions.some((r, i) => r.gpa !== s.memory.regions[i]?.gpa || r.size !== s.memory.regions[i].size)) {
         throw new SnapshotError("The snapshot's guest memory regions are not the ones this vmm lays out");

@@ -7,13 +7,13 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Machine, SnapshotError } from "../mod.ts";
 import { encodeSnapshot, HDR, type SnapshotState } from "../vm/snapshot_file.ts";
-import { MEMORY_FILE, SHARED_FINGERPRINT, STATE_FILE, writeMemory } from "./snapshot.ts";
-import { hostView, libc, MAP_ANONYMOUS, MAP_NORESERVE, MAP_SHARED, mmapAnon, PROT_READ, PROT_WRITE } from "../ffi/libc.ts";
+import { MEMORY_FILE, SHARED_FINGERPRINT, STATE_FILE, stillThere, writeMemory } from "./snapshot.ts";
+import { close, hostView, libc, O_RDONLY, open, MAP_ANONYMOUS, MAP_NORESERVE, MAP_SHARED, mmapAnon, PROT_READ, PROT_WRITE } from "../ffi/libc.ts";
 import { fakeState } from "../test/support/snapshot_fixture.ts";
 
 const MiB = 1024 * 1024;
@@ -79,6 +79,26 @@ test("Machine.restore() refuses a truncated memory file, and one of another size
   dir = snapshotDir(good());
   rmSync(join(dir, MEMORY_FILE));
   await refuses(dir, {}, `${join(dir, MEMORY_FILE)}: no such file`);
+});
+
+test("stillThere(): a snapshot directory replaced between opening its two files is caught", () => {
+  const dir = snapshotDir(good());
+  const fds = [STATE_FILE, MEMORY_FILE].map((f) => open(join(dir, f), O_RDONLY));
+  try {
+    const pairs = [[join(dir, STATE_FILE), fds[0]], [join(dir, MEMORY_FILE), fds[1]]] as const;
+    assert.equal(stillThere(pairs), true);
+    // What saveRun(…, replace) does to a snapshot this run could not restore: aside, then another in its place.
+    renameSync(dir, `${dir}.old`);
+    assert.equal(stillThere(pairs), false, "gone");
+    mkdirSync(dir);
+    writeFileSync(join(dir, STATE_FILE), "another");
+    writeFileSync(join(dir, MEMORY_FILE), "another");
+    assert.equal(stillThere(pairs), false, "another snapshot's files under the same names");
+  } finally {
+    fds.forEach(close);
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(`${dir}.old`, { recursive: true, force: true });
+  }
 });
 
 test("Machine.restore() refuses options with another CPU count or memory size", async () => {
