@@ -224,6 +224,7 @@ async function makeMachine(opts: MachineOptions, useCache: boolean, verbose: boo
       if (verbose) printNote(`restored the waiting guest from ${dir} in ${Date.now() - t0} ms`);
       return m;
     } catch (e) {
+      if (e instanceof ConfigError) throw e; // the options' fault (a command too big to send): a boot would fail the same way
       printNote(`cannot start from the snapshot in ${dir} (${(e as Error).message}); booting the guest instead`);
       replace = true; // this run's cold boot writes a new one in its place
     }
