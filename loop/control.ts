@@ -45,8 +45,8 @@ export interface RunResult {
   readyMs?: number;
   /** Milliseconds from `startedAt` until every Worker had reported ready (a vCPU may already be running the guest by then). */
   workersMs?: number;
-  /** The machine was made from a snapshot (Machine.fromSnapshot, restore). */
-  restored?: boolean;
+  /** Present, true, when the machine was made from a snapshot (Machine.fromSnapshot, restore). */
+  restored?: true;
 }
 
 /** Exit status when the guest kernel panicked. */

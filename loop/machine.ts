@@ -439,7 +439,7 @@ export class Machine {
     }
     this.#p.specs.length = 0;
     this.#runOwn.release();
-    let r: RunResult = { ...runResult(this.#p.shared, this.#startedAt, ev), workersMs: this.#workersMs, restored: this.#p.restored };
+    let r: RunResult = { ...runResult(this.#p.shared, this.#startedAt, ev), workersMs: this.#workersMs, ...(this.#p.restored ? { restored: true } : {}) };
     if (late) r = { ...r, code: r.code || 1, kind: "ERROR", reason: `${r.reason}; then ${late} Worker(s) did not end` };
     this.#result = r;
     this.#life.ended();
