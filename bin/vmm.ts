@@ -11,8 +11,7 @@ import { findDefaultGuest } from "../guest/default_guest.ts";
 import { printError, printNote, progress } from "../cli/stderr.ts";
 import { planHostRun } from "../guest/root.ts";
 import { O_CLOEXEC, O_CREAT, O_TRUNC, O_WRONLY, open } from "../ffi/libc.ts";
-import { cachedRun, cacheWritable, runCacheKey, saveRun, touchRun } from "../loop/run_cache.ts";
-import { join } from "node:path";
+import { cachedRun, cacheWritable, runCacheDir, runCacheKey, saveRun, touchRun } from "../loop/run_cache.ts";
 import { restoreOptionsOf } from "../loop/snapshot.ts";
 
 /**
@@ -229,9 +228,9 @@ async function makeMachine(opts: MachineOptions, useCache: boolean, verbose: boo
       replace = true; // this run's cold boot writes a new one in its place
     }
   }
-  if (!cacheWritable(join(dir, ".."))) {
+  if (!cacheWritable()) {
     // Not a failure: this run boots, as every run will until the cache is writable.
-    if (verbose) printNote(`cannot write snapshots to ${join(dir, "..")}: booting every run`);
+    if (verbose) printNote(`cannot write snapshots to ${runCacheDir()}: booting every run`);
     return await Machine.create(opts);
   }
   return await Machine.create({

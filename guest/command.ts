@@ -27,7 +27,7 @@
 import { S_IFDIR, S_IFREG, writeCpio } from "./cpio.ts";
 import { type Identity, setidsElf } from "./setids.ts";
 import { SETTIME_CLOCK_BYTES, settimeElf } from "./settime.ts";
-export { stampClock } from "./settime.ts";
+import type { StdioOptions } from "../devices/stdio/mod.ts";
 
 /** Quote one argument for sh. */
 export function shellQuote(arg: string): string {
@@ -183,7 +183,7 @@ function lastIndexOf(hay: Uint8Array, needle: Uint8Array): number {
 export interface HostRunDevices {
   hostRun?: HostRun;
   shares?: RunShare[];
-  stdio?: { inFd: number | null; outFd: number; errFd: number; stdinPrefix?: Uint8Array; stdinClockAt?: number };
+  stdio?: StdioOptions["stdio"];
 }
 
 /**

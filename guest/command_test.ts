@@ -12,9 +12,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   concatInitrd, execScript, type HostRun, hostRunArchive, hostRunShares, MAX_EXEC_SCRIPT, runArchive, runConf, runPayload, shellQuote,
-  type HostRunDevices, stampClock, withHostRun,
+  type HostRunDevices, withHostRun,
 } from "./command.ts";
-import { settimeOf } from "./settime.ts";
+import { settimeOf, stampClock } from "./settime.ts";
 
 const ODD = ["plain", "", "it's", 'a "b" $HOME `id` \\ *', "new\nline", "tab\there", "ünï ☃", "'"];
 

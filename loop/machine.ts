@@ -199,18 +199,7 @@ export class Machine {
    * refused with a SnapshotError naming what does not match.
    */
   static async restore(dir: string, o: RestoreOptions = {}): Promise<Machine> {
-    const startedAt = Date.now();
-    const own = new Owner();
-    let m: Machine;
-    try {
-      const from = new SnapshotSource(dir);
-      own.add(() => from.close());
-      m = new Machine(await build(from.options(o), own, from), own, startedAt);
-      from.close(); // RAM is mapped: the files are not needed any more
-    } catch (e) {
-      own.release();
-      throw e;
-    }
+    const m = await Machine.#fromDir(dir, o, false);
     // Its vCPUs and queues come up parked (loop/snapshot.ts); a pause
     // through the control loop returns once every one of them is.
     m.start();
@@ -229,7 +218,12 @@ export class Machine {
    * Devices come from `o` as for `restore()`, which is the form that stays
    * paused. `vmm run` takes this road from its snapshot cache.
    */
-  static async fromSnapshot(dir: string, o: RestoreOptions = {}): Promise<Machine> {
+  static fromSnapshot(dir: string, o: RestoreOptions = {}): Promise<Machine> {
+    return Machine.#fromDir(dir, o, true);
+  }
+
+  /** What restore() and fromSnapshot() share: the snapshot read and checked, the machine built from it, not started. */
+  static async #fromDir(dir: string, o: RestoreOptions, resumeFirst: boolean): Promise<Machine> {
     const startedAt = Date.now();
     const own = new Owner();
     try {
@@ -237,7 +231,7 @@ export class Machine {
       own.add(() => from.close());
       const parts = await build(from.options(o), own, from);
       from.close(); // RAM is mapped: the files are not needed any more
-      return new Machine({ ...parts, resumeFirst: true }, own, startedAt);
+      return new Machine({ ...parts, resumeFirst }, own, startedAt);
     } catch (e) {
       own.release();
       throw e;

@@ -212,7 +212,7 @@ export class ControlRx implements QueueHandler {
   readonly #state: Int32Array;
   readonly #wakeFd: number;
   readonly #noStdin: boolean;
-  readonly #plan: ControlPlan = new ControlPlan();
+  readonly #plan: ControlPlan;
   readonly #out: Uint8Array[] = [];
 
   constructor(state: Int32Array, wakeFd: number, noStdin: boolean, restored = false) {
@@ -220,8 +220,8 @@ export class ControlRx implements QueueHandler {
     this.#wakeFd = wakeFd;
     this.#noStdin = noStdin;
     // After a restore the plan goes on from what the snapshot's session was told; else it starts anew.
-    if (restored) this.#plan = new ControlPlan(Atomics.load(state, W.PLAN));
-    else Atomics.store(state, W.PLAN, 0);
+    if (!restored) Atomics.store(state, W.PLAN, 0);
+    this.#plan = new ControlPlan(Atomics.load(state, W.PLAN));
   }
 
   inputFd(): number {
