@@ -172,17 +172,29 @@ export async function runNested(script: string, opts: NestedOptions = {}): Promi
  * written for a vmm that ends in time.
  */
 function hangWatch(afterS: number): string {
+  // One second of the guest's KVM events in L1, first: each kvm_exit names
+  // the guest rip, and the counts say whether it spins in one place (the
+  // same exit over and over), goes round a wider loop, or is halted.
+  const EV = ["kvm_exit", "kvm_page_fault", "kvm_mmio", "kvm_emulate_insn", "kvm_inj_exception"];
+  const trace = [
+    "T=/sys/kernel/tracing; [ -e $T/trace ] || mount -t tracefs nodev $T 2>/dev/null; ev=''; last=''",
+    `if [ -w $T/events/kvm/kvm_exit/enable ]; then : >$T/trace; for e in ${EV.join(" ")}; do echo 1 >$T/events/kvm/$e/enable; done; sleep 1;` +
+    ` for e in ${EV.join(" ")}; do echo 0 >$T/events/kvm/$e/enable; done;` +
+    ` ev="$(for e in ${EV.join(" ")}; do printf '%s %s, ' $e $(grep -c " $e:" $T/trace); done)"; last=$(grep kvm_exit: $T/trace | tail -n 1 | sed 's/^.*kvm_exit: //'); fi`,
+  ];
   const dump = [
-    'echo "vmm-nested: vmm (pid $p) has run $age s; its threads (tid, state, CPU time (the first row: the whole process), wait channel):"',
+    ...trace,
+    // The headline comes first: CI prints the first lines of an error only.
+    'echo "vmm-nested: vmm (pid $p) has run $age s; the guest\'s KVM events in one second: ${ev:-no trace}; the last exit: ${last:-none}"',
+    // A loop on a nested page fault in the guest's page walk 4 GiB past its
+    // RAM: look for the page-table entry behind it in guest memory.
+    'case "$last" in *"reason npf"*) i2=$(echo "$last" | sed -n "s/.*info2 \\(0x[0-9a-f]*\\).*/\\1/p");' +
+    ` [ -n "$i2" ] && [ $(( i2 >> 32 )) -gt 0 ] && timeout 120 bun ${q(REPO)}/test/support/guest_scan.ts $p $i2 ;; esac`,
+    'echo "-- its threads (tid, state, CPU time (the first row: the whole process), wait channel):"',
     "ps -L -o tid=,stat=,time=,wchan:28=,comm= -p $p",
     // Kernel stacks, less the runtimes' idle pools (all in futex_wait).
     'for t in /proc/$p/task/*; do case "$(cat $t/wchan)" in futex*) continue ;; esac; echo "-- thread ${t##*/}, kernel stack:"; head -6 $t/stack 2>/dev/null; done',
-    // Where the guest is: one second of KVM exits (each names the guest rip).
-    // A vCPU thread that is runnable with no kernel stack is in the guest;
-    // these say whether it spins in one place or goes round a wider loop.
-    "T=/sys/kernel/tracing; [ -e $T/trace ] || mount -t tracefs nodev $T 2>/dev/null",
-    'if [ -w $T/events/kvm/kvm_exit/enable ]; then : >$T/trace; echo 1 >$T/events/kvm/kvm_exit/enable; sleep 1; echo 0 >$T/events/kvm/kvm_exit/enable;' +
-    ' echo "-- the guest\'s KVM exits in one second: $(grep -c kvm_exit $T/trace), the last:"; grep kvm_exit $T/trace | tail -n 6; fi',
+    '[ -n "$ev" ] && { echo "-- the last KVM events:"; tail -n 8 $T/trace; }',
   ].join("; ");
   return [
     "mkdir -p /tmp/.vmm-nested/seen",

@@ -1,0 +1,81 @@
+/**
+ * A diagnostic for the nested host's hang watcher (test/support/nested.ts),
+ * not a test: given a stuck vmm's pid and the guest-physical address of the
+ * nested page fault it loops on, look in that vmm's guest RAM for the
+ * page-table entry behind the fault.
+ *
+ * The loop it serves: `kvm_exit ... reason npf ... info1 0x2000000xx info2
+ * 0x1_xxxx_xfe0`, a fault during the guest's own page walk (info1 bit 33)
+ * at a guest-physical address 4 GiB past a page of the guest's RAM. Either
+ * an entry in guest memory really has bit 32 set (something wrote the
+ * guest's page tables), or the nested MMU one level down reports an
+ * address the guest never wrote. The entries that point at the page, with
+ * bit 32 or without, tell which.
+ *
+ * It reads guest RAM through /proc/PID/mem (root in L1): the mapping is
+ * vmm's largest shared mapping (`/dev/zero (deleted)` for a booted guest,
+ * the snapshot's memory file for a restored one).
+ *
+ * Usage: bun test/support/guest_scan.ts PID 0xINFO2
+ */
+import { closeSync, openSync, readFileSync, readSync } from "node:fs";
+import process from "node:process";
+
+const [pidArg, gpaArg] = process.argv.slice(2);
+const pid = Number(pidArg);
+const bad = BigInt(gpaArg ?? "0");
+if (!Number.isInteger(pid) || bad === 0n) {
+  console.error("usage: guest_scan.ts PID 0xGPA");
+  process.exit(2);
+}
+
+// Guest RAM: the largest mapping that is shared anonymous memory or a file.
+let ram = { start: 0, size: 0, name: "" };
+for (const line of readFileSync(`/proc/${pid}/maps`, "utf8").split("\n")) {
+  const m = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \d+\s*(.*)$/.exec(line);
+  if (!m || !m[3].startsWith("rw") || m[4] === "" || m[4].startsWith("[")) continue;
+  const start = parseInt(m[1], 16), size = parseInt(m[2], 16) - start;
+  if (size > ram.size) ram = { start, size, name: m[4] };
+}
+if (ram.size < 16 << 20) {
+  console.log(`guest_scan: no guest RAM mapping found in /proc/${pid}/maps`);
+  process.exit(0);
+}
+const mem = new Uint8Array(ram.size);
+const fd = openSync(`/proc/${pid}/mem`, "r");
+for (let off = 0; off < ram.size;) {
+  const n = readSync(fd, mem, off, Math.min(1 << 24, ram.size - off), ram.start + off);
+  if (n <= 0) break;
+  off += n;
+}
+closeSync(fd);
+const w = new Uint32Array(mem.buffer);
+
+const hex = (hi: number, lo: number) => `0x${hi.toString(16)}_${lo.toString(16).padStart(8, "0")}`;
+const page = Number(bad & 0xffffffffn) & ~0xfff; // the page, less bit 32 and up
+const hiBad = Number(bad >> 32n);
+console.log(`guest_scan: RAM ${ram.size >> 20} MiB at 0x${ram.start.toString(16)} (${ram.name}); fault at ${hex(hiBad, Number(bad & 0xffffffffn))}; entries pointing at page 0x${page.toString(16)}:`);
+if (page >= ram.size) console.log("guest_scan: that page is outside guest RAM too");
+const at = Number(bad & 0xfffn);
+if (page < ram.size) {
+  // If the page is a process's top-level table (the fault at offset 0xfe0,
+  // entry 508: the cpu_entry_area, walked to deliver any interrupt), its
+  // kernel half (entries 256-511) matches every other top-level table's.
+  const q = (o: number) => hex(w[(page + o) / 4 + 1], w[(page + o) / 4]);
+  console.log(`guest_scan: in that page, the qword at the fault's offset 0x${at.toString(16)}: ${q(at)}; entries 256, 508, 511: ${q(0x800)} ${q(0xfe0)} ${q(0xff8)}`);
+}
+let found = 0;
+for (let i = 0; i < w.length; i += 2) {
+  const lo = w[i], hi = w[i + 1];
+  // Present, the address's low 32 bits equal the page, bits 33-51 clear.
+  if ((lo & 1) === 0 || (lo & 0xfffff000) >>> 0 !== page || (hi & 0xffffe) !== 0) continue;
+  const gpa = i * 4;
+  const near: string[] = [];
+  for (let k = -2; k <= 2; k++) {
+    const j = i + 2 * k;
+    if (j >= 0 && j + 1 < w.length) near.push(hex(w[j + 1], w[j]));
+  }
+  console.log(`  at 0x${gpa.toString(16)}: ${hex(hi, lo)}${hi & 1 ? "  <- bit 32 SET in guest memory" : ""}; qwords around: ${near.join(" ")}`);
+  if (++found >= 12) break;
+}
+if (!found) console.log("  none");
