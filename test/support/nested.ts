@@ -195,6 +195,9 @@ function hangWatch(afterS: number): string {
     // Kernel stacks, less the runtimes' idle pools (all in futex_wait).
     'for t in /proc/$p/task/*; do case "$(cat $t/wchan)" in futex*) continue ;; esac; echo "-- thread ${t##*/}, kernel stack:"; head -6 $t/stack 2>/dev/null; done',
     '[ -n "$ev" ] && { echo "-- the last KVM events:"; tail -n 8 $T/trace; }',
+    // L1 moving the guest's pages (compaction, THP) changes the nested page
+    // tables under a running guest: how much of it L1 has done since boot.
+    `echo "-- L1 page moves since its boot: $(grep -E '^(pgmigrate_success|compact_success|thp_split_pmd|thp_collapse_alloc) ' /proc/vmstat | tr '\\n' ' ')"`,
   ].join("; ");
   return [
     "mkdir -p /tmp/.vmm-nested/seen",
