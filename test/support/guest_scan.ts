@@ -17,6 +17,8 @@
  * the snapshot's memory file for a restored one).
  *
  * Usage: bun test/support/guest_scan.ts PID 0xINFO2
+ * Exits with status 3 when the address is past guest RAM and no entry in it
+ * points at its page: the walk failed at the top-level table, at CR3.
  */
 import { closeSync, openSync, readFileSync, readSync } from "node:fs";
 import process from "node:process";
@@ -79,3 +81,9 @@ for (let i = 0; i < w.length; i += 2) {
   if (++found >= 12) break;
 }
 if (!found) console.log("  none");
+// Past guest RAM and pointed at by nothing in it: the top-level table, so
+// the guest's CR3 register itself (status 3, read by the hang watcher).
+if (!found && bad >= BigInt(ram.size)) {
+  console.log("guest_scan: the fault is at the top-level table: the guest's CR3 is outside its RAM");
+  process.exit(3);
+}

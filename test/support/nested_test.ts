@@ -97,6 +97,8 @@ test("runNested() runs in a directory under /tmp, which L1's own /tmp would hide
 for (const { how, play, why } of [
   { how: "whose heartbeat stops is given up as frozen", play: "kill -STOP $(cat /tmp/.vmm-nested/beat.pid); sleep 300", why: /^L1 froze: no heartbeat for 1[5-9] s.*L1's CPUs: CPU#0 .*RIP=[0-9a-f]+.*CPU#1 / },
   { how: "whose kernel panics is given up as dead", play: "echo c >/proc/sysrq-trigger; sleep 300", why: /^L1 died: QEMU ended \(status 0\) \d+ s into the script, without its exit status/ },
+  // The hang watcher's two lines, as it writes them when a guest's CR3 is lost below it.
+  { how: "whose hang watcher finds a guest's CR3 lost is given up", play: `printf 'vmm-nested: vmm (pid 7): played\\n@@vmm-nested: L1 lost a guest'"'"'s CR3@@\\n'; sleep 300`, why: /^L1's KVM lost a guest's CR3 \(vmm \(pid 7\): played\)$/ },
 ]) {
   test(`an L1 ${how}, and the script runs again in a fresh L1`, {
     skip: !nested.ok && `nested KVM unavailable: ${nested.why}`,
@@ -124,6 +126,28 @@ for (const { how, play, why } of [
     }
   });
 }
+
+test("an L1 that dies while it boots is booted once more, and the error says how it ended", {
+  skip: !nested.ok && `nested KVM unavailable: ${nested.why}`,
+  timeout: 120_000,
+}, async () => {
+  // An init that does not exist: L1's kernel panics before the script, as an
+  // emulator fault at boot would end it (CI saw QEMU end with status 0 there).
+  process.env.VMM_NESTED_APPEND = "rdinit=/vmm-no-such-init";
+  const retries: string[] = [];
+  try {
+    await assert.rejects(runNested("echo never", { onRetry: (why) => retries.push(why) }), (e: Error) => {
+      assert.equal(e.name, "NestedHostError");
+      // The panic shows in the console's tail, although L1's console is quiet.
+      assert.match(e.message, /^L1 died while it booted: QEMU ended \(status 0\) [\d.]+ s after its start, before the script's; console ends:\n[^]*Kernel panic - not syncing/);
+      return true;
+    });
+    assert.equal(retries.length, 1);
+    assert.match(retries[0], /^L1 died while it booted/);
+  } finally {
+    delete process.env.VMM_NESTED_APPEND;
+  }
+});
 
 test("runNested() rejects a share that is not a directory", {
   skip: !nested.ok && `nested KVM unavailable: ${nested.why}`,
