@@ -36,7 +36,6 @@ import process from "node:process";
 import { check, close, errno, fileIdOf, hostView, libc, NativeBuf, O_CLOEXEC, O_CREAT, O_RDONLY, O_WRONLY, open, writeAll } from "../ffi/libc.ts";
 import { E, SysError } from "../ffi/errno.ts";
 import { VcpuFd } from "../ffi/kvm.ts";
-import { vcpuCpuid } from "../vm/cpuid.ts";
 import { msrsToSave, restoreVcpu, saveVcpu, vcpuStateCaps } from "../vm/vcpu_state.ts";
 import { restoreVmState, saveVmState } from "../vm/vm_state.ts";
 import {
@@ -339,7 +338,12 @@ export class SnapshotSource {
         throw new SnapshotError("The snapshot's guest memory regions are not the ones this vmm lays out");
       }
       s.vcpus.forEach((c, i) => {
-        const diff = cpuidMismatch(c.cpuid, vcpuCpuid(vm.supportedCpuid, i, s.cpus));
+        // Against what a vCPU here has: the CPUID new Vm() gave it
+        // (vm/cpuid.ts), as KVM_GET_CPUID2 reads it back, as saveVcpu() read
+        // the saved one. PVM's KVM answers there with more features than its
+        // KVM_GET_SUPPORTED_CPUID lists (its guests' user code runs on the
+        // host CPU), so the supported list alone refuses its own snapshots.
+        const diff = cpuidMismatch(c.cpuid, new VcpuFd(vm.vcpuFds[i]).getCpuid());
         if (diff) throw new SnapshotError(`The snapshot's vCPU ${i} has ${diff}`);
       });
     } catch (e) {
