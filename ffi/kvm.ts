@@ -436,7 +436,11 @@ export class VcpuFd {
     }
     return refused;
   }
-  /** KVM_GET_CPUID2: the CPUID this vCPU was given (KVM_SET_CPUID2). */
+  /**
+   * KVM_GET_CPUID2: the CPUID this vCPU has. On KVM, the table KVM_SET_CPUID2
+   * gave it; PVM's KVM answers with more features than it took (and than its
+   * KVM_GET_SUPPORTED_CPUID lists).
+   */
   getCpuid(): CpuidEntry[] {
     // KVM_MAX_CPUID_ENTRIES (arch/x86/include/asm/kvm_host.h) is 256; fewer fails with E2BIG.
     const max = 256;
