@@ -34,6 +34,7 @@ export const ERRNO: Record<number, [string, string]> = {
   34: ["ERANGE", "result too large"],
   36: ["ENAMETOOLONG", "file name too long"],
   38: ["ENOSYS", "function not implemented"],
+  40: ["ELOOP", "too many levels of symbolic links"],
   77: ["EBADFD", "file descriptor in bad state"],
   95: ["EOPNOTSUPP", "operation not supported"],
   110: ["ETIMEDOUT", "timed out"],
@@ -50,7 +51,7 @@ export const E = Object.freeze(Object.fromEntries(Object.entries(ERRNO).map(([n,
 const ERRNO_NAMES = [
   "EPERM", "ENOENT", "ESRCH", "EINTR", "EIO", "ENXIO", "E2BIG", "EBADF", "EAGAIN", "ENOMEM", "EACCES", "EFAULT",
   "EBUSY", "EEXIST", "ENODEV", "ENOTDIR", "EISDIR", "EINVAL", "EMFILE", "ENOTTY", "EFBIG", "ENOSPC", "EROFS", "EPIPE",
-  "ERANGE", "ENAMETOOLONG", "ENOSYS", "EBADFD", "EOPNOTSUPP", "ETIMEDOUT",
+  "ERANGE", "ENAMETOOLONG", "ENOSYS", "ELOOP", "EBADFD", "EOPNOTSUPP", "ETIMEDOUT",
 ] as const;
 
 /** Symbolic name of an errno value (`EACCES`), or `errno N`. */

@@ -22,7 +22,7 @@
  */
 import { runtime } from "./runtime.ts";
 import { errno, NativeBuf } from "./libc.ts";
-import { SysError } from "./errno.ts";
+import { E, SysError } from "./errno.ts";
 
 const u64 = "u64" as const, i32 = "i32" as const, i64 = "i64" as const, u32 = "u32" as const;
 
@@ -55,6 +55,8 @@ const fsLib = runtime.dlopen("libc.so.6", {
   preadv: { args: [i32, u64, i32, i64], result: i64 },
   pwritev: { args: [i32, u64, i32, i64], result: i64 },
   geteuid: { args: [], result: u32 },
+  realpath: { args: [u64, u64], result: u64 },
+  faccessat: { args: [i32, u64, i32, i32], result: i32 },
 });
 
 // x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl).
@@ -356,5 +358,34 @@ export class HostFs {
     const fd = this.openat(AT_FDCWD, enc.encode(path), O_PATH | O_DIRECTORY | O_CLOEXEC, 0);
     if (fd < 0) throw new SysError(`open ${path}`, -fd);
     return fd;
+  }
+}
+
+/** access(2) modes. */
+export const R_OK = 4, W_OK = 2, X_OK = 1;
+
+/**
+ * The real path of a host directory named on the command line, when this
+ * process may use it as `mode` says: realpath(3), then stat(2) and
+ * access(2) of the result. Returns the path, or `-errno` of the first call
+ * that failed (`-ENOTDIR` for a path that is not a directory). What
+ * node:fs's realpathSync, statSync and accessSync would do, kept here so
+ * that no module a Worker imports names a `node:` module (ffi/libc.ts
+ * readSmallFile says why).
+ */
+export function hostDirPath(path: string, mode = R_OK | X_OK): string | number {
+  const name = NativeBuf.cstring(path);
+  const resolved = NativeBuf.alloc(PATH_MAX);
+  const st = new StatBuf();
+  try {
+    if (BigInt(fsLib.realpath(name.addr, resolved.addr)) === 0n) return -errno();
+    if (fsLib.fstatat(AT_FDCWD, resolved.addr, st.buf.addr, 0) !== 0) return -errno();
+    if ((st.mode & S_IFMT) !== S_IFDIR) return -E.ENOTDIR;
+    if (fsLib.faccessat(AT_FDCWD, resolved.addr, mode, 0) !== 0) return -errno();
+    return new TextDecoder().decode(resolved.bytes.subarray(0, resolved.bytes.indexOf(0)));
+  } finally {
+    name.free();
+    resolved.free();
+    st.buf.free();
   }
 }

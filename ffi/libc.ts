@@ -8,7 +8,6 @@
  */
 import { runtime } from "./runtime.ts";
 import { E, SysError } from "./errno.ts";
-import { readFileSync } from "node:fs";
 
 const u64 = "u64" as const, i32 = "i32" as const, i64 = "i64" as const, u32 = "u32" as const;
 
@@ -158,6 +157,26 @@ export function close(fd: number): void {
   libc.close(fd);
 }
 
+/**
+ * A small host file (a /proc or /sys entry) as text: its first `max` bytes.
+ * Throws SysError when it cannot be opened or read.
+ *
+ * Not node:fs, on purpose: every Worker imports this module, and a Worker
+ * whose module graph names a `node:` module makes Deno load its whole Node
+ * layer into that Worker first (about 1 s each in the nested test host,
+ * 36 ms on hardware; Bun pays little). No module a Worker imports names one.
+ */
+export function readSmallFile(path: string, max = 4096): string {
+  const buf = NativeBuf.alloc(max);
+  const fd = open(path, O_RDONLY);
+  try {
+    return new TextDecoder().decode(buf.bytes.subarray(0, read(fd, buf, max, `read ${path}`)));
+  } finally {
+    close(fd);
+    buf.free();
+  }
+}
+
 /** read(2) into a NativeBuf; returns bytes read (0 at end of file). */
 export function read(fd: number, buf: NativeBuf, len = buf.bytes.length, call = "read"): number {
   return check(call, libc.read(fd, buf.addr, BigInt(len)));
@@ -248,7 +267,7 @@ export function raiseFdLimit(): bigint {
   const { soft, hard } = fdLimit();
   let nrOpen = 0n;
   try {
-    nrOpen = BigInt(readFileSync("/proc/sys/fs/nr_open", "utf8").trim());
+    nrOpen = BigInt(readSmallFile("/proc/sys/fs/nr_open").trim());
   } catch { /* no procfs: the hard limit is as far as it goes */ }
   for (const lim of nrOpen > hard ? [nrOpen, hard] : [hard]) {
     if (lim <= soft) break;

@@ -20,7 +20,8 @@
  * console.log(s); // { path: "/srv/data", tag: "data", readOnly: true }
  * ```
  */
-import { accessSync, constants, realpathSync, statSync } from "node:fs";
+import { hostDirPath } from "../../ffi/fs.ts";
+import { errnoName } from "../../ffi/errno.ts";
 import { ConfigError } from "../../vm/vm.ts";
 
 /** virtio_fs_config.tag: 36 bytes, not NUL-terminated when full (virtio 1.2 §5.11.4). */
@@ -59,21 +60,14 @@ export function defaultShareTag(realPath: string): string {
  */
 export function checkShareDir(path: string, what = path): string {
   const fail = (why: string) => new ConfigError(`--share ${what}: ${why}`);
-  let real: string;
-  try {
-    real = realpathSync(path);
-    if (!statSync(real).isDirectory()) throw fail("not a directory");
-    accessSync(real, constants.R_OK | constants.X_OK);
-  } catch (e) {
-    if (e instanceof ConfigError) throw e;
-    const code = (e as { code?: string }).code;
-    if (code === "ENOENT") throw fail("no such directory");
-    if (code === "ENOTDIR") throw fail("not a directory");
-    if (code === "EACCES" || code === "EPERM") throw fail("permission denied (vmm must be able to read the directory)");
-    if (code === "ELOOP") throw fail("too many levels of symbolic links");
-    throw fail(code ?? (e as Error).message);
-  }
-  return real;
+  const real = hostDirPath(path);
+  if (typeof real === "string") return real;
+  const code = errnoName(-real);
+  if (code === "ENOENT") throw fail("no such directory");
+  if (code === "ENOTDIR") throw fail("not a directory");
+  if (code === "EACCES" || code === "EPERM") throw fail("permission denied (vmm must be able to read the directory)");
+  if (code === "ELOOP") throw fail("too many levels of symbolic links");
+  throw fail(code);
 }
 
 /**

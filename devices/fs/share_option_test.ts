@@ -70,6 +70,8 @@ test("parseShareOption() rejects an empty path, a missing directory and a file",
     throwsConfig(() => parseShareOption(`${dir}/nope,tag=x`), `--share ${dir}/nope,tag=x: no such directory`);
     throwsConfig(() => parseShareOption(join(dir, "file")), `--share ${dir}/file: not a directory`);
     throwsConfig(() => parseShareOption(join(dir, "file/sub")), `--share ${dir}/file/sub: not a directory`);
+    symlinkSync("loop", join(dir, "loop"));
+    throwsConfig(() => parseShareOption(join(dir, "loop")), `--share ${dir}/loop: too many levels of symbolic links`);
   });
 });
 
