@@ -370,10 +370,11 @@ export class Machine {
     // driver is ready, and the guest needs a second or more to get there.
     const starting: Promise<WorkerHandle>[] = [];
     for (const device of p.virtio) {
-      device.ioFds.forEach((_, queue) => {
-        const init: QueueInit = { kind: "queue", device, queue, shared, ctlFd, ...mem };
+      const queues = device.ioFds.map((_, queue) => queue);
+      for (const group of kindOf(device.spec).oneWorker ? [queues] : queues.map((q) => [q])) {
+        const init: QueueInit = { kind: "queue", device, queues: group, shared, ctlFd, ...mem };
         starting.push(startWorker("queue", init));
-      });
+      }
     }
     vm.vcpuFds.forEach((vcpuFd, id) => {
       const init: VcpuInit = {

@@ -54,7 +54,8 @@ export interface VirtioDeviceInit {
 export interface QueueInit extends MemoryInit {
   kind: "queue";
   device: VirtioDeviceInit;
-  queue: number;
+  /** The queues this Worker serves: one, or all of a device whose kind says `oneWorker`. */
+  queues: number[];
   shared: bigint;
   ctlFd: number;
 }

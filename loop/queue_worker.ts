@@ -1,6 +1,10 @@
 /**
  * A queue Worker: the one thread that serves one virtqueue, the lguest
- * Launcher's model (one thread per virtqueue) and QEMU's dataplane.
+ * Launcher's model (one thread per virtqueue) and QEMU's dataplane. A
+ * device kind whose queues carry little and belong together (the stdio
+ * console's eight) has all of its queues served by one Worker instead
+ * (DeviceKind.oneWorker): each queue keeps its own state machine below,
+ * and one poll(2) waits on all their fds.
  *
  * It sleeps in poll(2) on:
  * - the queue's ioeventfd, which KVM signals when the guest writes this
@@ -30,26 +34,55 @@ import { workerMain } from "./workers.ts";
 import type { QueueInit } from "./messages.ts";
 
 workerMain((init: QueueInit) => {
-  const thread = new QueueThread(init);
-  return () => thread.run();
+  const threads = init.queues.map((q) => new QueueThread(init, q));
+  return () => serve(threads);
 });
+
+/**
+ * Serve the Worker's queues until each has ended: usually one queue, or
+ * every queue of a device whose kind asks for one Worker (DeviceKind
+ * oneWorker). One poll(2) waits on what all of them wait on; after it,
+ * each queue moves on from its own fds' events.
+ */
+function serve(threads: QueueThread[]): void {
+  const pollers = new Map<string, Poller>();
+  let live = threads;
+  for (;;) {
+    const waits = live.map((t) => t.settle());
+    live = live.filter((_, i) => waits[i] !== null);
+    const sets = waits.filter((w) => w !== null) as number[][];
+    if (!live.length) break;
+    const fds = sets.flat();
+    const key = fds.join(",");
+    let poller = pollers.get(key);
+    if (!poller) pollers.set(key, poller = new Poller(fds));
+    const revents = poller.wait(-1);
+    let at = 0;
+    live.forEach((t, i) => {
+      t.wake(revents.slice(at, at + sets[i].length));
+      at += sets[i].length;
+    });
+  }
+  for (const p of pollers.values()) p.close();
+}
 
 class QueueThread {
   readonly init: QueueInit;
+  readonly queue: number;
   readonly sharedBytes: Uint8Array;
   readonly ctl: Int32Array;
   /** Index of this queue's state word in `ctl`. */
   readonly stateWord: number;
   readonly service: QueueService;
-  readonly #idle: Poller;
-  readonly #running: Poller;
-  readonly #withInput = new Map<number, Poller>();
-  /** Taken over from a snapshot, paused (see the constructor). */
-  readonly #restored: boolean = false;
+  /** What settle() last said to wait on. */
+  #waitingOn: number[] = [];
+  /** The queue was paused and has not been resumed (taken over from a snapshot starts so, see the constructor). */
+  #paused = false;
 
-  constructor(init: QueueInit) {
+  constructor(init: QueueInit, queue: number) {
     this.init = init;
-    const { device, queue } = init;
+    this.queue = queue;
+    const { device } = init;
     const shared = sharedViews(hostView(init.shared, SHARED_BYTES));
     this.sharedBytes = shared.bytes;
     this.ctl = shared.ctl;
@@ -77,34 +110,36 @@ class QueueThread {
       running: () => Atomics.load(this.ctl, this.stateWord) === Q.RUNNING,
       positions: this.ctl.subarray(pos, pos + 4),
     });
-    this.#idle = new Poller([device.wakeFds[queue]]);
-    this.#running = new Poller([device.wakeFds[queue], device.ioFds[queue]]);
     // A restored machine (loop/snapshot.ts) hands over each queue that was
     // running at the snapshot as PAUSED: take it back at its saved ring
     // position, still paused, as if this Worker had paused it. Here, not in
-    // run(): this runs before the Worker says it is ready, so no resume()
+    // settle(): this runs before the Worker says it is ready, so no resume()
     // can come first and find a queue nobody holds.
     if (Atomics.load(this.ctl, this.stateWord) === Q.PAUSED) {
       this.service.start(true);
-      this.#restored = true;
+      this.#paused = true;
     }
   }
 
-  run(): void {
-    const { ctl, stateWord, service } = this;
-    const { device, queue } = this.init;
-    let paused = this.#restored;
+  /**
+   * Act on the queue's state word until the queue must wait for something:
+   * returns the fds to poll (its wake eventfd; when it runs, its ioeventfd
+   * and the handler's input fd too), or null once the queue has ended.
+   */
+  settle(): number[] | null {
+    const { ctl, stateWord, service, queue } = this;
+    const { device } = this.init;
     for (;;) {
       const state = Atomics.load(ctl, stateWord);
       if (state === Q.EXIT) {
         service.stop(true);
         Atomics.store(ctl, stateWord, Q.GONE);
         eventfdSignal(device.ackFd);
-        return;
+        return null;
       }
       if (state === Q.STOP) {
         service.stop(false);
-        paused = false;
+        this.#paused = false;
         Atomics.compareExchange(ctl, stateWord, Q.STOP, Q.IDLE);
         eventfdSignal(device.ackFd);
         continue;
@@ -119,43 +154,40 @@ class QueueThread {
       if (state === Q.PAUSE) {
         // The request in hand is done (we are here, not serving it); flush and keep the ring.
         service.pause();
-        paused = true;
+        this.#paused = true;
         Atomics.compareExchange(ctl, stateWord, Q.PAUSE, Q.PAUSED);
         eventfdSignal(device.ackFd);
         continue;
       }
-      if (state === Q.RUNNING && paused) {
+      if (state === Q.RUNNING && this.#paused) {
         // Resumed: serve what the guest left in the ring while we slept
         // (its kicks, if any, are still counted in the ioeventfd too).
-        paused = false;
+        this.#paused = false;
         if (service.kick()) eventfdSignal(device.ioFds[queue]);
         continue;
       }
-      if (state !== Q.RUNNING || !service.serving) {
-        if (this.#idle.wait(-1)[0]) eventfdRead(device.wakeFds[queue]);
-        continue;
-      }
+      if (state !== Q.RUNNING || !service.serving) return this.#waitingOn = [device.wakeFds[queue]];
       const inFd = service.inputFd();
-      const poller = inFd < 0 ? this.#running : this.#pollerWithInput(inFd);
-      const [woken, kicked, input] = poller.wait(-1);
-      if (woken) eventfdRead(device.wakeFds[queue]);
-      // A pause or stop that woke us comes first: serve nothing new.
-      if (Atomics.load(ctl, stateWord) !== Q.RUNNING) continue;
-      if (kicked) {
-        eventfdRead(device.ioFds[queue]);
-        // Budget spent with work left: kick ourselves, so the next poll
-        // returns at once yet still sees a stop on the wake fd.
-        if (service.kick()) eventfdSignal(device.ioFds[queue]);
-      }
-      if (input) service.input();
+      return this.#waitingOn = inFd < 0 ? [device.wakeFds[queue], device.ioFds[queue]] : [device.wakeFds[queue], device.ioFds[queue], inFd];
     }
   }
 
-  #pollerWithInput(fd: number): Poller {
-    const { wakeFds, ioFds } = this.init.device;
-    let p = this.#withInput.get(fd);
-    if (!p) this.#withInput.set(fd, p = new Poller([wakeFds[this.init.queue], ioFds[this.init.queue], fd]));
-    return p;
+  /** poll(2)'s revents for the fds settle() returned. */
+  wake(revents: number[]): void {
+    const { ctl, stateWord, service, queue } = this;
+    const { device } = this.init;
+    const [woken, kicked, input] = revents;
+    if (woken) eventfdRead(device.wakeFds[queue]);
+    if (this.#waitingOn.length === 1) return;
+    // A pause or stop that woke us comes first: serve nothing new.
+    if (Atomics.load(ctl, stateWord) !== Q.RUNNING) return;
+    if (kicked) {
+      eventfdRead(device.ioFds[queue]);
+      // Budget spent with work left: kick ourselves, so the next poll
+      // returns at once yet still sees a stop on the wake fd.
+      if (service.kick()) eventfdSignal(device.ioFds[queue]);
+    }
+    if (input) service.input();
   }
 
   /** End the VM from this thread (a panic seen on hvc0, Ctrl-A x on its input). */

@@ -12,11 +12,11 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { eventfdSignal, hostView, libc, mmapAnon } from "../ffi/libc.ts";
+import { close, eventfdSignal, hostView, libc, mmapAnon, NativeBuf, O_CLOEXEC, O_NONBLOCK, pipe, writeAll } from "../ffi/libc.ts";
 import { Vm } from "../vm/vm.ts";
 import { closeDisk, openDisk } from "../devices/blk/disk.ts";
 import { transportFor } from "../devices/virtio/device.ts";
-import type { VirtioSpec } from "../devices/registry.ts";
+import { kindOf, type VirtioSpec } from "../devices/registry.ts";
 import {
   type MmioTransport,
   STATUS_ACKNOWLEDGE,
@@ -52,8 +52,12 @@ const QSIZE = 16;
 const RINGS = 0x10_0000;
 const BUFS = 0x40_0000;
 
-/** A VM, its shared block, and running queue Workers for `specs`. */
-async function rig(specs: VirtioSpec[]) {
+/**
+ * A VM, its shared block, and running queue Workers for `specs`: one per
+ * queue, or one per device where its kind says `oneWorker` (as
+ * loop/machine.ts starts them) or `together` lists the device's index.
+ */
+async function rig(specs: VirtioSpec[], together: number[] = []) {
   requireKvm();
   const vm = new Vm({ memMiB: 16, cpus: 1 });
   const shared = mmapAnon(SHARED_BYTES);
@@ -61,10 +65,11 @@ async function rig(specs: VirtioSpec[]) {
   const ctl = new Int32Array(bytes.buffer, bytes.byteOffset, SHARED_BYTES / 4);
   const devs = wireVirtio(vm.vm.fd, specs, bytes);
   const workers: WorkerHandle[] = [];
-  for (const device of devs) {
-    for (let queue = 0; queue < device.ioFds.length; queue++) {
+  for (const [i, device] of devs.entries()) {
+    const queues = device.ioFds.map((_, q) => q);
+    for (const group of kindOf(device.spec).oneWorker || together.includes(i) ? [queues] : queues.map((q) => [q])) {
       const init: QueueInit = {
-        kind: "queue", device, queue, shared, ctlFd: device.ackFd, // ctlFd: anything pollable; the VM never ends here
+        kind: "queue", device, queues: group, shared, ctlFd: device.ackFd, // ctlFd: anything pollable; the VM never ends here
         memAddr: vm.memAddr, memSize: vm.memSize, regions: vm.regions,
       };
       workers.push(await startWorker("queue", init));
@@ -84,7 +89,7 @@ async function rig(specs: VirtioSpec[]) {
     libc.munmap(shared, BigInt(SHARED_BYTES));
     vm.close();
   };
-  return { vm, ctl, bytes, devs, transport, qstate, close, free };
+  return { vm, ctl, bytes, devs, transport, qstate, close, free, workers };
 }
 
 /** What Linux's virtio_mmio probe does, up to DRIVER_OK, with queue `q` at `ringBase`; returns the driver's queues. */
@@ -285,5 +290,54 @@ test("a paused blk queue serves nothing, keeps its ring position in shared memor
     r.free();
     closeDisk(disk);
     rmSync(dir, { recursive: true });
+  }
+});
+
+test("one Worker serves all of a device's queues: console output and input both ways, a pause holds both, the stop drains", async () => {
+  const [inR, inW] = pipe(O_CLOEXEC | O_NONBLOCK);
+  const [outR, outW] = pipe(O_CLOEXEC | O_NONBLOCK);
+  const r = await rig([{ kind: "console", inFd: inR, outFd: outW, escape: false }, { kind: "rng" }], [0]);
+  const buf = NativeBuf.alloc(256);
+  const readOut = () => {
+    const n = Number(libc.read(outR, buf.addr, 256n));
+    return n > 0 ? new TextDecoder().decode(buf.bytes.subarray(0, n)) : "";
+  };
+  try {
+    assert.equal(r.workers.length, 2, "one Worker for the console's two queues, one for rng's");
+    const [rx, tx] = probe(r.transport(0), r.devs[0], r.ctl, r.vm, RINGS, 2);
+    await until(() => r.qstate(0, 0) === Q.RUNNING && r.qstate(0, 1) === Q.RUNNING, "both queues to run");
+    const mem = r.vm.mem;
+    // Guest output: transmitq (1) → the out pipe.
+    mem.write(BUFS, new TextEncoder().encode("hello"));
+    tx.add([{ gpa: BUFS, len: 5 }]);
+    eventfdSignal(r.devs[0].ioFds[1]);
+    await until(() => tx.usedIdx === 1, "the output chain used");
+    assert.equal(readOut(), "hello");
+    // Host input: the in pipe → a buffer the guest posted on receiveq (0), through the handler's input fd.
+    rx.add([{ gpa: BUFS + 0x1000, len: 64, write: true }]);
+    eventfdSignal(r.devs[0].ioFds[0]);
+    writeAll(inW, new TextEncoder().encode("typed"));
+    await until(() => rx.usedIdx === 1, "the input chain used");
+    assert.equal(new TextDecoder().decode(mem.slice(BUFS + 0x1000, 5)), "typed");
+    // A pause parks both queues of the one Worker; a resume serves what came meanwhile.
+    assert.deepEqual(pauseQueues(r.ctl, r.devs, 5000), []);
+    assert.deepEqual([r.qstate(0, 0), r.qstate(0, 1)], [Q.PAUSED, Q.PAUSED]);
+    mem.write(BUFS + 0x100, new TextEncoder().encode("later"));
+    tx.add([{ gpa: BUFS + 0x100, len: 5 }]);
+    eventfdSignal(r.devs[0].ioFds[1]);
+    await new Promise((res) => setTimeout(res, 200));
+    assert.equal(tx.usedIdx, 1, "a paused queue served a chain");
+    resumeQueues(r.ctl, r.devs);
+    await until(() => tx.usedIdx === 2, "the output after resume");
+    assert.equal(readOut(), "later");
+    // The stop drains: output made available, never kicked, still reaches the pipe.
+    mem.write(BUFS + 0x200, new TextEncoder().encode("last"));
+    tx.add([{ gpa: BUFS + 0x200, len: 4 }]);
+  } finally {
+    assert.deepEqual(await r.close(), []);
+    assert.equal(readOut(), "last");
+    r.free();
+    buf.free();
+    for (const fd of [inR, inW, outR, outW]) close(fd);
   }
 });

@@ -113,12 +113,12 @@ export function queueRole(q: number): QueueRole {
   return { role: q % 2 === 0 ? "rx" : "tx", port };
 }
 
-// ---- what the two control Workers share ----
+// ---- what the two control handlers share ----
 
 /**
  * The device's shared words (HandlerContext.state). The control transmit
- * Worker hears the guest and the stdin Worker sees EOF, but only the
- * control receive Worker owns buffers to answer in: they leave word
+ * handler hears the guest and the stdin handler sees EOF, but only the
+ * control receive handler owns buffers to answer in: they leave word
  * REQUESTS / STDIN_EOF set and write its wake eventfd.
  */
 export const W = {
@@ -130,9 +130,9 @@ export const W = {
   GUEST_OPEN: 2,
   /**
    * What the host has told this driver session (ControlPlan.state), kept
-   * here rather than in the control receive Worker's memory so that a
+   * here rather than in the control receive handler's memory so that a
    * snapshot carries it: a restored guest whose stdin ends must still be
-   * told so, by a Worker that never saw the ports announced.
+   * told so, by a handler that never saw the ports announced.
    */
   PLAN: 2 + NR_PORTS,
 } as const;

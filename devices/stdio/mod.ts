@@ -60,4 +60,8 @@ export const stdioKind: DeviceKind<StdioSpec, StdioOptions> = {
   }),
   name: () => "virtio-console stdio",
   handler: (spec, ctx) => stdioHandler(spec, ctx),
+  // Eight queues that carry a command's stdio and the port conversation:
+  // one Worker for all of them, not eight Workers to start (and, after a
+  // restore, to wait for) before the command's first byte.
+  oneWorker: true,
 };

@@ -4,7 +4,7 @@
  * virtme-ng's way of keeping them apart from each other and from the
  * kernel's messages.
  *
- * Eight queues, each served by its own Worker (loop/queue_worker.ts):
+ * Eight queues, all served by one Worker (loop/queue_worker.ts, DeviceKind.oneWorker):
  *
  *   0 stdin  rx   host stdin → guest           StdinRx: ConsoleRx once the guest opened the port
  *   1 stdin  tx   guest → nowhere              written off
@@ -16,11 +16,11 @@
  *   7 stderr tx   guest → host stderr          ConsoleTx
  *
  * The data ports are devices/console/'s handlers unchanged. What is new is
- * the control conversation (control.ts), split across two Workers: control
+ * the control conversation (control.ts), split across two queues: control
  * tx hears the guest, control rx owns the buffers to answer in. They meet
  * in the device's shared words (control.ts W) and an eventfd that control
- * rx polls as its input fd, the same way the stdin Worker reports EOF. A
- * second eventfd tells the stdin Worker that a guest program opened the
+ * rx polls as its input fd, the same way the stdin handler reports EOF. A
+ * second eventfd tells the stdin handler that a guest program opened the
  * port: until then it must not send anything (StdinRx says why).
  */
 import { eventfdRead, eventfdSignal } from "../../ffi/libc.ts";
@@ -49,9 +49,9 @@ export interface StdioFds {
   inFd: number | null;
   outFd: number;
   errFd: number;
-  /** Eventfd (non-blocking) that wakes the control receive Worker. */
+  /** Eventfd (non-blocking) that wakes the control receive handler. */
   controlWakeFd: number;
-  /** Eventfd (non-blocking) that wakes the stdin Worker when the guest opens or closes vmm.stdin. */
+  /** Eventfd (non-blocking) that wakes the stdin handler when the guest opens or closes vmm.stdin. */
   stdinWakeFd: number;
   /**
    * Bytes the guest reads on vmm.stdin before host stdin: how `vmm run`
@@ -139,7 +139,7 @@ export class ControlTx implements QueueHandler {
  * port nobody has open ("the host won't (shouldn't) send data till the
  * guest is connected"), and the guest opens the port only when its command
  * starts, long after the driver stocked the queue. So until the guest's
- * PORT_OPEN, this Worker does not even read stdin: its input fd is an
+ * PORT_OPEN, this handler does not even read stdin: its input fd is an
  * eventfd that ControlTx writes when that message comes. Then it is
  * ConsoleRx, with no Ctrl-A escape (stdin is data, not a terminal), which
  * reports EOF through `onEof`.

@@ -97,4 +97,13 @@ export interface DeviceKind<Spec extends DeviceSpec = DeviceSpec, Opts = Record<
   name(spec: Spec, ordinal: number): string;
   /** The handler of one queue, made at each DRIVER_OK (a reset forgets the old one). */
   handler(spec: Spec, ctx: HandlerContext): QueueHandler;
+  /**
+   * Serve all of the device's queues from one Worker (one poll(2) on all
+   * their fds) rather than one Worker per queue. For a device whose queues
+   * carry little: every Worker costs its start-up (a module graph compiled
+   * and FFI bound again; about 0.3 s on Bun and 1 s on Deno each in the
+   * nested test host), which a restored guest waits for. A handler there
+   * must not block for long: it holds up the device's other queues.
+   */
+  readonly oneWorker?: boolean;
 }
