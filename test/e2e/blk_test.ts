@@ -61,6 +61,9 @@ begin() { t0=$(date +%s); }
 say() { echo; echo "@@blk $1 rc=$2 s=$(($(date +%s) - t0))"; for s in out err host; do { cat $E/$1.$s 2>/dev/null; echo; } | tr -d '\\r' | sed "s/^/@@$1.$s /"; done; }
 # wait_for TEXT FILE: until FILE holds TEXT, at most 180 s (wall time: each poll costs a fork in the nested host).
 wait_for() { timeout 180 sh -c 'until grep -q "$1" "$2" 2>/dev/null; do sleep 0.2; done' sh "$1" "$2"; }
+# send FIFO LINE: LINE into the FIFO a background vmm reads, at most 30 s. Opening a FIFO to
+# write waits for a reader: a vmm that already died must fail its scenario, not hang the run.
+send() { timeout 30 sh -c 'printf "%s\\n" "$2" >"$1"' sh "$1" "$2"; }
 # wait_exit PID: its status; a watchdog kills it after 180 s (status 137), so a hang fails one scenario, not the run.
 wait_exit() { ( sleep 180; kill -9 $1 2>/dev/null ) & wd=$!; wait $1; rc=$?; kill $wd 2>/dev/null; return $rc; }
 # mkimg FILE SIZE [DIR]: a fresh ext4 image, holding DIR's files if given. Eager
@@ -124,7 +127,7 @@ $VMM boot --console hvc <>$E/in >$E/hvcboot.out 2>$E/hvcboot.err &
 pid=$!
 wait_for 'vmm-guest: ready' $E/hvcboot.out
 sleep 1
-echo 'echo hvc-says-$((6*7)) on $(tty); poweroff -f' >$E/in
+send $E/in 'echo hvc-says-$((6*7)) on $(tty); poweroff -f'
 wait_exit $pid
 say hvcboot $?
 
@@ -136,7 +139,7 @@ $VMM boot --drive $D/kill.img <>$E/in >$E/sigkill.out 2>$E/sigkill.err &
 pid=$!
 wait_for 'vmm-guest: ready' $E/sigkill.out
 sleep 1
-echo 'mount /dev/vda /mnt && head -c ${FILE_BYTES} /dev/urandom >/mnt/f && sha256sum /mnt/f && sync && echo synced-$((6*7))' >$E/in
+send $E/in 'mount /dev/vda /mnt && head -c ${FILE_BYTES} /dev/urandom >/mnt/f && sha256sum /mnt/f && sync && echo synced-$((6*7))'
 wait_for 'synced-42' $E/sigkill.out
 kill -9 $pid
 wait_exit $pid

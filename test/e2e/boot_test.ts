@@ -39,6 +39,9 @@ say() { echo; echo "@@e2e $1 rc=$2"; { cat /tmp/e2e/$1.out; echo; } | tr -d '\\r
 mkdir -p /tmp/e2e
 # wait_for TEXT FILE: until FILE holds TEXT, at most 180 s (wall time: each poll costs a fork in the nested host).
 wait_for() { timeout 180 sh -c 'until grep -q "$1" "$2" 2>/dev/null; do sleep 0.2; done' sh "$1" "$2"; }
+# send FIFO LINE: LINE into the FIFO a background vmm reads, at most 30 s. Opening a FIFO to
+# write waits for a reader: a vmm that already died must fail its scenario, not hang the run.
+send() { timeout 30 sh -c 'printf "%s\\n" "$2" >"$1"' sh "$1" "$2"; }
 # wait_exit PID: its status; a watchdog kills it after 180 s (status 137), so a hang fails one scenario, not the run.
 wait_exit() { ( sleep 180; kill -9 $1 2>/dev/null ) & wd=$!; wait $1; rc=$?; kill $wd 2>/dev/null; return $rc; }
 
@@ -52,7 +55,7 @@ $VMM boot -v <>/tmp/e2e/in >/tmp/e2e/boot.out 2>/tmp/e2e/boot.err &
 pid=$!
 wait_for 'vmm-guest: ready' /tmp/e2e/boot.out
 sleep 1
-echo 'echo guest-says-$((6*7)); poweroff -f' >/tmp/e2e/in
+send /tmp/e2e/in 'echo guest-says-$((6*7)); poweroff -f'
 wait_exit $pid
 say boot $?
 
