@@ -89,6 +89,29 @@ test("pause() freezes a counting guest, resume() lets it go on, stop() ends it",
   assert.equal(r.kind, "STOPPED");
 });
 
+// The kvmclock page a guest registers (MSR_KVM_SYSTEM_TIME_NEW): struct
+// pvclock_vcpu_time_info, whose flags byte (offset 29) gets
+// PVCLOCK_GUEST_STOPPED when the host says the VM was stopped.
+const PVCLOCK = 0x31000, PVCLOCK_FLAGS = 29, PVCLOCK_GUEST_STOPPED = 2;
+/** Register a kvmclock page at PVCLOCK (mov ecx, MSR; mov eax, PVCLOCK | enable; xor edx, edx; wrmsr), then count as `counting` does. */
+const clocked = makeBzImage(new Uint8Array([
+  0xb9, ...le32(0x4b564d01), 0xb8, ...le32(PVCLOCK | 1), 0x31, 0xd2, 0x0f, 0x30,
+  0x67, 0x48, 0xff, 0x04, 0x25, ...le32(COUNTER), 0xeb, 0xf5,
+]));
+
+test("resume() tells a kvmclock guest it was stopped (KVM_KVMCLOCK_CTRL), as QEMU does, so its soft-lockup watchdog does not take the pause for a stuck CPU", async () => {
+  requireKvm();
+  await using m = await Machine.create({ kernel: clocked, ...quiet });
+  const flags = () => m.vm.mem.readU8(PVCLOCK + PVCLOCK_FLAGS);
+  m.start();
+  await until(() => count(m) > 0, 60_000, "the guest to count");
+  assert.equal(flags() & PVCLOCK_GUEST_STOPPED, 0, "stopped before any pause");
+  await m.pause();
+  await m.resume();
+  await until(() => (flags() & PVCLOCK_GUEST_STOPPED) !== 0, 30_000, "PVCLOCK_GUEST_STOPPED in the guest's kvmclock page");
+  await m.stop();
+});
+
 test("an operation in the wrong state is a StateError naming both", async () => {
   requireKvm();
   const m = await Machine.create({ kernel: counting, ...quiet });

@@ -201,6 +201,12 @@ class VcpuThread {
     while (Atomics.load(ctl, CTL.RUN) === RUN_STATE.PAUSE && Atomics.load(ctl, CTL.STOP) === 0) {
       if (this.#wake.wait(-1)[0]) eventfdRead(this.init.wakeFd);
     }
+    // Resumed. The guest's clock went on while it slept (after a restore,
+    // through every Worker's start-up too): tell a kvmclock guest it was
+    // stopped (PVCLOCK_GUEST_STOPPED), as QEMU does at every resume, or its
+    // soft-lockup watchdog takes the gap for a stuck CPU. EINVAL, for a
+    // guest without kvmclock, is nothing to act on.
+    if (Atomics.load(ctl, CTL.STOP) === 0) libc.ioctl(this.init.vcpuFd, KVM.KVMCLOCK_CTRL, 0n);
     Atomics.store(ctl, stateWord, VCPU.RUNNING);
   }
 
