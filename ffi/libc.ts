@@ -168,11 +168,14 @@ export function close(fd: number): void {
  */
 export function readSmallFile(path: string, max = 4096): string {
   const buf = NativeBuf.alloc(max);
-  const fd = open(path, O_RDONLY);
   try {
-    return new TextDecoder().decode(buf.bytes.subarray(0, read(fd, buf, max, `read ${path}`)));
+    const fd = open(path, O_RDONLY);
+    try {
+      return new TextDecoder().decode(buf.bytes.subarray(0, read(fd, buf, max, `read ${path}`)));
+    } finally {
+      close(fd);
+    }
   } finally {
-    close(fd);
     buf.free();
   }
 }
