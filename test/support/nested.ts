@@ -49,6 +49,12 @@ export interface NestedOptions {
   frozenMs?: number;
   /** Called with the reason before the script runs again in a fresh L1 (to reset what the first run left in a share). */
   onRetry?: (why: string) => void;
+  /**
+   * L1s the script may run in, each after the last one froze or died; default 2.
+   * Only the harness's own tests raise it: one that plays an L1 failure needs
+   * a spare L1 for a real one before its script starts.
+   */
+  attempts?: number;
 }
 
 export interface NestedResult {
@@ -153,22 +159,26 @@ export async function runNested(script: string, opts: NestedOptions = {}): Promi
     const args = qemuArgs(img.vmlinux ?? img.kernel, initrd, shares, qmp);
     const frozenMs = opts.frozenMs ?? FROZEN_MS;
     const t0 = Date.now();
-    try {
-      return await boot(args, timeoutMs, frozenMs, qmp);
-    } catch (e) {
-      if (!(e instanceof NestedHostError)) throw e;
-      // The emulator froze L1 or broke its kernel (QEMU's TCG under nested
-      // SVM, about once in an hour of L1 time): that run says nothing about
-      // vmm, so the script runs once more in a fresh L1. A second failure of
-      // L1 fails. A hang of vmm or of a guest is not one (L1 still beats)
-      // and is never run again, except the one loop the hang watcher shows
-      // to be a CR3 lost below the guest (LOST). The script must not depend on what a
-      // cut-short run left in rw shares.
-      process.stderr.write(`vmm-nested: ${e.message}\nvmm-nested: booting a fresh L1 and running the script again (once)\n`);
-      opts.onRetry?.(e.message.split("; console ends:")[0]);
-      // timeoutMs bounds the whole run: the second L1 has what the first left.
-      const again = await boot(args, timeoutMs - (Date.now() - t0), frozenMs, qmp);
-      return { ...again, retried: e.message.split("; console ends:")[0] };
+    const attempts = opts.attempts ?? 2;
+    let retried: string | undefined;
+    for (let n = 1;; n++) {
+      try {
+        // timeoutMs bounds the whole run: a later L1 has what the ones before it left.
+        const r = await boot(args, timeoutMs - (Date.now() - t0), frozenMs, qmp);
+        return retried === undefined ? r : { ...r, retried };
+      } catch (e) {
+        if (!(e instanceof NestedHostError) || n >= attempts) throw e;
+        // The emulator froze L1 or broke its kernel (QEMU's TCG under nested
+        // SVM, about once in an hour of L1 time): that run says nothing about
+        // vmm, so the script runs once more in a fresh L1. A second failure of
+        // L1 fails. A hang of vmm or of a guest is not one (L1 still beats)
+        // and is never run again, except the one loop the hang watcher shows
+        // to be a CR3 lost below the guest (LOST). The script must not depend on what a
+        // cut-short run left in rw shares.
+        process.stderr.write(`vmm-nested: ${e.message}\nvmm-nested: booting a fresh L1 and running the script again\n`);
+        retried = e.message.split("; console ends:")[0];
+        opts.onRetry?.(retried);
+      }
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
