@@ -11,10 +11,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   check, close, EFD_CLOEXEC, EFD_NONBLOCK, errno, eventfd, eventfdRead, eventfdSignal, fdLimit, getrandom, hostView, libc,
-  MAP_ANONYMOUS, MAP_SHARED, mmapAnon, NativeBuf, O_CREAT, O_RDONLY, O_RDWR, O_WRONLY, open, pidfdOpen, pipe, POLLIN,
+  MAP_ANONYMOUS, MAP_SHARED, mmapAnon, mmapGuestRam, NativeBuf, O_CREAT, O_RDONLY, O_RDWR, O_WRONLY, open, pidfdOpen, pipe, POLLIN,
   Poller, raiseFdLimit, read, writeAll,
 } from "./libc.ts";
 import { errnoName, SysError } from "./errno.ts";
+import { runtime } from "./runtime.ts";
 
 function tempDir(): string {
   return mkdtempSync(join(tmpdir(), "vmm-libc-"));
@@ -171,5 +172,21 @@ test("raiseFdLimit() lifts the soft open-file limit to the hard one or beyond, a
     assert.equal(fds.length, 1100);
   } finally {
     fds.forEach(close);
+  }
+});
+
+test("mmapGuestRam() gives writable, 2 MiB-aligned memory of the size asked", () => {
+  const len = 6 * 1024 * 1024 + 4096;
+  const addr = mmapGuestRam(len);
+  try {
+    assert.equal(addr % (2n * 1024n * 1024n), 0n);
+    const v = new Uint8Array(runtime.view(addr, len));
+    v[0] = 1;
+    v[len - 1] = 2;
+    assert.equal(v[0] + v[len - 1], 3);
+    const maps = readFileSync("/proc/self/maps", "utf8").split("\n").filter((l) => l).map((l) => l.split(" ")[0].split("-").map((h) => BigInt(`0x${h}`)));
+    assert.ok(maps.some(([s, e]) => s <= addr && e >= addr + BigInt(len)), "no mapping covers the guest RAM");
+  } finally {
+    assert.equal(libc.munmap(addr, BigInt(len)), 0);
   }
 });

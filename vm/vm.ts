@@ -5,7 +5,7 @@
  * (fds, addresses) and open their own views.
  */
 import { Kvm, REQUIRED_CAPS, CAP, VmFd, KVM_API_VERSION, VcpuFd } from "../ffi/kvm.ts";
-import { close, libc, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, mmapAnon, mmapFile, hostView, PROT_READ, PROT_WRITE } from "../ffi/libc.ts";
+import { close, libc, MAP_NORESERVE, MAP_PRIVATE, mmapFile, mmapGuestRam, hostView, PROT_READ, PROT_WRITE } from "../ffi/libc.ts";
 import { GuestMemory, type MemoryRegion } from "./memory.ts";
 import { KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, ramRegions } from "../boot/layout.ts";
 import { vcpuCpuid } from "./cpuid.ts";
@@ -90,12 +90,13 @@ export class Vm {
     this.vm.createIrqchip();
     this.vm.createPit2();
 
-    // One shared, lazily-populated mapping for all of RAM: every thread
-    // reaches guest memory by address; pages cost nothing until touched.
+    // One lazily-populated mapping for all of RAM, in huge pages where the
+    // host has them (ffi/libc.ts mmapGuestRam): every thread reaches guest
+    // memory by address; pages cost nothing until touched.
     self.memSize = o.memMiB * 1024 * 1024;
     self.memFromFile = o.memFd !== undefined;
     self.memAddr = o.memFd === undefined
-      ? mmapAnon(this.memSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, "mmap guest RAM")
+      ? mmapGuestRam(this.memSize)
       : mmapFile(o.memFd, this.memSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, "mmap guest RAM from the snapshot");
     let offset = 0;
     self.regions = ramRegions(this.memSize).map((r) => {

@@ -20,8 +20,8 @@
  *   - peak RSS: time's %M, i.e. ru_maxrss of the contender from wait4(): the
  *     kernel's high-water mark of RssAnon + RssFile + RssShmem. It includes
  *     guest RAM that the guest touched, for QEMU (private anonymous memory,
- *     THP-backed where QEMU's madvise(MADV_HUGEPAGE) gets huge pages) and for
- *     vmm (a MAP_SHARED|MAP_ANONYMOUS mapping, counted as RssShmem) alike.
+ *     THP-backed where madvise(MADV_HUGEPAGE) gets huge pages) for QEMU and
+ *     vmm (ffi/libc.ts mmapGuestRam) alike.
  *   - guest RAM at ready: Rss of the guest RAM mapping in smaps (the vma of
  *     exactly the guest's RAM size; the most resident one if several),
  *     and VmRSS minus that: what the monitor itself holds.

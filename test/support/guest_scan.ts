@@ -13,8 +13,8 @@
  * bit 32 or without, tell which.
  *
  * It reads guest RAM through /proc/PID/mem (root in L1): the mapping is
- * vmm's largest shared mapping (`/dev/zero (deleted)` for a booted guest,
- * the snapshot's memory file for a restored one).
+ * vmm's private anonymous one advised MADV_HUGEPAGE for a booted guest, the
+ * snapshot's memory file for a restored one.
  *
  * Usage: bun test/support/guest_scan.ts PID 0xINFO2
  * Exits with status 3 when the address is past guest RAM and no entry in it
@@ -31,13 +31,24 @@ if (!Number.isInteger(pid) || bad === 0n) {
   process.exit(2);
 }
 
-// Guest RAM: the largest mapping that is shared anonymous memory or a file.
+// Guest RAM: the largest writable mapping advised MADV_HUGEPAGE (VmFlags
+// "hg": a booted guest's private anonymous RAM, ffi/libc.ts mmapGuestRam),
+// else the largest writable mapping of a file (a restored guest's).
 let ram = { start: 0, size: 0, name: "" };
-for (const line of readFileSync(`/proc/${pid}/maps`, "utf8").split("\n")) {
+let huge = false;
+let cur: { start: number; size: number; name: string; rw: boolean } | null = null;
+for (const line of readFileSync(`/proc/${pid}/smaps`, "utf8").split("\n")) {
   const m = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \d+\s*(.*)$/.exec(line);
-  if (!m || !m[3].startsWith("rw") || m[4] === "" || m[4].startsWith("[")) continue;
-  const start = parseInt(m[1], 16), size = parseInt(m[2], 16) - start;
-  if (size > ram.size) ram = { start, size, name: m[4] };
+  if (m) {
+    const start = parseInt(m[1], 16);
+    cur = { start, size: parseInt(m[2], 16) - start, name: m[4] || "anonymous, huge pages advised", rw: m[3].startsWith("rw") };
+    if (cur.rw && !huge && m[4] !== "" && !m[4].startsWith("[") && cur.size > ram.size) ram = cur;
+    continue;
+  }
+  if (cur?.rw && /^VmFlags:.* hg( |$)/.test(line) && (!huge || cur.size > ram.size)) {
+    ram = cur;
+    huge = true;
+  }
 }
 if (ram.size < 16 << 20) {
   console.log(`guest_scan: no guest RAM mapping found in /proc/${pid}/maps`);
