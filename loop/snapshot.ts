@@ -220,8 +220,8 @@ export function writeMemory(path: string, vm: Pick<Vm, "memAddr" | "memSize" | "
 /**
  * Pages of anonymous guest RAM the guest never touched (mincore(2): not
  * resident), which are zero without looking. Reading them to check would
- * cost more than time: each read fault maps a page, so scanning a 512 MiB
- * guest would fault 512 MiB in. Null (look at
+ * cost a page fault each (the kernel maps its zero page there) to learn
+ * what is known already. Null (look at
  * every page) for RAM mapped from a file, where a page not in memory may
  * still hold data, and on a host with swap, where a page swapped out is not
  * resident either.

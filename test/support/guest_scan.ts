@@ -51,7 +51,7 @@ for (const line of readFileSync(`/proc/${pid}/smaps`, "utf8").split("\n")) {
   }
 }
 if (ram.size < 16 << 20) {
-  console.log(`guest_scan: no guest RAM mapping found in /proc/${pid}/maps`);
+  console.log(`guest_scan: no guest RAM mapping found in /proc/${pid}/smaps`);
   process.exit(0);
 }
 const mem = new Uint8Array(ram.size);

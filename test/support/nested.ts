@@ -170,8 +170,8 @@ export async function runNested(script: string, opts: NestedOptions = {}): Promi
         if (!(e instanceof NestedHostError) || n >= attempts) throw e;
         // The emulator froze L1 or broke its kernel (QEMU's TCG under nested
         // SVM, about once in an hour of L1 time): that run says nothing about
-        // vmm, so the script runs once more in a fresh L1. A second failure of
-        // L1 fails. A hang of vmm or of a guest is not one (L1 still beats)
+        // vmm, so the script runs again in a fresh L1, in `attempts` L1s at
+        // most (2: one retry); the last one's failure fails. A hang of vmm or of a guest is not one (L1 still beats)
         // and is never run again, except the one loop the hang watcher shows
         // to be a CR3 lost below the guest (LOST). The script must not depend on what a
         // cut-short run left in rw shares.
