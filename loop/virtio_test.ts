@@ -41,6 +41,24 @@ import {
 } from "../devices/virtio/mmio.ts";
 import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from "../devices/blk/request.ts";
 import { DriverQueue } from "../test/support/driver_queue.ts";
+import { fsKind } from "../devices/fs/mod.ts";
+import { cstr, le } from "../devices/fs/fuse_driver.ts";
+import {
+  EBADF,
+  ENTRY_OUT,
+  FORGET_IN,
+  FUSE_FORGET,
+  FUSE_GETATTR,
+  FUSE_INIT,
+  FUSE_KERNEL_MINOR_VERSION,
+  FUSE_KERNEL_VERSION,
+  FUSE_LOOKUP,
+  FUSE_ROOT_ID,
+  GETATTR_IN,
+  IN_HEADER,
+  INIT_IN,
+  OUT_HEADER,
+} from "../devices/fs/fuse.ts";
 import { requireKvm } from "../test/support/require_kvm.ts";
 import { joinWorkers, startWorker, type WorkerHandle } from "./workers.ts";
 import { pauseQueues, resumeQueues, startQueues, stopQueues, unwireVirtio, wireVirtio } from "./virtio.ts";
@@ -289,6 +307,53 @@ test("a paused blk queue serves nothing, keeps its ring position in shared memor
     assert.deepEqual(await r.close(), []);
     r.free();
     closeDisk(disk);
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("virtio-fs: one Worker serves both queues; a FORGET on hiprio reaches the request queue's inode table", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "vmm-fs-worker-"));
+  writeFileSync(join(dir, "hello"), "hi");
+  const [spec] = fsKind.open({ shares: [{ path: dir, tag: "t", readOnly: true }] }, { outFd: 1, inFd: null });
+  const r = await rig([spec]);
+  const mem = r.vm.mem;
+  let unique = 0n;
+  /** Write one request (header + body) at `at`, its reply room at `at + 0x800`; returns the reply's offset. */
+  const request = (at: number, opcode: number, nodeid: bigint, body: Uint8Array): number => {
+    const h = le(IN_HEADER.SIZE).u32(IN_HEADER.LEN, IN_HEADER.SIZE + body.length).u32(IN_HEADER.OPCODE, opcode)
+      .u64(IN_HEADER.UNIQUE, ++unique).u64(IN_HEADER.NODEID, nodeid);
+    mem.write(at, h.bytes);
+    mem.write(at + IN_HEADER.SIZE, body);
+    return at + 0x800;
+  };
+  const replyError = (at: number) => mem.readU32(at + OUT_HEADER.ERROR) | 0;
+  try {
+    assert.equal(r.workers.length, 1, "one Worker for the hiprio and the request queue");
+    const [hiprio, requests] = probe(r.transport(0), r.devs[0], r.ctl, r.vm, RINGS, 2);
+    await until(() => r.qstate(0, 0) === Q.RUNNING && r.qstate(0, 1) === Q.RUNNING, "both queues to run");
+    const send = async (dq: DriverQueue, at: number, opcode: number, nodeid: bigint, body: Uint8Array, reply: number) => {
+      const out = request(at, opcode, nodeid, body);
+      const used = dq.usedIdx;
+      dq.add(reply ? [{ gpa: at, len: IN_HEADER.SIZE + body.length }, { gpa: out, len: reply, write: true }] : [{ gpa: at, len: IN_HEADER.SIZE + body.length }]);
+      eventfdSignal(r.devs[0].ioFds[dq === hiprio ? 0 : 1]);
+      await until(() => dq.usedIdx === ((used + 1) & 0xffff), `the reply to opcode ${opcode}`);
+      return out;
+    };
+    const init = le(INIT_IN.SIZE).u32(INIT_IN.MAJOR, FUSE_KERNEL_VERSION).u32(INIT_IN.MINOR, FUSE_KERNEL_MINOR_VERSION);
+    assert.equal(replyError(await send(requests, BUFS, FUSE_INIT, 0n, init.bytes, 0x400)), 0, "INIT");
+    const found = await send(requests, BUFS + 0x1000, FUSE_LOOKUP, FUSE_ROOT_ID, cstr("hello"), 0x400);
+    assert.equal(replyError(found), 0, "LOOKUP hello");
+    const nodeid = mem.readU64(found + OUT_HEADER.SIZE + ENTRY_OUT.NODEID);
+    const getattr = le(GETATTR_IN.SIZE).bytes;
+    assert.equal(replyError(await send(requests, BUFS + 0x2000, FUSE_GETATTR, nodeid, getattr, 0x400)), 0, "GETATTR while looked up");
+    // The FORGET goes to the hiprio queue, gets no reply, and drops the lookup in the request queue's table.
+    await send(hiprio, BUFS + 0x3000, FUSE_FORGET, nodeid, le(FORGET_IN.SIZE).u64(FORGET_IN.NLOOKUP, 1).bytes, 0);
+    assert.equal(hiprio.usedElem(0).len, 0, "a FORGET is answered with nothing");
+    assert.equal(replyError(await send(requests, BUFS + 0x4000, FUSE_GETATTR, nodeid, getattr, 0x400)), -EBADF, "GETATTR of a forgotten nodeid");
+  } finally {
+    assert.deepEqual(await r.close(), []);
+    r.free();
+    fsKind.close(spec);
     rmSync(dir, { recursive: true });
   }
 });

@@ -1,12 +1,12 @@
 /**
  * virtio-fs (virtio 1.2 §5.11) as vmm serves it: the configuration space
- * and the two kinds of queue, each on its own Worker.
+ * and the two kinds of queue, both served by one Worker (mod.ts says why).
  *
  * Queue 0, hiprio, carries the requests that must not wait behind others
  * and get no reply: FORGET (and BATCH_FORGET), INTERRUPT. Queue 1 carries
  * every other request; Linux 6.1 uses exactly one such queue. The inode
- * table lives on the request queue's thread (its FsServer), so the hiprio
- * queue hands its forgets over a pipe (forget.ts) and answers nothing.
+ * table belongs to the request queue's handler (its FsServer), so the
+ * hiprio queue hands its forgets over a pipe (forget.ts) and answers nothing.
  *
  * @example
  * ```ts
@@ -14,8 +14,8 @@
  * import { openForgetPipe } from "./forget.ts";
  *
  * const [rd, wr] = openForgetPipe();
- * const req = new FsRequestQueue({ root: "/srv/share", readOnly: false }, rd, console.error); // queue 1's Worker
- * const hi = new FsHiprioQueue(wr, console.error);                                          // queue 0's Worker
+ * const req = new FsRequestQueue({ root: "/srv/share", readOnly: false }, rd, console.error); // queue 1's handler
+ * const hi = new FsHiprioQueue(wr, console.error);                                          // queue 0's handler
  * // each serves chains of its own queue: vq.pushUsed(chain.head, hi.serve(chain));
  * req.close();
  * ```
@@ -57,7 +57,7 @@ export function fsConfig(tag: string): Uint8Array {
 /**
  * The hiprio queue: read each chain as a FUSE request, forward its forgets,
  * answer nothing (used length 0: FORGET and INTERRUPT have no reply, fuse.h).
- * INTERRUPT needs no action: the request thread finishes each request
+ * INTERRUPT needs no action: the request queue finishes each request
  * before it takes the next, so there is never one in flight to stop.
  * Anything else does not belong on this queue and is dropped.
  */

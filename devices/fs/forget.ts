@@ -1,18 +1,22 @@
 /**
- * FORGETs from the hiprio queue's thread to the request queue's.
+ * FORGETs from the hiprio queue's handler to the request queue's.
  *
- * vmm serves each virtqueue on its own Worker (loop/queue_worker.ts), but a
- * virtio-fs device has one inode table, owned by the FsServer on the
- * request queue's thread. Linux sends FORGET on the hiprio queue (virtio_fs.c
+ * Each queue has its own handler, made and discarded with its queue, but a
+ * virtio-fs device has one inode table, owned by the request queue's
+ * FsServer. Linux sends FORGET on the hiprio queue (virtio_fs.c
  * `send_forget_request`; BATCH_FORGET and INTERRUPT would come there too),
- * everything else on the request queue. So the hiprio thread only reads
+ * everything else on the request queue. So the hiprio handler only reads
  * (nodeid, nlookup) pairs out of its chains and writes them down a pipe as
- * 16-byte records; the request thread polls the pipe's read end and applies
- * them: the channel-plus-fd that Firecracker uses between its threads,
- * never a shared object.
+ * 16-byte records; the request queue's handler polls the pipe's read end
+ * and applies them: the channel-plus-fd that Firecracker uses between its
+ * threads, never a shared object. The two handlers run on one Worker
+ * today (mod.ts, `oneWorker`), where they ran on two when this was
+ * written; the pipe still keeps either from holding the other, and the
+ * Worker's poll drains it on the turn after the hiprio queue filled it
+ * (at most 512 chains a turn, far below the pipe's 4096 records).
  *
  * Order needs no more care than that. The kernel forgets a nodeid only after
- * it read the reply that counted the lookup, which the request thread
+ * it read the reply that counted the lookup, which the request queue
  * wrote before, so a forget can never overtake the lookups it takes back;
  * applying it late only keeps an fd open a little longer.
  *
@@ -25,8 +29,8 @@
  * import { ForgetReceiver, ForgetSender, openForgetPipe } from "./forget.ts";
  *
  * const [rd, wr] = openForgetPipe();
- * new ForgetSender(wr, console.error).send([[5n, 1n]]);   // hiprio thread
- * new ForgetReceiver(rd).drain((nodeid, n) => console.log(nodeid, n)); // request thread: 5n 1n
+ * new ForgetSender(wr, console.error).send([[5n, 1n]]);   // hiprio queue
+ * new ForgetReceiver(rd).drain((nodeid, n) => console.log(nodeid, n)); // request queue: 5n 1n
  * ```
  */
 import { close, EAGAIN, errno, libc, NativeBuf, O_CLOEXEC, O_NONBLOCK, pipe } from "../../ffi/libc.ts";
@@ -70,7 +74,7 @@ export function closeForgetPipe(fds: readonly number[]): void {
   for (const fd of fds) close(fd);
 }
 
-/** The hiprio thread's end: writes records, never waits. */
+/** The hiprio queue's end: writes records, never waits. */
 export class ForgetSender {
   readonly #fd: number;
   readonly #log: (line: string) => void;
@@ -88,9 +92,9 @@ export class ForgetSender {
   }
 
   /**
-   * Send `pairs` of (nodeid, nlookup). When the pipe is full (the request
-   * thread is busy with a long stream of requests) the rest are dropped, not
-   * waited for: this thread must not stall on the other one. A dropped
+   * Send `pairs` of (nodeid, nlookup). When the pipe is full (its reader
+   * has not had a turn for thousands of forgets) the rest are dropped, not
+   * waited for: on one Worker, waiting would wait for ourselves. A dropped
    * forget leaks a lookup count, which only keeps an O_PATH fd open until
    * the guest's DESTROY or the device's reset; logged once.
    */
@@ -120,7 +124,7 @@ export class ForgetSender {
   }
 }
 
-/** The request thread's end: reads every record there is. */
+/** The request queue's end: reads every record there is. */
 export class ForgetReceiver {
   readonly #fd: number;
   readonly #buf = NativeBuf.alloc(PIPE_BUF);

@@ -3,12 +3,21 @@
  * HOSTDIR[,tag=NAME][,ro]`, repeatable, one device per share, which the
  * guest mounts with `mount -t virtiofs NAME DIR`.
  *
- * `open` checks each share and makes the pipe its two queue Workers talk
- * over (device.ts: the hiprio queue forwards forgets to the request queue,
- * whose thread owns the inode table); the spec carries the pipe's fds as
+ * `open` checks each share and makes the pipe its two queues talk over
+ * (device.ts: the hiprio queue forwards forgets to the request queue, whose
+ * handler owns the inode table); the spec carries the pipe's fds as
  * numbers, like every spec, and `close` closes them. The request queue's
- * Worker opens the directory itself at each DRIVER_OK, and closes every fd
+ * handler opens the directory itself at each DRIVER_OK, and closes every fd
  * of it when the handler is discarded (a reset, the VM's stop).
+ *
+ * Both queues are served by one Worker (`oneWorker`). The hiprio queue
+ * carries only FORGETs (and INTERRUPTs, which vmm has nothing to do for),
+ * none of which the guest waits on: all its thread ever did was copy them
+ * into the pipe for the request queue's thread. A thread of its own bought
+ * nothing but one more Worker to start before a restored guest may run,
+ * 60–320 ms on Bun and 0.7–1.2 s on Deno in the nested host (issue 12's
+ * notes). In one Worker a long request only delays the forgets behind it,
+ * which is harmless: a forget applied late keeps an fd open a little longer.
  */
 import type { DeviceKind } from "../virtio/kind.ts";
 import { type QueueHandler, serveAll } from "../virtio/queue_handler.ts";
@@ -96,4 +105,5 @@ export const fsKind: DeviceKind<FsSpec, FsOptions> = {
       close: () => rq.close(),
     };
   },
+  oneWorker: true,
 };
