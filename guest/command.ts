@@ -75,12 +75,14 @@ export interface RunShare {
   path: string;
   tag: string;
   readOnly: boolean;
+  cache?: "auto" | "always";
 }
 
 /** The virtio-fs shares a host run needs: the root read-only, the rest read-write. */
 export function hostRunShares(r: HostRun): RunShare[] {
   return [
-    { path: r.root, tag: ROOT_TAG, readOnly: true },
+    // Only the guest's reads reach the root: it may trust what it looked up (devices/fs/share.ts CACHE_TIMEOUT_S).
+    { path: r.root, tag: ROOT_TAG, readOnly: true, cache: "always" },
     ...r.mounts.map((m) => ({ path: m.path, tag: m.tag, readOnly: false })),
   ];
 }

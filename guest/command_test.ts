@@ -73,10 +73,10 @@ test("runConf() gives init the overlays and the mounts as numbered variables", (
   assert.equal(out, "vmm.root|1000|100|/home/o'neil dir|2|/home/o'neil dir|1|vmm.cwd|/w x|");
 });
 
-test("hostRunShares() shares the root read-only and every mount read-write", () => {
+test("hostRunShares() shares the root read-only, cached as cache=always, and every mount read-write", () => {
   const shares = hostRunShares(plan({ root: "/srv/img", mounts: [{ tag: "vmm.cwd", path: "/w", at: "/w" }, { tag: "vmm.rw0", path: "/d", at: "/d" }] }));
   assert.deepEqual(shares, [
-    { path: "/srv/img", tag: "vmm.root", readOnly: true },
+    { path: "/srv/img", tag: "vmm.root", readOnly: true, cache: "always" },
     { path: "/w", tag: "vmm.cwd", readOnly: false },
     { path: "/d", tag: "vmm.rw0", readOnly: false },
   ]);

@@ -60,6 +60,7 @@ import {
   WRITE_IN,
 } from "./fuse.ts";
 import { FsServer } from "./passthrough.ts";
+import type { CacheMode } from "./share.ts";
 
 /** Something that serves a chain: the FsServer. */
 export interface ChainServer {
@@ -384,11 +385,11 @@ export interface ShareRig {
 }
 
 /** Make a temporary directory, fill it with `setup(dir)`, serve it and INIT. */
-export function shareRig(setup: (dir: string) => void = () => {}, readOnly = false): ShareRig {
+export function shareRig(setup: (dir: string) => void = () => {}, readOnly = false, cache: CacheMode = "auto"): ShareRig {
   const dir = mkdtempSync(join(tmpdir(), "vmm-fs-"));
   setup(dir);
   const lines: string[] = [];
-  const server = new FsServer({ root: dir, readOnly, log: (l) => lines.push(l) });
+  const server = new FsServer({ root: dir, readOnly, cache, log: (l) => lines.push(l) });
   const d = new FuseDriver(server);
   const r = d.init();
   if (r.error) throw new Error(`INIT failed: ${r.error}`);

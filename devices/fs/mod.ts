@@ -33,6 +33,7 @@ import {
 import { raiseFdLimit } from "../../ffi/libc.ts";
 import { closeForgetPipe, openForgetPipe } from "./forget.ts";
 import { checkShares, parseShareOptions, type ShareOption } from "./share_option.ts";
+import type { CacheMode } from "./share.ts";
 
 export interface FsSpec {
   kind: "fs";
@@ -40,6 +41,8 @@ export interface FsSpec {
   path: string;
   tag: string;
   readOnly: boolean;
+  /** How long the guest may cache names and attributes (share.ts). */
+  cache: CacheMode;
   /** The forget pipe (forget.ts): the request queue reads, the hiprio queue writes. */
   forgetRead: number;
   forgetWrite: number;
@@ -56,9 +59,11 @@ export const fsKind: DeviceKind<FsSpec, FsOptions> = {
     flag: "share",
     type: "string",
     multiple: true,
-    help: `--share DIR[,tag=NAME][,ro]
+    help: `--share DIR[,tag=NAME][,ro][,cache=always]
                     a host directory over virtio-fs (repeat); in the guest:
-                    mount -t virtiofs NAME /mnt (NAME defaults to DIR's name)`,
+                    mount -t virtiofs NAME /mnt (NAME defaults to DIR's name);
+                    cache=always: the guest trusts names and attributes for
+                    a day, not a second (for a directory the host leaves be)`,
     apply(values, o) {
       o.shares = parseShareOptions(values as string[]);
     },
@@ -72,7 +77,7 @@ export const fsKind: DeviceKind<FsSpec, FsOptions> = {
     try {
       for (const s of shares) {
         const [forgetRead, forgetWrite] = openForgetPipe();
-        specs.push({ kind: "fs", path: s.path, tag: s.tag, readOnly: s.readOnly, forgetRead, forgetWrite });
+        specs.push({ kind: "fs", path: s.path, tag: s.tag, readOnly: s.readOnly, cache: s.cache ?? "auto", forgetRead, forgetWrite });
       }
     } catch (e) {
       specs.forEach((s) => closeForgetPipe([s.forgetRead, s.forgetWrite]));
@@ -93,7 +98,7 @@ export const fsKind: DeviceKind<FsSpec, FsOptions> = {
       const hi = new FsHiprioQueue(spec.forgetWrite, ctx.log);
       return { kick: (vq) => serveAll(vq, (chain) => hi.serve(chain)), close: () => hi.close() };
     }
-    const rq = new FsRequestQueue({ root: spec.path, readOnly: spec.readOnly }, spec.forgetRead, ctx.log);
+    const rq = new FsRequestQueue({ root: spec.path, readOnly: spec.readOnly, cache: spec.cache }, spec.forgetRead, ctx.log);
     // No drain: nothing is buffered here, and the guest asks for durability with FUSE FSYNC.
     return {
       kick(vq) {

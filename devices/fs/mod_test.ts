@@ -65,7 +65,7 @@ test("open() refuses shares a program got wrong with one ConfigError line", () =
 });
 
 test("model(): device ID 26, queues hiprio and requests, config = tag + one request queue", () => {
-  const spec: FsSpec = { kind: "fs", path: "/srv/x", tag: "x", readOnly: true, forgetRead: -1, forgetWrite: -1 };
+  const spec: FsSpec = { kind: "fs", path: "/srv/x", tag: "x", readOnly: true, cache: "auto", forgetRead: -1, forgetWrite: -1 };
   const m = fsKind.model(spec);
   assert.equal(m.deviceId, VIRTIO_ID_FS);
   assert.equal(m.deviceId, 26);

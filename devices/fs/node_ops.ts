@@ -81,7 +81,7 @@ export function entryReply(s: Share, r: FuseReply, res: Inode | number): number 
 /** Reply with fuse_attr_out from `sys.stat`. */
 function attrReply(s: Share, r: FuseReply): number {
   r.clear(ATTR_OUT.SIZE);
-  r.view.setBigUint64(H + ATTR_OUT.ATTR_VALID, 1n, true);
+  r.view.setBigUint64(H + ATTR_OUT.ATTR_VALID, s.timeout, true);
   s.writeAttr(r.view, H + ATTR_OUT.ATTR);
   return r.ok(ATTR_OUT.SIZE);
 }

@@ -116,7 +116,7 @@ import {
 import { FuseReply, type FuseRequest, parseRequest } from "./message.ts";
 import type { Handle } from "./handles.ts";
 import type { Inode } from "./inodes.ts";
-import { Share } from "./share.ts";
+import { type CacheMode, Share } from "./share.ts";
 import * as node from "./node_ops.ts";
 import * as file from "./file_ops.ts";
 import { eachForget } from "./forget.ts";
@@ -193,6 +193,8 @@ export interface FsServerOptions {
   root: string;
   /** Refuse every change with EROFS (and open nothing for writing). */
   readOnly: boolean;
+  /** How long the guest may cache names and attributes (share.ts CACHE_TIMEOUT_S); default "auto". */
+  cache?: CacheMode;
   /** Where the one line about a vmm bug goes (default: console.error). */
   log?: (line: string) => void;
 }
@@ -210,7 +212,7 @@ export class FsServer {
 
   /** Opens `root` (O_PATH) and /proc/self/fd; throws SysError when either cannot be used. */
   constructor(options: FsServerOptions) {
-    this.#share = new Share(options.root, options.readOnly);
+    this.#share = new Share(options.root, options.readOnly, options.cache);
     this.#log = options.log ?? ((line) => console.error(line));
   }
 

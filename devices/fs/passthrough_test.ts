@@ -169,6 +169,23 @@ test("GETATTR by nodeid and by file handle", () => {
   }
 });
 
+test("cache=always lets the guest keep entries and attributes for a day; auto, for a second", () => {
+  for (const [cache, secs] of [["auto", 1n], ["always", 86400n]] as const) {
+    const { d, done } = shareRig((dir) => writeFileSync(join(dir, "f"), "abc"), true, cache);
+    try {
+      const r = d.send(F.FUSE_LOOKUP, [cstr("f")], { nodeid: ROOT });
+      assert.equal(r.error, 0);
+      assert.equal(r.view.getBigUint64(F.ENTRY_OUT.ENTRY_VALID, true), secs, `${cache}: the name`);
+      assert.equal(r.view.getBigUint64(F.ENTRY_OUT.ATTR_VALID, true), secs, `${cache}: the lookup's attributes`);
+      const nodeid = r.view.getBigUint64(F.ENTRY_OUT.NODEID, true);
+      const a = d.send(F.FUSE_GETATTR, [le(16).bytes], { nodeid });
+      assert.equal(a.view.getBigUint64(F.ATTR_OUT.ATTR_VALID, true), secs, `${cache}: GETATTR`);
+    } finally {
+      done();
+    }
+  }
+});
+
 function setattr(d: FuseDriver, nodeid: bigint, fill: (b: ReturnType<typeof le>) => unknown) {
   const b = le(F.SETATTR_IN.SIZE);
   fill(b);

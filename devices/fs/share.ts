@@ -44,9 +44,18 @@ import { ATTR, EACCES, EINVAL, ENAMETOOLONG, ENTRY_OUT } from "./fuse.ts";
 import { HandleTable } from "./handles.ts";
 import { type Inode, InodeTable } from "./inodes.ts";
 
-/** How long the guest may trust a name and attributes (virtiofsd --cache auto: 1 s). */
-export const ENTRY_TIMEOUT_S = 1n;
-export const ATTR_TIMEOUT_S = 1n;
+/**
+ * How long the guest may trust a name and its attributes before it asks
+ * again, by the share's `cache` mode, as virtiofsd's `--cache` sets them:
+ * `auto`, 1 s, for a directory the host may change under the guest; `always`,
+ * a day, for one only the guest's reads reach, such as the system root
+ * `vmm run` shares read-only (crosvm shares its host root so,
+ * `type=fs:cache=always`). A guest that trusts for a day makes each name's
+ * LOOKUP and each GETATTR once per run instead of once a second, which a
+ * slow guest (a nested one) spends much of its time on.
+ */
+export type CacheMode = "auto" | "always";
+export const CACHE_TIMEOUT_S: Record<CacheMode, bigint> = { auto: 1n, always: 86400n };
 /** NAME_MAX: longest name of one component. */
 export const NAME_MAX = 255;
 /** How far `dotdot` climbs looking for the share's root before it gives up. */
@@ -89,9 +98,13 @@ export class Share {
   /** O_PATH fd of /proc/self/fd on the real procfs. */
   readonly #procFd: number;
 
-  constructor(root: string, readOnly: boolean) {
+  /** Seconds the guest may cache entries and attributes (CACHE_TIMEOUT_S). */
+  readonly timeout: bigint;
+
+  constructor(root: string, readOnly: boolean, cache: CacheMode = "auto") {
     const sys = this.sys;
     this.readOnly = readOnly;
+    this.timeout = CACHE_TIMEOUT_S[cache];
     this.asRoot = sys.geteuid() === 0;
     const close = (fd: number) => void sys.close(fd);
     this.#procFd = sys.openRoot("/proc/self/fd");
@@ -276,8 +289,8 @@ export class Share {
   writeEntry(out: DataView, at: number, inode: Inode): void {
     out.setBigUint64(at + ENTRY_OUT.NODEID, BigInt(inode.nodeid), true);
     out.setBigUint64(at + ENTRY_OUT.GENERATION, 0n, true);
-    out.setBigUint64(at + ENTRY_OUT.ENTRY_VALID, ENTRY_TIMEOUT_S, true);
-    out.setBigUint64(at + ENTRY_OUT.ATTR_VALID, ATTR_TIMEOUT_S, true);
+    out.setBigUint64(at + ENTRY_OUT.ENTRY_VALID, this.timeout, true);
+    out.setBigUint64(at + ENTRY_OUT.ATTR_VALID, this.timeout, true);
     out.setUint32(at + ENTRY_OUT.ENTRY_VALID_NSEC, 0, true);
     out.setUint32(at + ENTRY_OUT.ATTR_VALID_NSEC, 0, true);
     this.writeAttr(out, at + ENTRY_OUT.ATTR);

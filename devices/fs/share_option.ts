@@ -1,5 +1,5 @@
 /**
- * The `--share HOSTDIR[,tag=NAME][,ro]` option: a host directory the guest
+ * The `--share HOSTDIR[,tag=NAME][,ro][,cache=auto|always]` option: a host directory the guest
  * mounts with `mount -t virtiofs NAME DIR`.
  *
  * The tag is how the guest finds the share: the virtio-fs config space
@@ -23,6 +23,7 @@
 import { hostDirPath } from "../../ffi/fs.ts";
 import { errnoName } from "../../ffi/errno.ts";
 import { ConfigError } from "../../vm/vm.ts";
+import type { CacheMode } from "./share.ts";
 
 /** virtio_fs_config.tag: 36 bytes, not NUL-terminated when full (virtio 1.2 §5.11.4). */
 export const FS_TAG_BYTES = 36;
@@ -35,6 +36,8 @@ export interface ShareOption {
   tag: string;
   /** Refuse every change with EROFS. */
   readOnly: boolean;
+  /** How long the guest may cache names and attributes (share.ts CACHE_TIMEOUT_S); default "auto". */
+  cache?: CacheMode;
 }
 
 const utf8 = new TextEncoder();
@@ -81,18 +84,23 @@ export function parseShareOption(s: string): ShareOption {
   if (path === "") throw fail("empty path");
   let tag: string | undefined;
   let readOnly = false;
+  let cache: CacheMode | undefined;
   const seen = new Set<string>();
   for (const opt of opts) {
     if (opt === "") throw fail("empty option (a stray comma?)");
     const eq = opt.indexOf("=");
     const key = eq < 0 ? opt : opt.slice(0, eq);
     const name = key === "readonly" ? "ro" : key;
-    if (name !== "ro" && name !== "tag") throw fail(`unknown option "${key}" (tag=NAME and ro are known)`);
+    if (name !== "ro" && name !== "tag" && name !== "cache") throw fail(`unknown option "${key}" (tag=NAME, ro and cache=auto|always are known)`);
     if (seen.has(name)) throw fail(`option "${name}" given twice`);
     seen.add(name);
     if (name === "ro") {
       if (eq >= 0) throw fail(`option "${key}" takes no value`);
       readOnly = true;
+    } else if (name === "cache") {
+      const v = eq < 0 ? "" : opt.slice(eq + 1);
+      if (v !== "auto" && v !== "always") throw fail(`option "cache" is auto or always, not "${v}"`);
+      cache = v;
     } else {
       if (eq < 0) throw fail(`option "tag" needs a value (tag=NAME)`);
       tag = opt.slice(eq + 1);
@@ -106,7 +114,7 @@ export function parseShareOption(s: string): ShareOption {
     const bad = tagProblem(tag);
     if (bad) throw fail(`${bad}; name the share with tag=NAME`);
   }
-  return { path: real, tag, readOnly };
+  return cache ? { path: real, tag, readOnly, cache } : { path: real, tag, readOnly };
 }
 
 /**

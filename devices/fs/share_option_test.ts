@@ -45,12 +45,14 @@ test("parseShareOption() takes the directory's real path and its name as the tag
   });
 });
 
-test("parseShareOption() reads tag= and ro (or readonly) in any order", () => {
+test("parseShareOption() reads tag=, ro (or readonly) and cache= in any order", () => {
   withDirs((dir) => {
     const a = join(dir, "a");
     assert.deepEqual(parseShareOption(`${a},tag=src`), { path: a, tag: "src", readOnly: false });
     assert.deepEqual(parseShareOption(`${a},ro`), { path: a, tag: "a", readOnly: true });
     assert.deepEqual(parseShareOption(`${a},ro,tag=x=y`), { path: a, tag: "x=y", readOnly: true });
+    assert.deepEqual(parseShareOption(`${a},cache=always,ro`), { path: a, tag: "a", readOnly: true, cache: "always" });
+    assert.deepEqual(parseShareOption(`${a},cache=auto`), { path: a, tag: "a", readOnly: false, cache: "auto" });
     assert.deepEqual(parseShareOption(`${a},readonly,tag=${"t".repeat(FS_TAG_BYTES)}`), { path: a, tag: "t".repeat(36), readOnly: true });
   });
 });
@@ -95,7 +97,9 @@ test("parseShareOption() rejects bad tags and unknown, repeated or malformed opt
     throwsConfig(() => parseShareOption(`${a},tag=${"t".repeat(37)}`), /: tag "t{37}" is 37 bytes, virtio-fs allows at most 36$/);
     throwsConfig(() => parseShareOption(`${a},tag=${"é".repeat(19)}`), /is 38 bytes, virtio-fs allows at most 36$/);
     throwsConfig(() => parseShareOption(`${a},tag=a\tb`), /: tag "a\\tb" has a control character$/);
-    throwsConfig(() => parseShareOption(`${a},rw`), `--share ${a},rw: unknown option "rw" (tag=NAME and ro are known)`);
+    throwsConfig(() => parseShareOption(`${a},rw`), `--share ${a},rw: unknown option "rw" (tag=NAME, ro and cache=auto|always are known)`);
+    throwsConfig(() => parseShareOption(`${a},cache=never`), `--share ${a},cache=never: option "cache" is auto or always, not "never"`);
+    throwsConfig(() => parseShareOption(`${a},cache`), `--share ${a},cache: option "cache" is auto or always, not ""`);
     throwsConfig(() => parseShareOption(`${a},ro,readonly`), `--share ${a},ro,readonly: option "ro" given twice`);
     throwsConfig(() => parseShareOption(`${a},ro=1`), `--share ${a},ro=1: option "ro" takes no value`);
     throwsConfig(() => parseShareOption(`${a},,ro`), `--share ${a},,ro: empty option (a stray comma?)`);
