@@ -6,12 +6,12 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   check, close, EFD_CLOEXEC, EFD_NONBLOCK, errno, eventfd, eventfdRead, eventfdSignal, fdLimit, getrandom, hostView, libc,
-  MAP_ANONYMOUS, MAP_SHARED, mmapAnon, mmapGuestRam, NativeBuf, O_CREAT, O_RDONLY, O_RDWR, O_WRONLY, open, pidfdOpen, pipe, POLLIN,
+  dataBlocks, MAP_ANONYMOUS, MAP_SHARED, mmapAnon, mmapGuestRam, mmapGuestRamFrom, NativeBuf, O_CREAT, O_RDONLY, O_RDWR, O_WRONLY, open, pidfdOpen, pipe, POLLIN,
   Poller, raiseFdLimit, read, writeAll,
 } from "./libc.ts";
 import { errnoName, SysError } from "./errno.ts";
@@ -172,6 +172,52 @@ test("raiseFdLimit() lifts the soft open-file limit to the hard one or beyond, a
     assert.equal(fds.length, 1100);
   } finally {
     fds.forEach(close);
+  }
+});
+
+test("dataBlocks() gives the 2 MiB blocks of a sparse file that hold data; mmapGuestRamFrom() maps them from the file, zeroes elsewhere, and never writes the file", () => {
+  const dir = tempDir();
+  const MiB = 1024 * 1024, len = 8 * MiB;
+  try {
+    const path = join(dir, "memory");
+    const fd = open(path, O_RDWR | O_CREAT, 0o600);
+    const put = (at: number, byte: number) => {
+      const b = NativeBuf.alloc(4096);
+      b.bytes.fill(byte);
+      assert.equal(Number(libc.pwrite(fd, b.addr, 4096n, BigInt(at))), 4096);
+      b.free();
+    };
+    put(4096, 0xaa); // block 0
+    put(3 * MiB, 0xbb); // block 1, next to block 0: one range
+    put(7 * MiB, 0xcc); // block 3; block 2 stays a hole
+    close(fd);
+    truncateSync(path, len);
+    const r = open(path, O_RDWR);
+    try {
+      // A file system that reports no holes at all makes the whole file one range, which maps correctly too.
+      const holes = Number(libc.lseek(r, 0n, 4 /* SEEK_HOLE */)) < len;
+      assert.deepEqual(dataBlocks(r, len, 2 * MiB), holes ? [[0, 4 * MiB], [6 * MiB, 8 * MiB]] : [[0, len]]);
+      assert.deepEqual(dataBlocks(r, 2 * MiB, 2 * MiB), [[0, 2 * MiB]], "ranges end at len");
+      const before = new Uint8Array(readFileSync(path));
+      const addr = mmapGuestRamFrom(r, len);
+      try {
+        assert.equal(addr % BigInt(2 * MiB), 0n);
+        const v = new Uint8Array(runtime.view(addr, len));
+        assert.deepEqual([v[0], v[4096], v[3 * MiB + 4095], v[5 * MiB], v[7 * MiB], v[len - 1]], [0, 0xaa, 0xbb, 0, 0xcc, 0]);
+        v[4096] = 1; // a page from the file
+        v[5 * MiB] = 2; // anonymous memory in a hole block
+        assert.deepEqual([v[4096], v[5 * MiB]], [1, 2]);
+        const maps = readFileSync("/proc/self/maps", "utf8");
+        if (holes) assert.match(maps, new RegExp(`^${(addr + BigInt(4 * MiB)).toString(16)}-${(addr + BigInt(6 * MiB)).toString(16)} rw-p 00000000 00:00 0 `, "m"), "block 2 is anonymous");
+      } finally {
+        assert.equal(libc.munmap(addr, BigInt(len)), 0);
+      }
+      assert.deepEqual(new Uint8Array(readFileSync(path)), before, "the guest's writes reached the file");
+    } finally {
+      close(r);
+    }
+  } finally {
+    rmSync(dir, { recursive: true });
   }
 });
 

@@ -5,7 +5,7 @@
  * (fds, addresses) and open their own views.
  */
 import { Kvm, REQUIRED_CAPS, CAP, VmFd, KVM_API_VERSION, VcpuFd } from "../ffi/kvm.ts";
-import { close, libc, MAP_NORESERVE, MAP_PRIVATE, mmapFile, mmapGuestRam, hostView, PROT_READ, PROT_WRITE } from "../ffi/libc.ts";
+import { close, hostView, libc, mmapGuestRam, mmapGuestRamFrom } from "../ffi/libc.ts";
 import { GuestMemory, type MemoryRegion } from "./memory.ts";
 import { KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, ramRegions } from "../boot/layout.ts";
 import { vcpuCpuid } from "./cpuid.ts";
@@ -28,8 +28,9 @@ export interface VmOptions {
   kvmPath?: string;
   /**
    * Guest RAM from this file (a snapshot's memory file) instead of zeroes:
-   * mapped MAP_PRIVATE, so pages are read only when first touched and the
-   * guest's writes stay in this process, never reaching the file.
+   * mapped MAP_PRIVATE where it holds data (ffi/libc.ts mmapGuestRamFrom),
+   * so pages are read only when first touched and the guest's writes stay
+   * in this process, never reaching the file.
    */
   memFd?: number;
 }
@@ -97,7 +98,7 @@ export class Vm {
     self.memFromFile = o.memFd !== undefined;
     self.memAddr = o.memFd === undefined
       ? mmapGuestRam(this.memSize)
-      : mmapFile(o.memFd, this.memSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, "mmap guest RAM from the snapshot");
+      : mmapGuestRamFrom(o.memFd, this.memSize);
     let offset = 0;
     self.regions = ramRegions(this.memSize).map((r) => {
       const m = { gpa: r.gpa, size: r.size, offset };
