@@ -29,7 +29,7 @@ import { virtioCmdline, virtioSlot } from "../devices/virtio/device.ts";
 import { CMD, CTL, EXIT_KIND, recordExit, SHARED_BYTES, sharedViews, type SharedViews } from "./shared.ts";
 import { Controller, type RunResult, runResult } from "./control.ts";
 import { Lifecycle, type MachineState, StateError } from "./lifecycle.ts";
-import { joinWorkers, startWorker, type WorkerHandle } from "./workers.ts";
+import { joinWorkers, SpareWorkers, startWorker, type WorkerHandle } from "./workers.ts";
 import { unwireVirtio, wireVirtio } from "./virtio.ts";
 import type { ControlEvent, ControlInit, QueueInit, StdinInit, VcpuInit, VirtioDeviceInit } from "./messages.ts";
 import { type RestoreOptions, SnapshotSource, writeSnapshot } from "./snapshot.ts";
@@ -129,6 +129,8 @@ interface Parts {
   cmdFd: number;
   vcpuWakeFds: number[];
   stdinWakeFd: number;
+  /** The Workers of #launch, made early (loop/workers.ts SpareWorkers). */
+  spares: SpareWorkers;
   signals: boolean;
   snapshotDir?: string;
   atReady?: (snapshot: (dir: string) => void) => void;
@@ -373,7 +375,7 @@ export class Machine {
       const queues = device.ioFds.map((_, queue) => queue);
       for (const group of kindOf(device.spec).oneWorker ? [queues] : queues.map((q) => [q])) {
         const init: QueueInit = { kind: "queue", device, queues: group, shared, ctlFd, ...mem };
-        starting.push(startWorker("queue", init));
+        starting.push(startWorker("queue", init, undefined, p.spares));
       }
     }
     vm.vcpuFds.forEach((vcpuFd, id) => {
@@ -381,12 +383,13 @@ export class Machine {
         kind: "vcpu", id, vcpuFd, vmFd: vm.vm.fd, runAddr: p.runAddrs[id], runSize: vm.runSize, shared, ctlFd,
         wakeFd: p.vcpuWakeFds[id], outFd: p.console.outFd, ...mem, virtio: p.virtio,
       };
-      starting.push(startWorker("vcpu", init));
+      starting.push(startWorker("vcpu", init, undefined, p.spares));
     });
     if (inFd !== null && p.console.device !== "hvc") {
       const init: StdinInit = { kind: "stdin", vmFd: vm.vm.fd, shared, ctlFd, inFd, wakeFd: p.stdinWakeFd };
-      starting.push(startWorker("stdin", init));
+      starting.push(startWorker("stdin", init, undefined, p.spares));
     }
+    p.spares.close(); // none should be left
     const started = await Promise.allSettled(starting);
     this.#workersMs = Date.now() - this.#startedAt;
     for (const r of started) if (r.status === "fulfilled") this.#workers.push(r.value);
@@ -466,6 +469,13 @@ async function build(o: MachineOptions, own: Owner, from?: SnapshotSource): Prom
   const specs: VirtioSpec[] = [];
   own.add(() => specs.forEach((s) => kindOf(s).close(s)));
   for (const kind of DEVICE_KINDS) specs.push(...kind.open(o, console_));
+  // The Workers #launch will start begin loading their scripts now, while
+  // this thread still makes the VM and loads the guest or the snapshot.
+  const spares = new SpareWorkers();
+  own.add(() => spares.close());
+  for (const s of specs) spares.add("queue", kindOf(s).oneWorker ? 1 : kindOf(s).model(s).queueSizes.length);
+  spares.add("vcpu", o.cpus ?? 1);
+  if (console_.inFd !== null && console_.device !== "hvc") spares.add("stdin", 1);
   if (o.virtioCmdline) cmdline = [cmdline, ...specs.map((_, i) => virtioCmdline(i))].join(" ");
   cmdline = [cmdline, o.append ?? ""].join(" ").trim();
 
@@ -493,7 +503,7 @@ async function build(o: MachineOptions, own: Owner, from?: SnapshotSource): Prom
   own.add(() => unwireVirtio(virtio));
   from?.apply({ vm, specs, shared }); // last: it starts the guest's clock
   return {
-    vm, console: console_, specs, virtio, sharedAddr, shared, runAddrs, ctlFd, cmdFd, vcpuWakeFds, stdinWakeFd, signals: o.signals ?? false,
+    vm, console: console_, specs, virtio, sharedAddr, shared, runAddrs, ctlFd, cmdFd, vcpuWakeFds, stdinWakeFd, spares, signals: o.signals ?? false,
     snapshotDir: o.snapshotDir, atReady: o.atReady, resumeFirst: false, restored: from !== undefined,
   };
 }

@@ -46,9 +46,55 @@ export interface WorkerHandle {
   onEvent?: (data: unknown) => void;
 }
 
-/** Start a Worker of `kind` with `init`; resolves once it reports ready. */
-export function startWorker(kind: WorkerKind, init: unknown, onEvent?: (data: unknown) => void): Promise<WorkerHandle> {
-  const w = new Worker(workerUrl(kind).href, { type: "module" });
+/** A new Worker of `kind`, its script loading. */
+function newWorker(kind: WorkerKind): Worker {
+  return new Worker(workerUrl(kind).href, { type: "module" });
+}
+
+/**
+ * Workers made before their init exists: a Worker spends most of its start
+ * loading its script's modules (0.1–0.5 s each on Bun in a nested host, more
+ * on Deno), which it can do while the main thread still builds the machine
+ * or reads a snapshot. `take()` hands one to startWorker(); `close()`
+ * terminates those never taken. An error the script hits before then (it
+ * failed to load) is kept for startWorker() to report, not lost.
+ */
+export class SpareWorkers {
+  readonly #spares = new Map<WorkerKind, { worker: Worker; error?: string }[]>();
+
+  /** Start loading `n` Workers of `kind`. */
+  add(kind: WorkerKind, n: number): void {
+    const list = this.#spares.get(kind) ?? [];
+    this.#spares.set(kind, list);
+    for (let i = 0; i < n; i++) {
+      const spare: { worker: Worker; error?: string } = { worker: newWorker(kind) };
+      spare.worker.onerror = (ev) => {
+        ev.preventDefault?.();
+        spare.error ??= ev.message;
+      };
+      list.push(spare);
+    }
+  }
+
+  /** A spare Worker of `kind` (with the error its script hit, if any), or undefined when none is left. */
+  take(kind: WorkerKind): { worker: Worker; error?: string } | undefined {
+    return this.#spares.get(kind)?.shift();
+  }
+
+  /** Terminate every spare not taken. */
+  close(): void {
+    for (const list of this.#spares.values()) for (const s of list) s.worker.terminate();
+    this.#spares.clear();
+  }
+}
+
+/**
+ * Start a Worker of `kind` with `init`; resolves once it reports ready.
+ * `spares` may hold one already loading (SpareWorkers).
+ */
+export function startWorker(kind: WorkerKind, init: unknown, onEvent?: (data: unknown) => void, spares?: SpareWorkers): Promise<WorkerHandle> {
+  const spare = spares?.take(kind);
+  const w = spare?.worker ?? newWorker(kind);
   let exited!: () => void;
   const handle: WorkerHandle = { worker: w, exited: new Promise<void>((r) => (exited = r)), onEvent };
   return new Promise((resolve, reject) => {
@@ -64,12 +110,15 @@ export function startWorker(kind: WorkerKind, init: unknown, onEvent?: (data: un
       }
       handle.onEvent?.(d);
     };
-    w.onerror = (ev) => {
-      ev.preventDefault?.();
-      const err = new Error(`${kind} Worker failed: ${ev.message}`);
-      if (!ready) reject(err);
+    const failed = (message: string) => {
+      if (!ready) reject(new Error(`${kind} Worker failed: ${message}`));
       exited(); // it will not run again
     };
+    w.onerror = (ev) => {
+      ev.preventDefault?.();
+      failed(ev.message);
+    };
+    if (spare?.error !== undefined) return failed(spare.error);
     w.postMessage(init);
   });
 }

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { WORKER_ENTRIES } from "./workers.ts";
+import { SpareWorkers, startWorker, WORKER_ENTRIES } from "./workers.ts";
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -62,4 +62,18 @@ test("no module a Worker loads imports a node: module (or any package)", () => {
     const bare = [...g].flatMap(([file, specs]) => specs.map((s) => `${file} imports ${s}`));
     assert.deepEqual(bare, [], `${entry} loads modules from outside the repository`);
   }
+});
+
+test("SpareWorkers: startWorker() hands its init to a spare already loading; close() ends the spares never taken", async () => {
+  const spares = new SpareWorkers();
+  spares.add("queue", 2);
+  // A spare gets the init and answers as any Worker: here a queue Worker's setup refusing an init with no queues.
+  await assert.rejects(startWorker("queue", { queues: "none" }, undefined, spares), /queues\.map is not a function|not a function/);
+  const left = spares.take("queue");
+  assert.ok(left, "the second spare is still there");
+  assert.equal(spares.take("queue"), undefined, "two spares were made, both taken");
+  left.worker.terminate();
+  spares.add("vcpu", 1);
+  spares.close();
+  assert.equal(spares.take("vcpu"), undefined, "close() took every spare");
 });
