@@ -290,8 +290,11 @@ export function raiseFdLimit(): bigint {
 export class Poller {
   readonly #buf: NativeBuf;
   readonly #fds: number[];
+  /** wait()'s answer, one array for the Poller's life: nothing is allocated per poll. */
+  readonly #revents: number[];
   constructor(fds: number[], events: number[] = fds.map(() => POLLIN)) {
     this.#fds = fds;
+    this.#revents = fds.map(() => 0);
     this.#buf = NativeBuf.alloc(8 * fds.length);
     fds.forEach((fd, i) => {
       this.#buf.view.setInt32(i * 8, fd, true);
@@ -302,11 +305,18 @@ export class Poller {
   close(): void {
     this.#buf.free();
   }
-  wait(timeoutMs: number): number[] {
-    for (let i = 0; i < this.#fds.length; i++) this.#buf.view.setInt16(i * 8 + 6, 0, true);
-    const r = libc.poll(this.#buf.addr, BigInt(this.#fds.length), timeoutMs);
+  /**
+   * poll(2) for up to `timeoutMs` (-1: no limit); each fd's revents, in the
+   * fds' order (all 0 after a timeout or EINTR). The array is the Poller's
+   * own and the next wait() overwrites it: read it before then.
+   */
+  wait(timeoutMs: number): readonly number[] {
+    const n = this.#fds.length, view = this.#buf.view;
+    for (let i = 0; i < n; i++) view.setInt16(i * 8 + 6, 0, true);
+    const r = libc.poll(this.#buf.addr, BigInt(n), timeoutMs);
     if (r < 0 && errno() !== EINTR) throw new SysError("poll", errno());
-    return this.#fds.map((_, i) => this.#buf.view.getInt16(i * 8 + 6, true));
+    for (let i = 0; i < n; i++) this.#revents[i] = view.getInt16(i * 8 + 6, true);
+    return this.#revents;
   }
 }
 

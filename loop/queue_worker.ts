@@ -43,27 +43,47 @@ workerMain((init: QueueInit) => {
  * every queue of a device whose kind asks for one Worker (DeviceKind
  * oneWorker). One poll(2) waits on what all of them wait on; after it,
  * each queue moves on from its own fds' events.
+ *
+ * This loop turns once per kick, so it allocates nothing as it turns: each
+ * queue waits on one of three fd lists of its own (settle()), and the poll
+ * set for each combination of them is made once and kept, under a number
+ * that says which list each queue waits on.
  */
 function serve(threads: QueueThread[]): void {
-  const pollers = new Map<string, Poller>();
+  const pollers = new Map<number, Poller>();
+  const forget = () => {
+    for (const p of pollers.values()) p.close();
+    pollers.clear();
+  };
   let live = threads;
+  let lists = 0;
   for (;;) {
-    const waits = live.map((t) => t.settle());
-    live = live.filter((_, i) => waits[i] !== null);
-    const sets = waits.filter((w) => w !== null) as number[][];
+    let ended = false;
+    for (const t of live) if (t.settle() === null) ended = true;
+    if (ended) {
+      live = live.filter((t) => t.waitingOn !== null);
+      forget();
+    }
     if (!live.length) break;
-    const fds = sets.flat();
-    const key = fds.join(",");
+    let key = 0, made = 0;
+    for (const t of live) {
+      key = key * 3 + t.waitKind;
+      made += t.listsMade;
+    }
+    if (made !== lists) {
+      forget(); // a queue made a new list (a new input fd): the kept sets may name old fds
+      lists = made;
+    }
     let poller = pollers.get(key);
-    if (!poller) pollers.set(key, poller = new Poller(fds));
+    if (!poller) pollers.set(key, poller = new Poller(live.flatMap((t) => t.waitingOn!)));
     const revents = poller.wait(-1);
     let at = 0;
-    live.forEach((t, i) => {
-      t.wake(revents.slice(at, at + sets[i].length));
-      at += sets[i].length;
-    });
+    for (const t of live) {
+      t.wake(revents, at);
+      at += t.waitingOn!.length;
+    }
   }
-  for (const p of pollers.values()) p.close();
+  forget();
 }
 
 class QueueThread {
@@ -74,8 +94,15 @@ class QueueThread {
   /** Index of this queue's state word in `ctl`. */
   readonly stateWord: number;
   readonly service: QueueService;
-  /** What settle() last said to wait on. */
-  #waitingOn: number[] = [];
+  /** What settle() last said to wait on: one of the three lists below, or null once the queue ended. */
+  waitingOn: readonly number[] | null = [];
+  /** Which: 0 the wake fd alone, 1 with the kick, 2 with the handler's input fd too. */
+  waitKind = 0;
+  /** How many fd lists this queue has made: a new input fd makes a new third list. */
+  listsMade = 2;
+  readonly #idle: readonly number[];
+  readonly #running: readonly number[];
+  #withInput: readonly number[] = [];
   /** The queue was paused and has not been resumed (taken over from a snapshot starts so, see the constructor). */
   #paused = false;
 
@@ -88,6 +115,8 @@ class QueueThread {
     this.ctl = shared.ctl;
     const block = this.sharedBytes.subarray(device.block, device.block + VIRTIO_BLOCK_BYTES);
     this.stateWord = queueRunWord(device.block, queue);
+    this.#idle = [device.wakeFds[queue]];
+    this.#running = [device.wakeFds[queue], device.ioFds[queue]];
     const mem = new GuestMemory(hostView(init.memAddr, init.memSize), init.regions, init.memAddr);
     const transport = transportFor(device.spec, block);
     const state = new Int32Array(block.buffer, block.byteOffset + DEV.STATE, DEVICE_STATE_WORDS);
@@ -124,9 +153,10 @@ class QueueThread {
   /**
    * Act on the queue's state word until the queue must wait for something:
    * returns the fds to poll (its wake eventfd; when it runs, its ioeventfd
-   * and the handler's input fd too), or null once the queue has ended.
+   * and the handler's input fd too), or null once the queue has ended; the
+   * same in `waitingOn`.
    */
-  settle(): number[] | null {
+  settle(): readonly number[] | null {
     const { ctl, stateWord, service, queue } = this;
     const { device } = this.init;
     for (;;) {
@@ -135,7 +165,7 @@ class QueueThread {
         service.stop(true);
         Atomics.store(ctl, stateWord, Q.GONE);
         eventfdSignal(device.ackFd);
-        return null;
+        return this.waitingOn = null;
       }
       if (state === Q.STOP) {
         service.stop(false);
@@ -166,19 +196,30 @@ class QueueThread {
         if (service.kick()) eventfdSignal(device.ioFds[queue]);
         continue;
       }
-      if (state !== Q.RUNNING || !service.serving) return this.#waitingOn = [device.wakeFds[queue]];
+      if (state !== Q.RUNNING || !service.serving) return this.#waitOn(0, this.#idle);
       const inFd = service.inputFd();
-      return this.#waitingOn = inFd < 0 ? [device.wakeFds[queue], device.ioFds[queue]] : [device.wakeFds[queue], device.ioFds[queue], inFd];
+      if (inFd < 0) return this.#waitOn(1, this.#running);
+      if (this.#withInput[2] !== inFd) {
+        this.#withInput = [device.wakeFds[queue], device.ioFds[queue], inFd];
+        this.listsMade++;
+      }
+      return this.#waitOn(2, this.#withInput);
     }
   }
 
-  /** poll(2)'s revents for the fds settle() returned. */
-  wake(revents: number[]): void {
+  #waitOn(kind: number, fds: readonly number[]): readonly number[] {
+    this.waitKind = kind;
+    return this.waitingOn = fds;
+  }
+
+  /** poll(2)'s revents for the fds settle() returned: `revents[at]` onwards. */
+  wake(revents: readonly number[], at: number): void {
     const { ctl, stateWord, service, queue } = this;
     const { device } = this.init;
-    const [woken, kicked, input] = revents;
+    const n = this.waitingOn!.length;
+    const woken = revents[at], kicked = revents[at + 1], input = n === 3 ? revents[at + 2] : 0;
     if (woken) eventfdRead(device.wakeFds[queue]);
-    if (this.#waitingOn.length === 1) return;
+    if (n === 1) return;
     // A pause or stop that woke us comes first: serve nothing new.
     if (Atomics.load(ctl, stateWord) !== Q.RUNNING) return;
     if (kicked) {
