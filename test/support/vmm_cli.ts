@@ -41,11 +41,25 @@ export function vmmEnv(allowPvm: boolean): Record<string, string> {
   return env;
 }
 
+/** How a vmm run ended: its status (or the signal that ended it, or why it could not run) and its output. */
+export interface VmmResult {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+  signal?: string | null;
+  error?: string;
+}
+
 /** Run vmm to completion. */
-export function vmmSync(args: string[], o: { allowPvm?: boolean } = {}): { status: number | null; stdout: string; stderr: string } {
+export function vmmSync(args: string[], o: { allowPvm?: boolean } = {}): VmmResult {
   const [cmd, argv] = vmmCommand(args);
   const r = spawnSync(cmd, argv, { env: vmmEnv(o.allowPvm ?? true), encoding: "utf8", timeout: CHILD_BOUND_MS });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr, signal: r.signal, ...(r.error ? { error: String(r.error) } : {}) };
+}
+
+/** The whole of a result, for a failure message: a run that printed nothing says little by its stderr alone. */
+export function described(r: VmmResult): string {
+  return JSON.stringify({ status: r.status, signal: r.signal, error: r.error, stdout: r.stdout.slice(-400), stderr: r.stderr.slice(-400) });
 }
 
 /**
