@@ -28,6 +28,7 @@ import { S_IFDIR, S_IFREG, writeCpio } from "./cpio.ts";
 import { type Identity, setidsElf } from "./setids.ts";
 import { SETTIME_CLOCK_BYTES, settimeElf } from "./settime.ts";
 import type { StdioOptions } from "../devices/stdio/mod.ts";
+import type { CacheMode } from "../devices/fs/share.ts";
 
 /** Quote one argument for sh. */
 export function shellQuote(arg: string): string {
@@ -75,7 +76,7 @@ export interface RunShare {
   path: string;
   tag: string;
   readOnly: boolean;
-  cache?: "auto" | "always";
+  cache?: CacheMode;
 }
 
 /** The virtio-fs shares a host run needs: the root read-only, the rest read-write. */

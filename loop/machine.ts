@@ -372,8 +372,7 @@ export class Machine {
     // driver is ready, and the guest needs a second or more to get there.
     const starting: Promise<WorkerHandle>[] = [];
     for (const device of p.virtio) {
-      const queues = device.ioFds.map((_, queue) => queue);
-      for (const group of kindOf(device.spec).oneWorker ? [queues] : queues.map((q) => [q])) {
+      for (const group of queueGroups(device.spec, device.ioFds.length)) {
         const init: QueueInit = { kind: "queue", device, queues: group, shared, ctlFd, ...mem };
         starting.push(startWorker("queue", init, undefined, p.spares));
       }
@@ -385,8 +384,9 @@ export class Machine {
       };
       starting.push(startWorker("vcpu", init, undefined, p.spares));
     });
-    if (inFd !== null && p.console.device !== "hvc") {
-      const init: StdinInit = { kind: "stdin", vmFd: vm.vm.fd, shared, ctlFd, inFd, wakeFd: p.stdinWakeFd };
+    const stdinFd = hasStdinWorker(p.console) ? p.console.inFd : null;
+    if (stdinFd !== null) {
+      const init: StdinInit = { kind: "stdin", vmFd: vm.vm.fd, shared, ctlFd, inFd: stdinFd, wakeFd: p.stdinWakeFd };
       starting.push(startWorker("stdin", init, undefined, p.spares));
     }
     p.spares.close(); // none should be left
@@ -402,7 +402,7 @@ export class Machine {
 
     const init: ControlInit = {
       kind: "control", shared, runAddrs: p.runAddrs, runSize: vm.runSize, vcpuWakeFds: p.vcpuWakeFds, ctlFd, cmdFd: p.cmdFd,
-      sigFd, stdinWakeFd: inFd !== null && p.console.device !== "hvc" ? p.stdinWakeFd : -1, virtio: p.virtio,
+      sigFd, stdinWakeFd: stdinFd !== null ? p.stdinWakeFd : -1, virtio: p.virtio,
       resumeFirst: p.resumeFirst,
     };
     if (!inline) {
@@ -447,6 +447,20 @@ export class Machine {
   }
 }
 
+/**
+ * The queue Workers of a device with `queues` queues, each as the queues it
+ * serves: one Worker a queue, or one for all where the kind says oneWorker.
+ */
+function queueGroups(spec: VirtioSpec, queues: number): number[][] {
+  const all = Array.from({ length: queues }, (_, q) => q);
+  return kindOf(spec).oneWorker ? [all] : all.map((q) => [q]);
+}
+
+/** The serial console reads this process's input on a Worker of its own (hvc's input comes through a queue). */
+function hasStdinWorker(c: ConsoleOptions): c is ConsoleOptions & { inFd: number } {
+  return c.inFd !== null && c.device !== "hvc";
+}
+
 /** Everything create() makes, each piece recorded in `own` as it is made. */
 async function build(o: MachineOptions, own: Owner, from?: SnapshotSource): Promise<Parts> {
   const kernel = load("--kernel", o.kernel);
@@ -473,14 +487,15 @@ async function build(o: MachineOptions, own: Owner, from?: SnapshotSource): Prom
   // this thread still makes the VM and loads the guest or the snapshot.
   const spares = new SpareWorkers();
   own.add(() => spares.close());
-  for (const s of specs) spares.add("queue", kindOf(s).oneWorker ? 1 : kindOf(s).model(s).queueSizes.length);
-  spares.add("vcpu", o.cpus ?? 1);
-  if (console_.inFd !== null && console_.device !== "hvc") spares.add("stdin", 1);
+  const cpus = o.cpus ?? 1;
+  for (const s of specs) spares.add("queue", queueGroups(s, kindOf(s).model(s).queueSizes.length).length);
+  spares.add("vcpu", cpus);
+  if (hasStdinWorker(console_)) spares.add("stdin", 1);
   if (o.virtioCmdline) cmdline = [cmdline, ...specs.map((_, i) => virtioCmdline(i))].join(" ");
   cmdline = [cmdline, o.append ?? ""].join(" ").trim();
 
   const vm = from ? from.vm(specs) : buildMachine({
-    kernel, initrd, cmdline, cpus: o.cpus ?? 1, memMiB: o.memMiB ?? 512, mmioDevices: specs.map((_, i) => virtioSlot(i)),
+    kernel, initrd, cmdline, cpus, memMiB: o.memMiB ?? 512, mmioDevices: specs.map((_, i) => virtioSlot(i)),
   });
   own.add(() => vm.close());
 
