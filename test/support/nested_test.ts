@@ -193,6 +193,9 @@ test("the default guest boots under QEMU -accel kvm and follows the init protoco
         `-kernel ${g.kernel} -initrd ${initrd} -append 'console=ttyS0 panic=-1 quiet loglevel=1 virtio_blk.queue_depth=64'`,
         "-device virtio-rng-device -device isa-debug-exit,iobase=0xf4,iosize=1",
         `-chardev file,id=ready,path=$D/${tag}.ready -device isa-debugcon,iobase=0xf5,chardev=ready`,
+        // Why QEMU ended, should a boot end early: reason=6 is the guest's
+        // poweroff, 7 a reset (with -no-reboot, also a triple fault).
+        `-d trace:qemu_system_shutdown_request -D $D/${tag}.log`,
       ].join(" ");
     // The two boots run side by side: L1 has two vCPUs.
     const script = `
@@ -241,9 +244,12 @@ cat $D/run.status
     assert.deepEqual([...readFileSync(join(dir, "interactive.ready"))], [0]);
     // Interactive: the ready line, a shell on the console, poweroff when it exits.
     const inter = file("interactive.out");
-    assert.match(inter, /^vmm-guest: ready$/m);
-    assert.match(inter, /^shell-42 vmm$/m);
-    assert.equal(field("interactive-status"), 0, inter);
+    const ended = `${out.trim()}\nQEMU's log: ${file("interactive.log").trim() || "(empty)"}\nconsole:\n${inter}`;
+    assert.equal(field("interactive-status"), 0, ended);
+    assert.match(inter, /^vmm-guest: ready$/m, ended);
+    assert.match(inter, /^shell-42 vmm$/m, ended);
+    // The shell's exit powered the guest off (6), not a reset or a fault (7).
+    assert.match(file("interactive.log"), /qemu_system_shutdown_request reason=6\b/, ended);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
