@@ -12,7 +12,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ensureDefaultGuest } from "../../guest/build.ts";
@@ -232,9 +232,11 @@ cat $D/run.status
     console.log(`guest under QEMU -accel kvm (${tier.tier}): ${out.trim().replace(/\n/g, "; ")}`);
     const field = (k: string) => Number(new RegExp(`${k}=(\\d+)`).exec(out)?.[1]);
     const file = (f: string) => readFileSync(join(dir, f), "utf8").replace(/\r\n/g, "\n");
+    // QEMU's shutdown trace; absent when QEMU never started.
+    const log = (tag: string) => existsSync(join(dir, `${tag}.log`)) ? file(`${tag}.log`).trim() || "(empty)" : "(no log)";
 
     // Exit port: status 7 → QEMU exits (7 << 1) | 1; output is only the command's.
-    assert.equal(field("run-status"), 15, file("run.out"));
+    assert.equal(field("run-status"), 15, `${file("run.out")}\nQEMU's log: ${log("run")}`);
     assert.equal(
       file("run.out"),
       "run: hello\nrun: stderr\nrun: hostname=vmm\nrun: rng=virtio_rng.0\nrun: hwrng bytes=8\nrun: virtio_blk.queue_depth=64\n",
@@ -244,12 +246,13 @@ cat $D/run.status
     assert.deepEqual([...readFileSync(join(dir, "interactive.ready"))], [0]);
     // Interactive: the ready line, a shell on the console, poweroff when it exits.
     const inter = file("interactive.out");
-    const ended = `${out.trim()}\nQEMU's log: ${file("interactive.log").trim() || "(empty)"}\nconsole:\n${inter}`;
+    const qemuLog = log("interactive");
+    const ended = `${out.trim()}\nQEMU's log: ${qemuLog}\nconsole:\n${inter}`;
     assert.equal(field("interactive-status"), 0, ended);
     assert.match(inter, /^vmm-guest: ready$/m, ended);
     assert.match(inter, /^shell-42 vmm$/m, ended);
     // The shell's exit powered the guest off (6), not a reset or a fault (7).
-    assert.match(file("interactive.log"), /qemu_system_shutdown_request reason=6\b/, ended);
+    assert.match(qemuLog, /qemu_system_shutdown_request reason=6\b/, ended);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
