@@ -343,6 +343,8 @@ export function mmapAnon(len: number, prot = PROT_READ | PROT_WRITE, flags = MAP
 
 /** madvise(2) advice: back this range with transparent huge pages where the kernel can. */
 export const MADV_HUGEPAGE = 14;
+/** madvise(2) advice: a child made by fork(2) does not get this range. */
+export const MADV_DONTFORK = 10;
 const HUGE_PAGE = 2 * 1024 * 1024;
 
 /**
@@ -354,6 +356,12 @@ const HUGE_PAGE = 2 * 1024 * 1024;
  * 2 MiB larger and trimmed to the aligned `len` bytes, so munmap(addr, len)
  * releases all of it. Where the kernel has no THP the advice fails and is
  * ignored: the memory works the same, in small pages.
+ *
+ * It is also MADV_DONTFORK, as QEMU's guest RAM is: should the process fork
+ * (a library user spawning a helper, say), the child does not share the
+ * guest's pages copy-on-write, which would write-protect all of guest RAM in
+ * the parent, split its huge pages on the next guest write and make KVM
+ * drop its mappings of them, all while the guest runs.
  */
 export function mmapGuestRam(len: number, call = "mmap guest RAM"): bigint {
   const reserve = len + HUGE_PAGE;
@@ -363,8 +371,19 @@ export function mmapGuestRam(len: number, call = "mmap guest RAM"): bigint {
   const head = addr - base, tail = BigInt(reserve) - head - BigInt(len);
   if (head > 0n) libc.munmap(base, head);
   if (tail > 0n) libc.munmap(addr + BigInt(len), tail);
-  libc.madvise(addr, BigInt(len), MADV_HUGEPAGE);
+  try {
+    adviseGuestRam(addr, len, call);
+  } catch (e) {
+    libc.munmap(addr, BigInt(len));
+    throw e;
+  }
   return addr;
+}
+
+/** The advice every guest RAM mapping gets (see mmapGuestRam). */
+function adviseGuestRam(addr: bigint, len: number, call: string): void {
+  libc.madvise(addr, BigInt(len), MADV_HUGEPAGE); // no THP: small pages, same memory
+  if (libc.madvise(addr, BigInt(len), MADV_DONTFORK) !== 0) throw new SysError(`${call}: madvise MADV_DONTFORK`, errno());
 }
 
 /**
@@ -388,6 +407,8 @@ export function mmapGuestRamFrom(fd: number, len: number, call = "mmap guest RAM
       const a = BigInt.asIntN(64, BigInt(libc.mmap(addr + at, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, fd, at)));
       if (a === -1n) throw new SysError(call, errno());
     }
+    // The file's mappings are new VMAs, without the anonymous ones' advice.
+    adviseGuestRam(addr, len, call);
   } catch (e) {
     libc.munmap(addr, BigInt(len));
     throw e;

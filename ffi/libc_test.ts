@@ -175,6 +175,18 @@ test("raiseFdLimit() lifts the soft open-file limit to the hard one or beyond, a
   }
 });
 
+/** VmFlags of each mapping in /proc/self/smaps that overlaps [addr, addr + len). */
+function vmFlags(addr: bigint, len: number): string[][] {
+  const out: string[][] = [];
+  let inside = false;
+  for (const line of readFileSync("/proc/self/smaps", "utf8").split("\n")) {
+    const range = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
+    if (range) inside = BigInt(`0x${range[1]}`) < addr + BigInt(len) && BigInt(`0x${range[2]}`) > addr;
+    else if (inside && line.startsWith("VmFlags:")) out.push(line.slice(8).trim().split(" "));
+  }
+  return out;
+}
+
 test("dataBlocks() gives the 2 MiB blocks of a sparse file that hold data; mmapGuestRamFrom() maps them from the file, zeroes elsewhere, and never writes the file", () => {
   const dir = tempDir();
   const MiB = 1024 * 1024, len = 8 * MiB;
@@ -209,6 +221,9 @@ test("dataBlocks() gives the 2 MiB blocks of a sparse file that hold data; mmapG
         assert.deepEqual([v[4096], v[5 * MiB]], [1, 2]);
         const maps = readFileSync("/proc/self/maps", "utf8");
         if (holes) assert.match(maps, new RegExp(`^${(addr + BigInt(4 * MiB)).toString(16)}-${(addr + BigInt(6 * MiB)).toString(16)} rw-p 00000000 00:00 0 `, "m"), "block 2 is anonymous");
+        const flags = vmFlags(addr, len);
+        assert.ok(flags.length >= (holes ? 3 : 1), `file and anonymous mappings: ${JSON.stringify(flags)}`);
+        assert.ok(flags.every((f) => f.includes("dc")), `every mapping of the guest's RAM is MADV_DONTFORK (dc): ${JSON.stringify(flags)}`);
       } finally {
         assert.equal(libc.munmap(addr, BigInt(len)), 0);
       }
@@ -232,6 +247,8 @@ test("mmapGuestRam() gives writable, 2 MiB-aligned memory of the size asked", ()
     assert.equal(v[0] + v[len - 1], 3);
     const maps = readFileSync("/proc/self/maps", "utf8").split("\n").filter((l) => l).map((l) => l.split(" ")[0].split("-").map((h) => BigInt(`0x${h}`)));
     assert.ok(maps.some(([s, e]) => s <= addr && e >= addr + BigInt(len)), "no mapping covers the guest RAM");
+    const flags = vmFlags(addr, len);
+    assert.ok(flags.length > 0 && flags.every((f) => f.includes("dc")), `guest RAM is MADV_DONTFORK (dc): ${JSON.stringify(flags)}`);
   } finally {
     assert.equal(libc.munmap(addr, BigInt(len)), 0);
   }
