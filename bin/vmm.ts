@@ -195,7 +195,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (!values.kernel) {
     const img = await defaultGuest(values.verbose ? printNote : undefined);
-    opts.kernel = img.kernel;
+    opts.kernel = img.vmlinux ?? img.kernel; // the ELF kernel skips the decompressor (boot/vmlinux.ts)
     opts.initrd ??= img.initrd;
   } else if (cmd === "run" && !values.initrd) {
     opts.initrd = (await defaultGuest()).initrd;

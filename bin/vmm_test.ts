@@ -11,7 +11,7 @@ import process from "node:process";
 import { dirname, join } from "node:path";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { asm, makeBzImage, printAndExit } from "../test/support/tiny_kernel.ts";
+import { asm, makeBzImage, makeVmlinux, printAndExit } from "../test/support/tiny_kernel.ts";
 import { requireKvm } from "../test/support/tiny_run.ts";
 import { CHILD_BOUND_MS, childPids, described, type VmmChild, vmmRun, vmmSpawn, vmmSync, withFile } from "../test/support/vmm_cli.ts";
 import { kvmKind } from "../vm/host.ts";
@@ -203,6 +203,15 @@ test("vmm boot prints the guest's console on stdout and exits with the guest's s
   assert.equal(r.stdout, "hi from vmm\n");
   assert.equal(r.stderr, "");
   assert.equal(r.status, 7);
+});
+
+test("vmm boot --kernel VMLINUX loads the ELF kernel from its file and starts it at its entry", async () => {
+  requireKvm();
+  const elf = makeVmlinux(new Uint8Array([...asm.print("hi from an ELF kernel\n"), ...asm.outb(0xf4, 9), ...asm.halt]), { bssBytes: 3 * 1024 * 1024 });
+  const r = await withFile(elf, (k) => withFile(new Uint8Array(5000).fill(1), (i) => vmmSync(["boot", "--kernel", k, "--initrd", i])));
+  assert.equal(r.stdout, "hi from an ELF kernel\n");
+  assert.equal(r.stderr, "");
+  assert.equal(r.status, 9);
 });
 
 test("vmm boot -v says why the VM ended", async () => {

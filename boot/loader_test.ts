@@ -10,7 +10,7 @@ import { HDR, KernelImageError } from "./bzimage.ts";
 import { BP } from "./params.ts";
 import { ACPI_START, CMDLINE, CMDLINE_MAX, KERNEL_START, ZERO_PAGE } from "./layout.ts";
 import { GuestMemory } from "../vm/memory.ts";
-import { makeBzImage } from "../test/support/tiny_kernel.ts";
+import { makeBzImage, makeVmlinux } from "../test/support/tiny_kernel.ts";
 
 const MiB = 1024 * 1024;
 const CODE = new Uint8Array([0xf4, 0xeb, 0xfd]);
@@ -135,4 +135,63 @@ test("loadLinux() reports a broken image before writing anything", () => {
     "Not a bzImage: no boot signature 0xAA55 and 'HdrS' header",
   );
   assert.ok(mem.bytes.every((b) => b === 0));
+});
+
+test("loadLinux() loads a vmlinux's segments at their physical addresses, zeroes past each one's file bytes, and enters at e_entry with a made setup header", () => {
+  const mem = memory(32);
+  mem.bytes.fill(0xee); // RAM that is not zero: the loader must clear the .bss itself
+  const elf = makeVmlinux(CODE, { paddr: 16 * MiB, bssBytes: 0x3000 });
+  const boot = loadLinux(mem, mem.size, { kernel: elf, cmdline: "console=ttyS0", acpiRsdpAddr: 0xe0000 });
+  assert.deepEqual(boot, { entry: 16 * MiB, bootParams: ZERO_PAGE });
+  assert.deepEqual(mem.slice(16 * MiB, 3), CODE);
+  assert.deepEqual(mem.slice(16 * MiB + 0x1000, 0x10), elf.subarray(0x2000, 0x2010), "the second segment's file bytes");
+  assert.ok(mem.slice(16 * MiB + 0x1010, 0x3000).every((b) => b === 0), "its .bss is zeros");
+  assert.equal(mem.readU8(16 * MiB + 0x4010), 0xee, "nothing past the segment is touched");
+  assert.equal(mem.readU32(ZERO_PAGE + HDR.HEADER), 0x53726448, "boot_params carries a setup header");
+  assert.equal(mem.readU16(ZERO_PAGE + HDR.BOOT_FLAG), 0xaa55);
+  assert.equal(mem.readU16(ZERO_PAGE + HDR.VERSION), 0x20f);
+  assert.equal(mem.readU32(ZERO_PAGE + HDR.CMD_LINE_PTR), CMDLINE);
+  assert.equal(dec(mem.slice(CMDLINE, 13)), "console=ttyS0");
+});
+
+test("loadLinux() puts a vmlinux's initrd above the kernel's end, and refuses RAM that cannot hold the kernel or a vmlinux below 1 MiB", () => {
+  const mem = memory(32);
+  const initrd = new Uint8Array(8192).fill(7);
+  loadLinux(mem, mem.size, { kernel: makeVmlinux(CODE, { paddr: 16 * MiB }), initrd, cmdline: "", acpiRsdpAddr: 0 });
+  const at = mem.readU32(ZERO_PAGE + HDR.RAMDISK_IMAGE);
+  assert.equal(at, 32 * MiB - 8192);
+  assert.deepEqual(mem.slice(at, 8192), initrd);
+  rejects(() => loadLinux(memory(16), 16 * MiB, { kernel: makeVmlinux(CODE, { paddr: 16 * MiB }), cmdline: "", acpiRsdpAddr: 0 }), "Kernel needs 17 MiB of RAM but the guest has 16 MiB");
+  rejects(
+    () => loadLinux(memory(), 4 * MiB, { kernel: makeVmlinux(CODE, { paddr: 0x8000 }), cmdline: "", acpiRsdpAddr: 0 }),
+    "ELF kernel loads at 0x8000, below 1 MiB where vmm keeps its boot tables",
+  );
+});
+
+test("loadLinux() refuses a broken vmlinux with the reason", () => {
+  const edit = (f: (v: DataView) => void) => {
+    const img = makeVmlinux(CODE);
+    f(new DataView(img.buffer));
+    return () => loadLinux(memory(32), 32 * MiB, { kernel: img, cmdline: "", acpiRsdpAddr: 0 });
+  };
+  rejects(edit((v) => v.setUint8(4, 1)), "ELF kernel is not 64-bit little-endian");
+  rejects(edit((v) => v.setUint16(18, 3, true)), "ELF file is not an x86-64 executable (a vmlinux is ET_EXEC for EM_X86_64)");
+  rejects(edit((v) => v.setBigUint64(24, 0x2000000n, true)), "ELF entry point 0x2000000 is not in a loaded segment (a vmlinux's is startup_64's physical address)");
+  rejects(edit((v) => v.setBigUint64(64 + 56 + 32, 0x100000n, true)), "ELF segment 1 (1048576 bytes at file offset 8192) runs past the 12304-byte file");
+  rejects(edit((v) => v.setUint16(56, 300, true)), "ELF program headers (300 of 56 bytes at 64) are not within the first 12304 bytes");
+  rejects(edit((v) => [64, 64 + 56].forEach((p) => v.setUint32(p, 4, true))), "ELF kernel has no PT_LOAD segment");
+});
+
+test("loadLinux() appends a second archive to the initrd 4-byte aligned and pads the whole to a page with zeros", () => {
+  const mem = memory(8);
+  mem.bytes.fill(0xee);
+  const initrd = new Uint8Array(4097).fill(1), extra = new Uint8Array(10).fill(2);
+  loadLinux(mem, mem.size, { kernel: kernel(), initrd, initrdExtra: extra, cmdline: "", acpiRsdpAddr: 0 });
+  const at = mem.readU32(ZERO_PAGE + HDR.RAMDISK_IMAGE), size = mem.readU32(ZERO_PAGE + HDR.RAMDISK_SIZE);
+  assert.equal(size, 8192);
+  assert.equal(at, 8 * MiB - 8192);
+  assert.deepEqual(mem.slice(at, 4097), initrd);
+  assert.deepEqual([...mem.slice(at + 4097, 3)], [0, 0, 0], "zeros up to the 4-byte boundary");
+  assert.deepEqual(mem.slice(at + 4100, 10), extra);
+  assert.ok(mem.slice(at + 4110, 8192 - 4110).every((b) => b === 0), "zeros to the page's end");
 });

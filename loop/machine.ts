@@ -14,15 +14,16 @@
  * Everything made is recorded in an `Owner` as it is made, so a failed
  * `create()` and `close()` release exactly what exists, in reverse order.
  */
-import { readFileSync } from "node:fs";
+import { closeSync, fstatSync, openSync, readSync } from "node:fs";
 import {
-  close as closeFd, EFD_CLOEXEC, EFD_NONBLOCK, eventfd, eventfdSignal, hostView, libc, mmapAnon, mmapFd, SIGINT, SIGTERM, SIGUSR1, SIGUSR2,
+  close as closeFd, EFD_CLOEXEC, EFD_NONBLOCK, eventfd, eventfdSignal, hostView, libc, mmapAnon, mmapFd, preadFile, SIGINT, SIGTERM, SIGUSR1, SIGUSR2,
 } from "../ffi/libc.ts";
 import { acquireKickSignal, releaseKickSignal, signalPipe } from "../ffi/signals.ts";
 import { RawTerminal } from "../ffi/termios.ts";
 import { buildMachine } from "../vm/machine.ts";
 import { ConfigError, type Vm } from "../vm/vm.ts";
-import { concatInitrd, type HostRun, hostRunArchive, runArchive, withHostRun } from "../guest/command.ts";
+import type { ImageSource } from "../boot/image.ts";
+import { type HostRun, hostRunArchive, runArchive, withHostRun } from "../guest/command.ts";
 import { DEVICE_KINDS, type DeviceOptions, kindOf, type VirtioSpec } from "../devices/registry.ts";
 import type { ConsoleOptions } from "../devices/virtio/kind.ts";
 import { virtioCmdline, virtioSlot } from "../devices/virtio/device.ts";
@@ -46,7 +47,7 @@ export const DEFAULT_CMDLINE = [
 ].join(" ");
 
 export interface MachineOptions extends DeviceOptions {
-  /** bzImage path or bytes. */
+  /** Kernel path or bytes: a bzImage, or an ELF vmlinux (boot/vmlinux.ts), which boots without decompressing itself. */
   kernel: string | Uint8Array;
   /** initramfs path or bytes. */
   initrd?: string | Uint8Array;
@@ -105,15 +106,49 @@ class Owner {
   }
 }
 
-function load(what: string, v: string | Uint8Array): Uint8Array {
+/**
+ * A kernel or initrd given by path: checked now (it exists, is a file, can
+ * be read), then read by the loader piece by piece, straight into guest RAM
+ * (boot/image.ts).
+ */
+function load(what: string, v: string | Uint8Array): ImageSource {
   if (typeof v !== "string") return v;
+  let size: number;
   try {
-    return new Uint8Array(readFileSync(v));
+    const fd = openSync(v, "r");
+    try {
+      const st = fstatSync(fd);
+      if (st.isDirectory()) throw Object.assign(new Error("is a directory"), { code: "EISDIR" });
+      size = st.size;
+    } finally {
+      closeSync(fd);
+    }
   } catch (e) {
     const code = (e as { code?: string }).code;
     const why = code === "ENOENT" ? "no such file" : code === "EACCES" ? "permission denied" : code === "EISDIR" ? "is a directory" : (e as Error).message;
     throw new ConfigError(`${what} ${v}: ${why}`);
   }
+  const name = `${what} ${v}`;
+  return {
+    size,
+    read(offset, len) {
+      const out = new Uint8Array(Math.max(0, Math.min(len, size - offset)));
+      const fd = openSync(v, "r");
+      try {
+        for (let done = 0; done < out.length;) {
+          const n = readSync(fd, out, done, out.length - done, offset + done);
+          if (n === 0) throw new Error(`read ${name}: the file ends at byte ${offset + done}, before the ${size} it had`);
+          done += n;
+        }
+      } finally {
+        closeSync(fd);
+      }
+      return out;
+    },
+    readInto(mem, gpa, len, offset) {
+      preadFile(v, mem.hostAddress(gpa, len), len, offset, name);
+    },
+  };
 }
 
 /** What a machine holds between create() and close(). */
@@ -464,10 +499,11 @@ function hasStdinWorker(c: ConsoleOptions): c is ConsoleOptions & { inFd: number
 /** Everything create() makes, each piece recorded in `own` as it is made. */
 async function build(o: MachineOptions, own: Owner, from?: SnapshotSource): Promise<Parts> {
   const kernel = load("--kernel", o.kernel);
-  let initrd = o.initrd !== undefined ? load("--initrd", o.initrd) : undefined;
+  const initrd = o.initrd !== undefined ? load("--initrd", o.initrd) : undefined;
+  let initrdExtra: Uint8Array | undefined;
   if (o.command || o.hostRun) {
     if (!initrd) throw new ConfigError("A command needs an initrd whose init runs it (the default guest's)");
-    initrd = concatInitrd(initrd, o.hostRun ? hostRunArchive() : runArchive(o.command!));
+    initrdExtra = o.hostRun ? hostRunArchive() : runArchive(o.command!);
   }
   try {
     // The run's own shares join any the caller gave (tags vmm.root, vmm.cwd,
@@ -495,7 +531,7 @@ async function build(o: MachineOptions, own: Owner, from?: SnapshotSource): Prom
   cmdline = [cmdline, o.append ?? ""].join(" ").trim();
 
   const vm = from ? from.vm(specs) : buildMachine({
-    kernel, initrd, cmdline, cpus, memMiB: o.memMiB ?? 512, mmioDevices: specs.map((_, i) => virtioSlot(i)),
+    kernel, initrd, initrdExtra, cmdline, cpus, memMiB: o.memMiB ?? 512, mmioDevices: specs.map((_, i) => virtioSlot(i)),
   });
   own.add(() => vm.close());
 

@@ -7,12 +7,15 @@ import { Vm } from "./vm.ts";
 import { setupVcpuBoot, writeBootTables } from "./regs.ts";
 import { VcpuFd } from "../ffi/kvm.ts";
 import { loadLinux } from "../boot/loader.ts";
+import type { ImageSource } from "../boot/image.ts";
 import { buildAcpiTables, type VirtioMmioDevice } from "../boot/acpi.ts";
 import { ACPI_MAX, ACPI_START } from "../boot/layout.ts";
 
 export interface MachineConfig {
-  kernel: Uint8Array;
-  initrd?: Uint8Array;
+  kernel: ImageSource;
+  initrd?: ImageSource;
+  /** Appended to the initrd as a second archive (boot/loader.ts LinuxImage). */
+  initrdExtra?: Uint8Array;
   cmdline: string;
   cpus: number;
   memMiB: number;
@@ -40,6 +43,7 @@ function load(vm: Vm, c: MachineConfig): void {
   const boot = loadLinux(vm.mem, vm.memSize, {
     kernel: c.kernel,
     initrd: c.initrd,
+    initrdExtra: c.initrdExtra,
     cmdline: c.cmdline,
     acpiRsdpAddr: acpi.rsdpAddr,
   });

@@ -59,3 +59,46 @@ export const asm = {
 export function printAndExit(text: string, code: number): Uint8Array {
   return makeBzImage(new Uint8Array([...asm.print(text), ...asm.outb(0xf4, code), ...asm.halt]));
 }
+
+/**
+ * A minimal x86-64 `vmlinux` (boot/vmlinux.ts): an ELF executable whose first
+ * PT_LOAD segment holds `code64` at `paddr`, the entry point, and a second
+ * one of `bssBytes` of zeros after it (memsz past filesz, as .bss is), with
+ * 0xcc filler in the file where the zeros would be, so a loader that copied
+ * instead of clearing is caught.
+ */
+export function makeVmlinux(code64: Uint8Array, o: { paddr?: number; bssBytes?: number } = {}): Uint8Array {
+  const paddr = o.paddr ?? 0x100_0000, bss = o.bssBytes ?? 0x1000;
+  const text = 0x1000, data = text + 0x1000; // file offsets, page-aligned
+  const img = new Uint8Array(data + 0x10 + bss).fill(0xcc);
+  img.fill(0, 0, text);
+  const v = new DataView(img.buffer);
+  v.setUint32(0, 0x7f454c46, false); // \x7fELF
+  v.setUint8(4, 2); // ELFCLASS64
+  v.setUint8(5, 1); // ELFDATA2LSB
+  v.setUint8(6, 1); // EV_CURRENT
+  v.setUint16(16, 2, true); // e_type ET_EXEC
+  v.setUint16(18, 62, true); // e_machine EM_X86_64
+  v.setUint32(20, 1, true); // e_version
+  v.setBigUint64(24, BigInt(paddr), true); // e_entry: startup_64's physical address
+  v.setBigUint64(32, 64n, true); // e_phoff
+  v.setUint16(52, 64, true); // e_ehsize
+  v.setUint16(54, 56, true); // e_phentsize
+  v.setUint16(56, 2, true); // e_phnum
+  const phdr = (i: number, offset: number, addr: number, filesz: number, memsz: number) => {
+    const p = 64 + i * 56;
+    v.setUint32(p, 1, true); // PT_LOAD
+    v.setUint32(p + 4, 7, true); // RWX
+    v.setBigUint64(p + 8, BigInt(offset), true);
+    v.setBigUint64(p + 16, 0xffff_ffff_8000_0000n + BigInt(addr), true); // p_vaddr: the kernel's mapping
+    v.setBigUint64(p + 24, BigInt(addr), true); // p_paddr
+    v.setBigUint64(p + 32, BigInt(filesz), true);
+    v.setBigUint64(p + 40, BigInt(memsz), true);
+    v.setBigUint64(p + 48, 0x1000n, true);
+  };
+  img.fill(0, text, data);
+  img.set(code64, text);
+  phdr(0, text, paddr, 0x1000, 0x1000);
+  phdr(1, data, paddr + 0x1000, 0x10, 0x10 + bss);
+  return img;
+}
