@@ -45,7 +45,7 @@ stderr are vmm's own; kernel messages are not shown (-v shows them on stderr).
   --cold            boot the guest even when a snapshot of it is cached (see below)
 
 Options:
-  --kernel PATH     bzImage to boot (default: the default guest's Debian kernel)
+  --kernel PATH     bzImage or ELF vmlinux to boot (default: the default guest's Debian kernel)
   --initrd PATH     initramfs (default: the default guest's, when --kernel is not given)
   --cmdline TEXT    kernel command line (replaces the default)
   --append TEXT     added to the kernel command line

@@ -9,6 +9,12 @@
  * mapped, vCPUs and devices set: process start and Worker start-up
  * excluded), and what the first run, which writes the snapshot, costs.
  *
+ * vmm boots the image's ELF vmlinux when it has one (boot/vmlinux.ts: no
+ * decompressor in the guest). QEMU runs twice: with the bzImage (the guest
+ * decompresses itself, as the issue 12 baseline did) and, where there is a
+ * vmlinux, with it through PVH (QEMU's own way to skip the decompressor), so
+ * each ratio is against QEMU given the same head start.
+ *
  * The command is `echo ready`. vmm runs it over the host's root (`vmm run --
  * echo ready`, the default guest's virtio-fs mode); QEMU, which has no
  * virtio-fs server here, runs it in the initramfs (the init's busybox mode,
@@ -60,7 +66,9 @@ mkdirSync(join(REPO, "dist"), { recursive: true });
 const work = mkdtempSync(join(REPO, "dist", "bench-run-"));
 const qemuInitrd = join(work, "initrd-echo.cpio");
 writeFileSync(qemuInitrd, concatInitrd(new Uint8Array(readFileSync(img.initrd)), runArchive(["echo", "ready"])));
-const qemu = [...qemuArgv({ kernel: img.kernel, initrd: qemuInitrd, cmdline: DEFAULT_CMDLINE }), "-device", "isa-debug-exit,iobase=0xf4,iosize=1"];
+const qemuOf = (kernel: string) => [...qemuArgv({ kernel, initrd: qemuInitrd, cmdline: DEFAULT_CMDLINE }), "-device", "isa-debug-exit,iobase=0xf4,iosize=1"];
+const qemu = qemuOf(img.kernel);
+const qemuPvh = img.vmlinux ? qemuOf(img.vmlinux) : undefined;
 
 /** Name, command line, and the exit status of a good run: QEMU's isa-debug-exit makes status 0 into (0 << 1) | 1. */
 const CONTENDERS: [string, string, number][] = [
@@ -69,6 +77,7 @@ const CONTENDERS: [string, string, number][] = [
   ["deno cold", `deno run -A --no-check ${REPO}/bin/vmm.ts run -v --cold -- echo ready`, 0],
   ["deno snapshot", `deno run -A --no-check ${REPO}/bin/vmm.ts run -v -- echo ready`, 0],
   ["qemu cold", qemu.map(q).join(" "), 1],
+  ...(qemuPvh ? [["qemu pvh", qemuPvh.map(q).join(" "), 1] as [string, string, number]] : []),
 ];
 
 // One run: spawn → first "ready" line on stdout → exit, peak RSS by GNU time.
@@ -151,16 +160,20 @@ const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].l
 const line = (r: string[]) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  ");
 const out = [
   `vmm run benchmark (${new Date().toISOString().slice(0, 16)}Z), ${((Date.now() - started) / 60000).toFixed(1)} min; ${where}`,
-  `guest: ${img.kernel} + ${img.initrd}; 1 vCPU, 512 MiB; command: echo ready; ${rounds} rounds, contenders rotating, after one warm-up run each`,
+  `guest: ${img.vmlinux ?? img.kernel} (vmm) + ${img.initrd}; 1 vCPU, 512 MiB; command: echo ready; ${rounds} rounds, contenders rotating, after one warm-up run each`,
   "",
   line(header),
   line(header.map((_, i) => "-".repeat(widths[i]))),
   ...rows.map(line),
   "",
   `cold / snapshot, start → exit: bun ${ratio(col("bun cold", "exit"), col("bun snapshot", "exit"))}, deno ${ratio(col("deno cold", "exit"), col("deno snapshot", "exit"))}`,
-  `start → first output against QEMU's cold boot: bun snapshot ${ratio(col("bun snapshot", "first"), col("qemu cold", "first"))}, deno snapshot ${ratio(col("deno snapshot", "first"), col("qemu cold", "first"))}, bun cold ${ratio(col("bun cold", "first"), col("qemu cold", "first"))}`,
+  ...["qemu cold", ...(qemuPvh ? ["qemu pvh"] : [])].map((qn) =>
+    `start → first output against ${qn}: bun snapshot ${ratio(col("bun snapshot", "first"), col(qn, "first"))}, deno snapshot ${ratio(col("deno snapshot", "first"), col(qn, "first"))}, ` +
+    `bun cold ${ratio(col("bun cold", "first"), col(qn, "first"))}, deno cold ${ratio(col("deno cold", "first"), col(qn, "first"))}`
+  ),
   `vmm: ${CONTENDERS[1][1].replace(REPO + "/", "")} (and deno run -A --no-check …; --cold for the cold runs)`,
   `qemu: ${qemu.join(" ").replaceAll(work, "<dir>")}`,
+  ...(qemuPvh ? [`qemu pvh: the same with -kernel ${img.vmlinux}`] : []),
   ...failed.map((f) => `FAILED ${f.slice(9)}`),
 ];
 console.log(out.join("\n"));
