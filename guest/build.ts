@@ -30,6 +30,7 @@ import { fileURLToPath } from "node:url";
 import { gunzipSync } from "node:zlib";
 import { type CpioEntry, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio } from "./cpio.ts";
 import { staticElf64 } from "./elf.ts";
+import { LZ4_LEGACY_MAGIC, lz4LegacyDecode } from "./lz4.ts";
 
 /** A bootable kernel and initramfs. */
 export interface GuestImage {
@@ -283,6 +284,35 @@ function download(pkg: string, dir: string, log: (s: string) => void): string {
   return join(dir, deb);
 }
 
+/** Where a bzImage's compressed payload is (see extractVmlinux); throws RangeError when it has none. */
+export function bzImagePayload(bzImage: Uint8Array): { payload: Uint8Array; len: number; start: number; v: DataView } {
+  const v = new DataView(bzImage.buffer, bzImage.byteOffset, bzImage.byteLength);
+  if (bzImage.length < 0x250 || v.getUint32(0x202, true) !== 0x53726448) { // "HdrS"
+    throw new RangeError("Not a bzImage: no HdrS setup header");
+  }
+  if (v.getUint16(0x206, true) < 0x208) throw new RangeError("bzImage boot protocol is older than 2.08: no payload fields");
+  const start = ((bzImage[0x1f1] || 4) + 1) * 512 + v.getUint32(0x248, true);
+  const len = v.getUint32(0x24c, true);
+  if (len < 8 || start + len > bzImage.length) throw new RangeError("bzImage payload runs past the end of the file");
+  return { payload: bzImage.subarray(start, start + len), len, start, v };
+}
+
+/**
+ * The ELF kernel inside a bzImage, where this process can decompress it
+ * alone (gzip with node:zlib, LZ4 with guest/lz4.ts), else undefined: what a
+ * packaged guest, which may not find the `lz4` program, does on unpacking.
+ */
+export function vmlinuxInProcess(bzImage: Uint8Array): Uint8Array | undefined {
+  const { payload, len } = bzImagePayload(bzImage);
+  let elf: Uint8Array;
+  if (payload[0] === 0x1f && payload[1] === 0x8b) elf = gunzipSync(payload);
+  else if (new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0, true) === LZ4_LEGACY_MAGIC) {
+    elf = lz4LegacyDecode(payload.subarray(0, len - 4), new DataView(payload.buffer, payload.byteOffset + len - 4, 4).getUint32(0, true));
+  } else return undefined;
+  if (elf[0] !== 0x7f || elf[1] !== 0x45 || elf[2] !== 0x4c || elf[3] !== 0x46) throw new RangeError("bzImage payload is not an ELF file");
+  return elf;
+}
+
 /**
  * The ELF kernel inside a bzImage (what `scripts/extract-vmlinux` finds).
  *
@@ -293,15 +323,7 @@ function download(pkg: string, dir: string, log: (s: string) => void): string {
  * little-endian bytes (`size_append`), which the decompressor must not see.
  */
 export function extractVmlinux(bzImage: Uint8Array, tmpDir: string): Uint8Array {
-  const v = new DataView(bzImage.buffer, bzImage.byteOffset, bzImage.byteLength);
-  if (bzImage.length < 0x250 || v.getUint32(0x202, true) !== 0x53726448) { // "HdrS"
-    throw new RangeError("Not a bzImage: no HdrS setup header");
-  }
-  if (v.getUint16(0x206, true) < 0x208) throw new RangeError("bzImage boot protocol is older than 2.08: no payload fields");
-  const start = ((bzImage[0x1f1] || 4) + 1) * 512 + v.getUint32(0x248, true);
-  const len = v.getUint32(0x24c, true);
-  if (len < 8 || start + len > bzImage.length) throw new RangeError("bzImage payload runs past the end of the file");
-  const payload = bzImage.subarray(start, start + len);
+  const { payload, len, start, v } = bzImagePayload(bzImage);
   const magic = v.getUint32(start, true);
   let elf: Uint8Array;
   if (payload[0] === 0x1f && payload[1] === 0x8b) {

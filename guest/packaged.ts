@@ -12,6 +12,11 @@
  *                                  gzip still takes 14 MB to 11)
  *     guest-image/initrd.cpio.gz   the initramfs (3.5 MB to 1.4)
  *
+ * Unpacking also takes the ELF kernel out of the bzImage (`vmlinux`, in
+ * this process: guest/lz4.ts), which boots without the guest decompressing
+ * itself (boot/vmlinux.ts); a bzImage whose payload it cannot decompress
+ * gets none, and boots as it is.
+ *
  * vmm hands the kernel files by path to the loader, so on first use they are
  * unpacked into the cache, in a directory named by their hashes: a new build
  * of the image gets a new directory, and an unchanged one is found again
@@ -26,7 +31,7 @@ import { tmpdir } from "node:os";
 import { isAbsolute, join } from "node:path";
 import process from "node:process";
 import { gunzipSync, gzipSync } from "node:zlib";
-import type { GuestImage } from "./build.ts";
+import { type GuestImage, vmlinuxInProcess } from "./build.ts";
 
 /** Bump when the layout of `guest-image/` changes; an older vmm then refuses it by name. */
 export const PACKAGED_FORMAT = 1;
@@ -51,6 +56,7 @@ export interface PackagedManifest {
 
 const KERNEL_NAME = "vmlinuz";
 const INITRD_NAME = "initrd.cpio";
+const VMLINUX_NAME = "vmlinux";
 
 /**
  * Writes `img` (kernel and initramfs) as a packaged guest into `dir`;
@@ -158,6 +164,8 @@ export function unpackGuest(dir: string, opts: UnpackOptions = {}): GuestImage {
           throw new Error(`${join(dir, f.file)}: content does not match guest.json (a damaged package or executable)`);
         }
         writeFileSync(join(tmp, out), data);
+        const elf = out === KERNEL_NAME ? vmlinuxOf(data) : undefined;
+        if (elf) writeFileSync(join(tmp, VMLINUX_NAME), elf);
       }
       try {
         renameSync(tmp, final);
@@ -180,6 +188,15 @@ export function unpackGuest(dir: string, opts: UnpackOptions = {}): GuestImage {
   throw new Error(`Cannot unpack the default guest: ${why.join("; ")}`);
 }
 
+/** The vmlinux inside `kernel`, or undefined where there is none to take: the bzImage then boots as it is. */
+function vmlinuxOf(kernel: Uint8Array): Uint8Array | undefined {
+  try {
+    return vmlinuxInProcess(kernel);
+  } catch {
+    return undefined; // not a bzImage, or a payload that does not decode: the loader says what is wrong when it boots
+  }
+}
+
 /**
  * Remove a temporary directory that may not exist, on a file system that may
  * be read-only (Bun's rmSync reports EROFS there even with `force`): the
@@ -200,7 +217,9 @@ function unpacked(dir: string, m: PackagedManifest): GuestImage | undefined {
   } catch {
     return undefined;
   }
-  return { kernel, initrd, kernelVersion: m.kernelVersion };
+  // Written before the rename like the others, so present here means whole.
+  const vmlinux = join(dir, VMLINUX_NAME);
+  return { kernel, initrd, kernelVersion: m.kernelVersion, ...(existsSync(vmlinux) ? { vmlinux } : {}) };
 }
 
 /**
