@@ -62,13 +62,40 @@ port_write() {
 # One .ko path a line, dependencies first (resolved when the image was built).
 # Like modprobe, each module gets the parameters the kernel command line names
 # for it (`kvm_amd.npt=0`); busybox insmod alone would not look there.
+#
+# A device's driver is loaded only when the VM has that device: each insmod
+# costs tens of milliseconds where every guest instruction is emulated, and a
+# `vmm run` has a console and shares, no disk, network card or rng. The virtio
+# device IDs (virtio spec 5: 1 net, 2 block, 3 console, 4 entropy, 26 fs) are
+# read once the transport has found the devices: virtio_mmio comes first in
+# the list, and probes its devices as it loads. PCI is off (pci=off; vmm and
+# microvm have none), so its transport is never loaded.
 if [ -f /etc/vmm/modules ]; then
 	read -r cmdline </proc/cmdline
+	present=
 	while read -r ko; do
 		[ -n "$ko" ] || continue
 		mod=${ko##*/}
 		mod=${mod%.ko}
 		mod=${mod//-/_} # busybox ash, the only shell this init runs in
+		case $mod in
+		virtio_pci*) continue ;;
+		failover | net_failover | virtio_net) need=1 ;;
+		virtio_blk) need=2 ;;
+		virtio_console) need=3 ;;
+		virtio_rng) need=4 ;;
+		fuse | virtiofs) need=26 ;;
+		*) need= ;;
+		esac
+		if [ -n "$need" ]; then
+			if [ -z "$present" ]; then
+				present=" "
+				for f in /sys/bus/virtio/devices/*/device; do
+					[ -r "$f" ] && read -r id <"$f" && present="$present$((id)) "
+				done
+			fi
+			case $present in *" $need "*) ;; *) continue ;; esac
+		fi
 		set --
 		for w in $cmdline; do
 			case $w in "$mod".*=*) set -- "$@" "${w#"$mod".}" ;; esac
