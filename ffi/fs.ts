@@ -52,8 +52,6 @@ const fsLib = runtime.dlopen("libc.so.6", {
   lseek: { args: [i32, i64, i32], result: i64 },
   fsync: { args: [i32], result: i32 },
   fdatasync: { args: [i32], result: i32 },
-  preadv: { args: [i32, u64, i32, i64], result: i64 },
-  pwritev: { args: [i32, u64, i32, i64], result: i64 },
   geteuid: { args: [], result: u32 },
   realpath: { args: [u64, u64], result: u64 },
   faccessat: { args: [i32, u64, i32, i32], result: i32 },
@@ -82,9 +80,6 @@ export const S_ISGID = 0o2000;
 // utimensat(2): tv_nsec values that mean "now" and "leave alone".
 export const UTIME_NOW = (1 << 30) - 1, UTIME_OMIT = (1 << 30) - 2;
 export const SEEK_SET = 0, SEEK_DATA = 3, SEEK_HOLE = 4;
-/** Linux's IOV_MAX (UIO_MAXIOV): preadv/pwritev refuse more iovecs in one call. */
-export const IOV_MAX = 1024;
-const IOVEC_SIZE = 16; // struct iovec { void *iov_base; size_t iov_len; }
 
 /** struct stat on x86-64 (glibc bits/struct_stat.h = the kernel's struct stat): byte offsets. */
 export const STAT = {
@@ -155,8 +150,6 @@ export class HostFs {
   readonly dirents: NativeBuf = NativeBuf.alloc(DIRENT_BUF);
   /** xattr values and lists, and readlink targets. */
   readonly data: NativeBuf = NativeBuf.alloc(XATTR_SIZE_MAX);
-  /** Up to IOV_MAX iovecs for one preadv/pwritev. */
-  readonly iov: NativeBuf = NativeBuf.alloc(IOV_MAX * IOVEC_SIZE);
   readonly #names = [NativeBuf.alloc(PATH_MAX + 1), NativeBuf.alloc(PATH_MAX + 1)];
   readonly #how = NativeBuf.alloc(OPEN_HOW_SIZE);
   readonly #times = NativeBuf.alloc(32); // struct timespec[2]
@@ -165,7 +158,7 @@ export class HostFs {
 
   /** Give the scratch buffers back (a device reset makes a new server; the old one's go now, not at the Worker's end). */
   free(): void {
-    for (const b of [this.stat.buf, this.statfs, this.dirents, this.data, this.iov, ...this.#names, this.#how, this.#times, this.#procPath]) b.free();
+    for (const b of [this.stat.buf, this.statfs, this.dirents, this.data, ...this.#names, this.#how, this.#times, this.#procPath]) b.free();
   }
 
   /** `s` as bytes (no NUL), for names vmm itself makes. */
@@ -314,38 +307,6 @@ export class HostFs {
 
   fsync(fd: number, dataOnly: boolean): number {
     return this.#ret(dataOnly ? fsLib.fdatasync(fd) : fsLib.fsync(fd));
-  }
-
-  /** Set iovec `i` of `this.iov`. */
-  setIov(i: number, base: bigint, len: number): void {
-    this.iov.view.setBigUint64(i * IOVEC_SIZE, base, true);
-    this.iov.view.setBigUint64(i * IOVEC_SIZE + 8, BigInt(len), true);
-  }
-
-  /**
-   * preadv/pwritev of `count` iovecs of `this.iov` from iovec `first`, at `pos`.
-   * Bytes moved, or -errno.
-   */
-  rw(write: boolean, fd: number, first: number, count: number, pos: bigint): number {
-    const addr = this.iov.addr + BigInt(first * IOVEC_SIZE);
-    return this.#ret(write ? fsLib.pwritev(fd, addr, count, pos) : fsLib.preadv(fd, addr, count, pos));
-  }
-
-  /** Advance the iovecs from `first` past `done` bytes; the new first iovec not yet done. */
-  advanceIov(first: number, done: number): number {
-    const v = this.iov.view;
-    while (done > 0) {
-      const len = Number(v.getBigUint64(first * IOVEC_SIZE + 8, true));
-      if (done >= len) {
-        done -= len;
-        first++;
-      } else {
-        v.setBigUint64(first * IOVEC_SIZE, v.getBigUint64(first * IOVEC_SIZE, true) + BigInt(done), true);
-        v.setBigUint64(first * IOVEC_SIZE + 8, BigInt(len - done), true);
-        done = 0;
-      }
-    }
-    return first;
   }
 
   /** The effective uid of this process (0: vmm may give new files the guest caller's owner). */

@@ -132,9 +132,9 @@ class WatchedMemory extends GuestMemory {
   /** Why a check tripped in the current call, if one did. */
   tripped: string | null = null;
 
-  override hostAddress(gpa: number, len: number): bigint {
-    const a = super.hostAddress(gpa, len);
-    if (!inRam(gpa, len) || a < this.hostBase || a + BigInt(len) > this.hostBase + BigInt(RAM)) {
+  override hostAddr(gpa: number, len: number): number {
+    const a = super.hostAddr(gpa, len);
+    if (!inRam(gpa, len) || a < this.hostBaseNumber || a + len > this.hostBaseNumber + RAM) {
       this.tripped ??= `host address for 0x${gpa.toString(16)}+${len} is outside guest RAM`;
     }
     return a;

@@ -39,6 +39,8 @@ export class GuestMemory {
   readonly regions: readonly MemoryRegion[];
   /** Host virtual address of `bytes[0]` (0n when the mapping is a plain buffer in tests). */
   readonly hostBase: bigint;
+  /** `hostBase` as a number (user-space addresses are below 2^47): iovecs are filled without BigInt. */
+  readonly hostBaseNumber: number;
   readonly #view: DataView;
   readonly #u16: Uint16Array;
   readonly #u32: Uint32Array;
@@ -52,6 +54,8 @@ export class GuestMemory {
       }
     }
     this.hostBase = hostBase;
+    this.hostBaseNumber = Number(hostBase);
+    if (!Number.isSafeInteger(this.hostBaseNumber)) throw new RangeError(`Host address 0x${hostBase.toString(16)} is not a user-space address`);
     this.#view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     this.#u16 = new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >>> 1);
     this.#u32 = new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >>> 2);
@@ -99,9 +103,17 @@ export class GuestMemory {
     this.bytes.set(data, this.offset(gpa, data.length));
   }
 
-  /** Host virtual address of `[gpa, gpa + len)`, for iovecs handed to the kernel. */
+  /**
+   * Host virtual address of `[gpa, gpa + len)`, for the kernel, as a number
+   * (iovecs are filled from it without BigInt: devices/virtio/iovec.ts).
+   */
+  hostAddr(gpa: number, len: number): number {
+    return this.hostBaseNumber + this.offset(gpa, len);
+  }
+
+  /** `hostAddr()` as a bigint, for a pointer argument. */
   hostAddress(gpa: number, len: number): bigint {
-    return this.hostBase + BigInt(this.offset(gpa, len));
+    return BigInt(this.hostAddr(gpa, len));
   }
 
   readU8(gpa: number): number {

@@ -32,10 +32,11 @@
  */
 
 import type { GuestMemory } from "../../vm/memory.ts";
-import { EINTR, errno, libc, mmapAnon, NativeBuf, PROT_READ } from "../../ffi/libc.ts";
+import { EINTR, errno, libc, mmapAnon, PROT_READ } from "../../ffi/libc.ts";
 import { E, SysError } from "../../ffi/errno.ts";
 import type { Disk } from "./disk.ts";
 import { type Chain, type Segment, Writer } from "../virtio/ring.ts";
+import { IovecArray } from "../virtio/iovec.ts";
 import {
   type BlkLimits,
   type BlkRange,
@@ -137,9 +138,6 @@ export function blkConfig(disk: { sizeBytes: number; readOnly: boolean }, queueS
   return cfg;
 }
 
-/** Linux's IOV_MAX (UIO_MAXIOV): preadv/pwritev refuse more iovecs in one call. */
-export const IOV_MAX = 1024;
-const IOVEC_SIZE = 16; // struct iovec { void *iov_base; size_t iov_len; }
 /** Bytes of zeroes written per call when the filesystem cannot zero a range itself. */
 const ZERO_CHUNK = 1 << 20;
 
@@ -158,10 +156,9 @@ function cannot(e: number): boolean {
   return e === EOPNOTSUPP || e === EINVAL;
 }
 
-// Per-thread scratch, allocated on first use and kept (serve() never runs
-// twice at once on one thread): the iovec array for one preadv/pwritev, and
-// a read-only anonymous mapping that reads as zeroes without using memory.
-let iovBuf: NativeBuf | null = null;
+// Per-thread scratch, made on first use and kept (serve() never runs twice
+// at once on one thread): a read-only anonymous mapping that reads as
+// zeroes without using memory.
 let zeroAddr = 0n;
 
 /** One virtqueue of a virtio-blk device, serving requests against one disk. */
@@ -169,7 +166,7 @@ export class BlkQueue {
   readonly #mem: GuestMemory;
   readonly #disk: BlkDisk;
   readonly #capacity: bigint;
-  readonly #iov: NativeBuf;
+  readonly #iov: IovecArray;
   readonly #id: Uint8Array;
 
   constructor(mem: GuestMemory, disk: BlkDisk) {
@@ -178,7 +175,7 @@ export class BlkQueue {
     this.#mem = mem;
     this.#disk = disk;
     this.#capacity = BigInt(Math.floor(disk.sizeBytes / SECTOR_SIZE));
-    this.#iov = iovBuf ??= NativeBuf.alloc(IOV_MAX * IOVEC_SIZE);
+    this.#iov = IovecArray.forThread();
     // GET_ID answers 20 bytes, NUL-padded; an id of exactly 20 has no NUL (virtio 1.2 §5.2.6).
     this.#id = new Uint8Array(VIRTIO_BLK_ID_BYTES);
     this.#id.set(new TextEncoder().encode(disk.id).subarray(0, VIRTIO_BLK_ID_BYTES));
@@ -198,11 +195,11 @@ export class BlkQueue {
     if (status === null) {
       switch (req.type) {
         case "in":
-          status = this.#transfer(req.data, req.sector, false);
+          status = this.#transfer(req.data, req.dataLength, req.sector, false);
           if (status === VIRTIO_BLK_S_OK) written = req.dataLength;
           break;
         case "out":
-          status = this.#transfer(req.data, req.sector, true);
+          status = this.#transfer(req.data, req.dataLength, req.sector, true);
           break;
         case "flush":
           // The status goes out only after fdatasync returns: the guest may
@@ -238,53 +235,15 @@ export class BlkQueue {
   }
 
   /**
-   * preadv/pwritev between the file from `sector` on and the guest buffers
-   * `segs`, IOV_MAX buffers per call. A call may move fewer bytes than asked
-   * (a signal, a 2 GiB cap per call): the loop moves the iovecs past what was
-   * done and goes on. Zero bytes read means the file ended early (it shrank
-   * under us); zero written means the disk took nothing: both IOERR.
+   * Move the data between the file from `sector` on and the guest buffers
+   * `segs` (devices/virtio/iovec.ts: straight between the image and guest
+   * RAM, resuming after short calls). Anything short of every byte is
+   * IOERR: a read that met the end of the file (it shrank under us), a
+   * write the disk took nothing of, a host error.
    */
-  #transfer(segs: readonly Segment[], sector: bigint, write: boolean): number {
-    const fd = this.#disk.fd;
-    const v = this.#iov.view;
-    const base = this.#iov.addr;
-    let pos = sector * BigInt(SECTOR_SIZE);
-    for (let start = 0; start < segs.length; start += IOV_MAX) {
-      const n = Math.min(IOV_MAX, segs.length - start);
-      let left = 0;
-      for (let k = 0; k < n; k++) {
-        const s = segs[start + k];
-        v.setBigUint64(k * IOVEC_SIZE, this.#mem.hostAddress(s.gpa, s.len), true);
-        v.setBigUint64(k * IOVEC_SIZE + 8, BigInt(s.len), true);
-        left += s.len;
-      }
-      let first = 0; // first iovec not yet done
-      while (left > 0) {
-        const addr = base + BigInt(first * IOVEC_SIZE);
-        const r = Number(write ? libc.pwritev(fd, addr, n - first, pos) : libc.preadv(fd, addr, n - first, pos));
-        if (r < 0) {
-          if (errno() === EINTR) continue;
-          return VIRTIO_BLK_S_IOERR;
-        }
-        if (r === 0) return VIRTIO_BLK_S_IOERR;
-        pos += BigInt(r);
-        left -= r;
-        // Skip the iovecs done; trim the one the transfer stopped inside.
-        let done = r;
-        while (done > 0) {
-          const len = Number(v.getBigUint64(first * IOVEC_SIZE + 8, true));
-          if (done >= len) {
-            done -= len;
-            first++;
-          } else {
-            v.setBigUint64(first * IOVEC_SIZE, v.getBigUint64(first * IOVEC_SIZE, true) + BigInt(done), true);
-            v.setBigUint64(first * IOVEC_SIZE + 8, BigInt(len - done), true);
-            done = 0;
-          }
-        }
-      }
-    }
-    return VIRTIO_BLK_S_OK;
+  #transfer(segs: readonly Segment[], length: number, sector: bigint, write: boolean): number {
+    const moved = this.#iov.transfer(this.#mem, segs, this.#disk.fd, write, sector * BigInt(SECTOR_SIZE));
+    return moved === length ? VIRTIO_BLK_S_OK : VIRTIO_BLK_S_IOERR;
   }
 
   #fdatasync(): boolean {

@@ -42,7 +42,6 @@ import {
   blkConfig,
   blkFeatures,
   BlkQueue,
-  IOV_MAX,
   VIRTIO_BLK_F_BLK_SIZE,
   VIRTIO_BLK_F_DISCARD,
   VIRTIO_BLK_F_FLUSH,
@@ -51,6 +50,7 @@ import {
   VIRTIO_BLK_F_WRITE_ZEROES,
   VIRTIO_ID_BLOCK,
 } from "./blk.ts";
+import { IOV_MAX } from "../virtio/iovec.ts";
 
 // ---- guest memory: test/support/host_memory.ts, a real host mapping in two regions ----
 

@@ -125,10 +125,21 @@ export function parseBlkRequest(
     throw new GuestError<BlkErrorKind>("StatusNotWritable", "Block request has no writable status byte");
   }
   const capacity = BigInt(capacitySectors);
-  const r = new Reader(mem, chain.readable);
-  const rawType = r.readU32();
-  r.skip(4); // reserved (legacy ioprio)
-  const headerSector = r.readU64();
+  // struct virtio_blk_outhdr: le32 type, le32 reserved (legacy ioprio), le64 sector.
+  // Drivers put it in one buffer of its own (Linux does): read it in place;
+  // only a header split across buffers needs the Reader's byte stream.
+  let r: Reader | null = null;
+  let rawType: number, headerSector: bigint;
+  const first = chain.readable[0];
+  if (first.len >= BLK_HEADER_SIZE) {
+    rawType = mem.readU32(first.gpa);
+    headerSector = mem.readU64(first.gpa + 8);
+  } else {
+    r = new Reader(mem, chain.readable);
+    rawType = r.readU32();
+    r.skip(4);
+    headerSector = r.readU64();
+  }
   const type = TYPES[rawType] ?? "unsupported";
 
   const last = chain.writable[chain.writable.length - 1];
@@ -163,6 +174,10 @@ export function parseBlkRequest(
       break;
     case "discard":
     case "writeZeroes":
+      if (!r) {
+        r = new Reader(mem, chain.readable);
+        r.skip(BLK_HEADER_SIZE);
+      }
       req.status = parseRanges(req, r, capacity, readOnly, limits);
       break;
     case "unsupported":

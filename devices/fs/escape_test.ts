@@ -169,7 +169,7 @@ test("broken chains: no FUSE header or no room for a reply throw GuestError; bad
 
 /** Guest memory whose host addresses fail: an exception inside READ, a vmm bug as far as the server knows. */
 class FailingMemory extends GuestMemory {
-  override hostAddress(): bigint {
+  override hostAddr(): number {
     throw new Error("Injected failure");
   }
 }

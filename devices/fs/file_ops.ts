@@ -7,10 +7,9 @@
  * (the reply's writable segments after fuse_out_header, or WRITE's readable
  * segments after fuse_write_in) become iovecs of host addresses inside the
  * guest memory mapping, checked by GuestMemory, for preadv/pwritev, as
- * virtio-blk does (blk.ts).
+ * virtio-blk does (devices/virtio/iovec.ts).
  */
 import {
-  IOV_MAX,
   O_ACCMODE,
   O_APPEND,
   O_CREAT,
@@ -32,6 +31,7 @@ import {
   SEEK_SET,
 } from "../../ffi/fs.ts";
 import type { Segment } from "../virtio/ring.ts";
+import { IovecArray } from "../virtio/iovec.ts";
 import {
   CREATE_IN,
   DIRENT,
@@ -193,33 +193,12 @@ export const create: Op = (s, req, r, dir) => {
 };
 
 /**
- * preadv/pwritev between `fd` at `pos` and guest segments, IOV_MAX at a
- * time, until all is moved, the file ends (read) or the host fails. Bytes
- * moved, or -errno when nothing moved.
+ * preadv/pwritev between `fd` at `pos` and guest segments
+ * (devices/virtio/iovec.ts), until all is moved, the file ends (read) or
+ * the host fails. Bytes moved, or -errno when nothing moved.
  */
-function transfer(s: Share, r: FuseReply, write: boolean, fd: number, segs: Segment[], pos: bigint): number {
-  const sys = s.sys;
-  const iovs = r.chain.iovecs(segs); // GuestMemory checks each segment again here
-  let done = 0;
-  for (let start = 0; start < iovs.length; start += IOV_MAX) {
-    const n = Math.min(IOV_MAX, iovs.length - start);
-    let left = 0;
-    for (let k = 0; k < n; k++) {
-      sys.setIov(k, iovs[start + k].base, iovs[start + k].len);
-      left += iovs[start + k].len;
-    }
-    let first = 0;
-    while (left > 0) {
-      const got = sys.rw(write, fd, first, n - first, pos);
-      if (got < 0) return done > 0 ? done : got;
-      if (got === 0) return done; // end of file, or a device that took nothing
-      done += got;
-      left -= got;
-      pos += BigInt(got);
-      first = sys.advanceIov(first, got);
-    }
-  }
-  return done;
+function transfer(r: FuseReply, write: boolean, fd: number, segs: Segment[], pos: bigint): number {
+  return IovecArray.forThread().transfer(r.chain.mem, segs, fd, write, pos);
 }
 
 export const read: Op = (s, req, r) => {
@@ -232,7 +211,7 @@ export const read: Op = (s, req, r) => {
   // a short READ means the end of the file to the kernel (fuse_short_read).
   const n = Math.min(v.getUint32(READ_IN.SIZE_, true), r.space);
   if (n === 0) return r.okDirect(0);
-  const got = transfer(s, r, false, h.fd, r.dataSegments(n), pos);
+  const got = transfer(r, false, h.fd, r.dataSegments(n), pos);
   return got < 0 ? r.error(-got) : r.okDirect(got);
 };
 
@@ -243,7 +222,7 @@ export const write: Op = (s, req, r) => {
   const pos = v.getBigUint64(WRITE_IN.OFFSET, true);
   const size = v.getUint32(WRITE_IN.SIZE_, true);
   if (pos > I64_MAX || WRITE_DATA + size > req.len) return r.error(EINVAL);
-  const got = size === 0 ? 0 : transfer(s, r, true, h.fd, payload(req, WRITE_DATA, size), pos);
+  const got = size === 0 ? 0 : transfer(r, true, h.fd, payload(req, WRITE_DATA, size), pos);
   if (got < 0) return r.error(-got);
   r.clear(WRITE_OUT.SIZE);
   r.view.setUint32(H + WRITE_OUT.SIZE_, got, true);

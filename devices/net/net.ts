@@ -25,6 +25,7 @@ import { setTapOffload, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, VNET_HDR_SIZE } from
 import type { GuestMemory } from "../../vm/memory.ts";
 import type { Chain, Virtqueue } from "../virtio/ring.ts";
 import { type QueueHandler, serveAll } from "../virtio/queue_handler.ts";
+import { IOV_MAX, IovecArray } from "../virtio/iovec.ts";
 
 export const VIRTIO_ID_NET = 1;
 export const NET_RX_QUEUE = 0;
@@ -136,15 +137,15 @@ export class NetTx implements QueueHandler {
   readonly #mem: GuestMemory;
   readonly #fd: number;
   readonly #stats: NetStats;
-  readonly #iov: NativeBuf;
+  readonly #txIov = IovecArray.forThread();
+  /** One writev takes at most IOV_MAX buffers: a frame in more is dropped. */
   readonly #maxSegs: number;
 
   constructor(mem: GuestMemory, tapFd: number, queueSize: number, stats: NetStats) {
     this.#mem = mem;
     this.#fd = tapFd;
     this.#stats = stats;
-    this.#maxSegs = queueSize;
-    this.#iov = NativeBuf.alloc(16 * queueSize);
+    this.#maxSegs = Math.min(queueSize, IOV_MAX);
   }
 
   kick(vq: Virtqueue): boolean {
@@ -166,13 +167,10 @@ export class NetTx implements QueueHandler {
       s.txDropped++;
       return;
     }
-    const iov = chain.iovecs("readable");
-    iov.forEach((v, i) => {
-      this.#iov.view.setBigUint64(i * 16, v.base, true);
-      this.#iov.view.setBigUint64(i * 16 + 8, BigInt(v.len), true);
-    });
+    const iov = this.#txIov;
+    iov.fill(this.#mem, chain.readable);
     for (;;) {
-      const r = Number(libc.writev(this.#fd, this.#iov.addr, iov.length));
+      const r = Number(libc.writev(this.#fd, iov.address(), iov.count));
       if (r >= 0) {
         s.txFrames++;
         return;

@@ -100,14 +100,8 @@ export class GuestError<K extends string = RingErrorKind> extends Error {
 
 /** One guest buffer: `[gpa, gpa + len)`, already checked to lie in guest RAM. */
 export interface Segment {
-  gpa: number;
-  len: number;
-}
-
-/** One host buffer for preadv/pwritev: `base` is a host virtual address. */
-export interface Iovec {
-  base: bigint;
-  len: number;
+  readonly gpa: number;
+  readonly len: number;
 }
 
 /** The part `[offset, offset + len)` of the bytes a segment list describes. */
@@ -120,7 +114,8 @@ export function subSegments(segs: readonly Segment[], offset: number, len: numbe
       continue;
     }
     const n = Math.min(s.len - offset, len);
-    out.push({ gpa: s.gpa + offset, len: n });
+    // A whole segment is passed on as it is: only a cut one is a new object.
+    out.push(n === s.len ? s : { gpa: s.gpa + offset, len: n });
     len -= n;
     offset = 0;
   }
@@ -262,10 +257,11 @@ export class Chain {
   readonly writable: readonly Segment[];
   readonly readableLength: number;
   readonly writableLength: number;
-  readonly #mem: GuestMemory;
+  /** The guest memory the buffers lie in (iovec.ts makes host iovecs of them). */
+  readonly mem: GuestMemory;
 
   constructor(mem: GuestMemory, head: number, readable: Segment[], writable: Segment[]) {
-    this.#mem = mem;
+    this.mem = mem;
     this.head = head;
     this.readable = readable;
     this.writable = writable;
@@ -275,16 +271,11 @@ export class Chain {
 
   /** A fresh stream over the readable buffers. */
   reader(): Reader {
-    return new Reader(this.#mem, this.readable);
+    return new Reader(this.mem, this.readable);
   }
   /** A fresh stream over the writable buffers. */
   writer(): Writer {
-    return new Writer(this.#mem, this.writable);
-  }
-  /** Host addresses of the readable or writable buffers (or of any checked segments), for preadv/pwritev. */
-  iovecs(which: "readable" | "writable" | readonly Segment[]): Iovec[] {
-    const segs = which === "readable" ? this.readable : which === "writable" ? this.writable : which;
-    return segs.map((s) => ({ base: this.#mem.hostAddress(s.gpa, s.len), len: s.len }));
+    return new Writer(this.mem, this.writable);
   }
 }
 
@@ -428,7 +419,8 @@ export class Virtqueue {
       }
       if (++visits > entries) throw new GuestError("DescriptorLoop", `Chain from head ${head} loops`);
       const d = table + VIRTQ_DESC_SIZE * idx;
-      const addr = mem.readU64(d + DESC_ADDR);
+      // The u64 address in two halves, as a number: no BigInt per descriptor.
+      const addr = mem.readU32(d + DESC_ADDR + 4) * 0x1_0000_0000 + mem.readU32(d + DESC_ADDR);
       const len = mem.readU32(d + DESC_LEN);
       const flags = mem.readU16(d + DESC_FLAGS);
       if (flags & VIRTQ_DESC_F_INDIRECT) {
@@ -466,12 +458,13 @@ export class Virtqueue {
     return new Chain(mem, head, readable, writable);
   }
 
-  /** A guest u64 address whose `[addr, addr + len)` lies in one RAM region, as a number. */
-  #checkedGpa(addr: bigint, len: number, what: string): number {
-    if (addr <= BigInt(Number.MAX_SAFE_INTEGER)) {
-      const gpa = Number(addr);
-      if (this.#mem.contains(gpa, len)) return gpa;
-    }
+  /**
+   * A guest u64 address (as a number, exact below 2^53) whose `[addr, addr +
+   * len)` lies in one RAM region. One past 2^53 may round, but to a number
+   * far beyond any RAM, so it is refused all the same.
+   */
+  #checkedGpa(addr: number, len: number, what: string): number {
+    if (Number.isSafeInteger(addr) && this.#mem.contains(addr, len)) return addr;
     throw new GuestError("InvalidAddress", `${what} at 0x${addr.toString(16)}+${len} is outside guest RAM`);
   }
 

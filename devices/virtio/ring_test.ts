@@ -111,16 +111,6 @@ test("Chain.writer() refuses a write that does not fit and writes nothing", () =
   assert.equal(w.written, 0);
 });
 
-test("Chain.iovecs() gives host addresses for preadv/pwritev", () => {
-  const mem = new GuestMemory(new Uint8Array(RAM), [{ gpa: 0x100000, size: RAM, offset: 0 }], 0x7f00_0000_0000n);
-  const dq = new DriverQueue(mem, DriverQueue.layout(0x101000, 8));
-  dq.add([{ gpa: 0x108000, len: 16 }, { gpa: 0x109000, len: 512, write: true }]);
-  const c = new Virtqueue(mem, dq.config(false)).pop()!;
-  assert.deepEqual(c.iovecs("readable"), [{ base: 0x7f00_0000_8000n, len: 16 }]);
-  assert.deepEqual(c.iovecs("writable"), [{ base: 0x7f00_0000_9000n, len: 512 }]);
-  assert.deepEqual(c.iovecs(subSegments(c.writable, 8, 4)), [{ base: 0x7f00_0000_9008n, len: 4 }]);
-});
-
 test("subSegments() cuts a byte range out of a segment list", () => {
   const segs = [{ gpa: 0x100, len: 4 }, { gpa: 0x200, len: 4 }, { gpa: 0x300, len: 4 }];
   assert.deepEqual(subSegments(segs, 2, 8), [{ gpa: 0x102, len: 2 }, { gpa: 0x200, len: 4 }, { gpa: 0x300, len: 2 }]);
