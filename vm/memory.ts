@@ -69,27 +69,39 @@ export class GuestMemory {
   }
 
   /**
+   * Offset in the mapping of `[gpa, gpa + len)`, or -1 when it does not lie
+   * inside one region (or is not a pair of non-negative safe integers).
+   * `len` may be 0. The check every other access makes, without a throw.
+   */
+  find(gpa: number, len: number): number {
+    if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(len) || gpa < 0 || len < 0) return -1;
+    const regions = this.regions;
+    for (let i = 0; i < regions.length; i++) {
+      const r = regions[i];
+      if (gpa >= r.gpa && gpa + len <= r.gpa + r.size) return r.offset + (gpa - r.gpa);
+    }
+    return -1;
+  }
+
+  /**
    * Offset in the mapping of `[gpa, gpa + len)`, which must lie inside one
    * region; throws GuestMemoryError otherwise. `len` may be 0.
    */
   offset(gpa: number, len: number): number {
-    if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(len) || gpa < 0 || len < 0) {
-      throw new GuestMemoryError("InvalidAddress", `Guest range 0x${gpa.toString(16)}+${len} is not a valid address`);
-    }
-    for (const r of this.regions) {
-      if (gpa >= r.gpa && gpa + len <= r.gpa + r.size) return r.offset + (gpa - r.gpa);
-    }
-    throw new GuestMemoryError("InvalidAddress", `Guest range 0x${gpa.toString(16)}+${len} is outside guest RAM`);
+    const o = this.find(gpa, len);
+    if (o >= 0) return o;
+    const what = Number.isSafeInteger(gpa) && Number.isSafeInteger(len) && gpa >= 0 && len >= 0 ? "is outside guest RAM" : "is not a valid address";
+    throw new GuestMemoryError("InvalidAddress", `Guest range 0x${gpa.toString(16)}+${len} ${what}`);
   }
 
   /** True when `[gpa, gpa + len)` lies inside guest RAM. */
   contains(gpa: number, len: number): boolean {
-    try {
-      this.offset(gpa, len);
-      return true;
-    } catch {
-      return false;
-    }
+    return this.find(gpa, len) >= 0;
+  }
+
+  /** A DataView over the whole mapping, for a reader that checked its range with `offset()` once. */
+  get dataView(): DataView {
+    return this.#view;
   }
 
   /** A view (no copy) of `[gpa, gpa + len)`. */

@@ -401,6 +401,7 @@ export class Virtqueue {
   /** Walk and check one chain (virtio 1.2 §2.7.5, §2.7.5.3). */
   #walk(head: number): Chain {
     const mem = this.#mem;
+    const dv = mem.dataView;
     let table = this.config.descAddr;
     let entries = this.size;
     // More visits than the current table has entries means one repeats: a loop.
@@ -418,11 +419,12 @@ export class Virtqueue {
         throw new GuestError("InvalidIndex", `Descriptor index ${idx} is outside a table of ${entries}`);
       }
       if (++visits > entries) throw new GuestError("DescriptorLoop", `Chain from head ${head} loops`);
-      const d = table + VIRTQ_DESC_SIZE * idx;
-      // The u64 address in two halves, as a number: no BigInt per descriptor.
-      const addr = mem.readU32(d + DESC_ADDR + 4) * 0x1_0000_0000 + mem.readU32(d + DESC_ADDR);
-      const len = mem.readU32(d + DESC_LEN);
-      const flags = mem.readU16(d + DESC_FLAGS);
+      // One range check for the whole descriptor, then plain reads at its
+      // offset; the u64 address in two halves, as a number (no BigInt).
+      const d = mem.offset(table + VIRTQ_DESC_SIZE * idx, VIRTQ_DESC_SIZE);
+      const addr = dv.getUint32(d + DESC_ADDR + 4, true) * 0x1_0000_0000 + dv.getUint32(d + DESC_ADDR, true);
+      const len = dv.getUint32(d + DESC_LEN, true);
+      const flags = dv.getUint16(d + DESC_FLAGS, true);
       if (flags & VIRTQ_DESC_F_INDIRECT) {
         // §2.7.5.3.1: one table per descriptor, never nested, never with
         // NEXT (so it ends the chain; direct descriptors may precede it, and
@@ -453,7 +455,7 @@ export class Virtqueue {
         if (len > 0) readable.push({ gpa: this.#checkedGpa(addr, len, "Buffer"), len });
       }
       if (!(flags & VIRTQ_DESC_F_NEXT)) break;
-      idx = mem.readU16(d + DESC_NEXT);
+      idx = dv.getUint16(d + DESC_NEXT, true);
     }
     return new Chain(mem, head, readable, writable);
   }
