@@ -18,7 +18,7 @@ export interface LinuxImage {
   /**
    * A second initramfs archive after the first (a command's files,
    * guest/command.ts), 4-byte aligned as Linux reads concatenated archives;
-   * the whole is padded to a page with zeros (see concatInitrd).
+   * the whole is padded to a page with zeros (initrdLayout).
    */
   initrdExtra?: Uint8Array;
   cmdline: string;
@@ -30,6 +30,18 @@ export interface LoadedKernel {
   entry: number;
   /** Address of boot_params (RSI). */
   bootParams: number;
+}
+
+/**
+ * Where an archive appended to an initrd of `first` bytes starts (4-byte
+ * aligned, as Linux reads concatenated cpio archives) and the size of the
+ * whole, padded with zeros to 4 KiB pages (the kernel skips zeros between
+ * and after archives). The one rule for both ways vmm appends an archive:
+ * in guest RAM (`LinuxImage.initrdExtra`) and in a file (`concatInitrd`).
+ */
+export function initrdLayout(first: number, extra: number): { extraAt: number; size: number } {
+  const extraAt = first + (4 - (first % 4)) % 4;
+  return { extraAt, size: Math.ceil((extraAt + extra) / 4096) * 4096 };
 }
 
 /** Load a bzImage or vmlinux, initrd and command line; returns where to start the BSP. */
@@ -50,9 +62,9 @@ export function loadLinux(mem: GuestMemory, memSize: number, img: LinuxImage): L
   // kernel's decompression area (as GRUB and QEMU place it).
   let initrdAddr = 0, initrdSize = 0;
   const first = img.initrd ? imageSize(img.initrd) : 0, extra = img.initrdExtra ?? new Uint8Array(0);
-  const extraAt = extra.length ? first + (4 - (first % 4)) % 4 : first;
-  if (extraAt + extra.length > 0) {
-    initrdSize = extra.length ? Math.ceil((extraAt + extra.length) / 4096) * 4096 : first;
+  const { extraAt, size } = extra.length ? initrdLayout(first, extra.length) : { extraAt: first, size: first };
+  if (size > 0) {
+    initrdSize = size;
     const top = Math.min(lowEnd, bz.initrdAddrMax + 1);
     initrdAddr = Math.floor((top - initrdSize) / 4096) * 4096;
     if (initrdAddr < need) {

@@ -5,7 +5,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { loadLinux } from "./loader.ts";
+import { initrdLayout, loadLinux } from "./loader.ts";
 import { HDR, KernelImageError } from "./bzimage.ts";
 import { BP } from "./params.ts";
 import { ACPI_START, CMDLINE, CMDLINE_MAX, KERNEL_START, ZERO_PAGE } from "./layout.ts";
@@ -194,4 +194,11 @@ test("loadLinux() appends a second archive to the initrd 4-byte aligned and pads
   assert.deepEqual([...mem.slice(at + 4097, 3)], [0, 0, 0], "zeros up to the 4-byte boundary");
   assert.deepEqual(mem.slice(at + 4100, 10), extra);
   assert.ok(mem.slice(at + 4110, 8192 - 4110).every((b) => b === 0), "zeros to the page's end");
+});
+
+test("initrdLayout() starts an appended archive 4-byte aligned and pads the whole to pages", () => {
+  assert.deepEqual(initrdLayout(10, 5), { extraAt: 12, size: 4096 });
+  assert.deepEqual(initrdLayout(4096, 0), { extraAt: 4096, size: 4096 });
+  assert.deepEqual(initrdLayout(4095, 1), { extraAt: 4096, size: 8192 });
+  assert.deepEqual(initrdLayout(0, 4097), { extraAt: 0, size: 8192 });
 });

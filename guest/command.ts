@@ -25,6 +25,7 @@
  * environment string or path can hold a NUL anyway.
  */
 import { S_IFDIR, S_IFREG, writeCpio } from "./cpio.ts";
+import { initrdLayout } from "../boot/loader.ts";
 import { type Identity, setidsElf } from "./setids.ts";
 import { SETTIME_CLOCK_BYTES, settimeElf } from "./settime.ts";
 import type { StdioOptions } from "../devices/stdio/mod.ts";
@@ -207,17 +208,17 @@ export function withHostRun<O extends HostRunDevices>(o: O): O {
 }
 
 /**
- * Concatenate initramfs archives, each starting 4-byte aligned, and pad the
- * whole with zeros to 4 KiB pages (the kernel skips zeros between and after
- * archives). QEMU 10's PVH and microvm loaders lose the tail of an initrd
- * whose size is not a page multiple: the nested host's init found no
+ * Concatenate two initramfs archives as `initrdLayout` says: the second
+ * 4-byte aligned, the whole padded with zeros to 4 KiB pages. QEMU 10's
+ * PVH and microvm loaders lose the tail of an initrd whose size is not a
+ * page multiple: the nested host's init found no
  * /vmm/run.sh after a 10 KB script and stopped with status 125, every time,
  * where QEMU 7.2 loaded it whole. vmm loads either.
  */
 export function concatInitrd(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const at = a.length + (4 - (a.length % 4)) % 4;
-  const out = new Uint8Array(Math.ceil((at + b.length) / 4096) * 4096);
+  const { extraAt, size } = initrdLayout(a.length, b.length);
+  const out = new Uint8Array(size);
   out.set(a);
-  out.set(b, at);
+  out.set(b, extraAt);
   return out;
 }

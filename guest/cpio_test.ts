@@ -18,18 +18,12 @@ import {
   S_IFREG,
   writeCpio,
 } from "./cpio.ts";
+import { hasProgram } from "../test/support/programs.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
-const hasCpio = (() => {
-  try {
-    execFileSync("cpio", ["--version"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-})();
+const hasCpio = hasProgram("cpio");
 const isRoot = process.getuid?.() === 0;
 
 /** A member as the kernel's unpacker sees it. */

@@ -11,6 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { LZ4_LEGACY_MAGIC, lz4LegacyDecode } from "./lz4.ts";
 import { builtImage, vmlinuxInProcess } from "./build.ts";
+import { hasProgram } from "../test/support/programs.ts";
 
 const enc = new TextEncoder();
 
@@ -54,14 +55,7 @@ test("lz4LegacyDecode() refuses a wrong magic, a match before its block, a block
   assert.throws(() => lz4LegacyDecode(frame([0x30, ...lits("abc")]), 2), /literals run past the block or the output/);
 });
 
-const hasLz4 = (() => {
-  try {
-    execFileSync("lz4", ["--version"], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-})();
+const hasLz4 = hasProgram("lz4");
 
 test("lz4LegacyDecode() gives back what `lz4 -l` compressed", { skip: !hasLz4 && "no lz4 program here" }, () => {
   const dir = mkdtempSync(join(tmpdir(), "vmm-lz4-"));
