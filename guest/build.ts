@@ -309,6 +309,11 @@ export function vmlinuxInProcess(bzImage: Uint8Array): Uint8Array | undefined {
   else if (new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0, true) === LZ4_LEGACY_MAGIC) {
     elf = lz4LegacyDecode(payload.subarray(0, len - 4), new DataView(payload.buffer, payload.byteOffset + len - 4, 4).getUint32(0, true));
   } else return undefined;
+  return checkedElf(elf);
+}
+
+/** `elf` when it starts with the ELF magic; a bzImage whose payload does not is refused. */
+function checkedElf(elf: Uint8Array): Uint8Array {
   if (elf[0] !== 0x7f || elf[1] !== 0x45 || elf[2] !== 0x4c || elf[3] !== 0x46) throw new RangeError("bzImage payload is not an ELF file");
   return elf;
 }
@@ -324,31 +329,26 @@ export function vmlinuxInProcess(bzImage: Uint8Array): Uint8Array | undefined {
  */
 export function extractVmlinux(bzImage: Uint8Array, tmpDir: string): Uint8Array {
   const { payload, len, start, v } = bzImagePayload(bzImage);
+  if (payload[0] === 0x1f && payload[1] === 0x8b) return checkedElf(gunzipSync(payload));
+  // LZ4 too goes to its program here: guest/lz4_test.ts checks lz4LegacyDecode against what it gives.
   const magic = v.getUint32(start, true);
+  const tool = magic === 0x587a37fd ? "xz" : magic === 0xfd2fb528 ? "zstd" : magic === 0x184c2102 ? "lz4" : "";
+  if (!tool) throw new RangeError(`bzImage payload compression is not gzip, xz, zstd or lz4 (magic ${magic.toString(16)})`);
+  // Files, not pipes: Deno's execFileSync stalls when input and output are both large.
+  const inFile = join(tmpDir, "payload");
+  const outFile = join(tmpDir, "vmlinux");
+  writeFileSync(inFile, payload.subarray(0, len - 4));
   let elf: Uint8Array;
-  if (payload[0] === 0x1f && payload[1] === 0x8b) {
-    elf = gunzipSync(payload);
-  } else {
-    const tool = magic === 0x587a37fd ? "xz" : magic === 0xfd2fb528 ? "zstd" : magic === 0x184c2102 ? "lz4" : "";
-    if (!tool) throw new RangeError(`bzImage payload compression is not gzip, xz, zstd or lz4 (magic ${magic.toString(16)})`);
-    // Files, not pipes: Deno's execFileSync stalls when input and output are both large.
-    const inFile = join(tmpDir, "payload");
-    const outFile = join(tmpDir, "vmlinux");
-    writeFileSync(inFile, payload.subarray(0, len - 4));
-    try {
-      run("sh", ["-c", `${tool} -dc <"$1" >"$2"`, "sh", inFile, outFile]);
-      elf = readFileSync(outFile);
-    } finally {
-      rmSync(inFile, { force: true });
-      rmSync(outFile, { force: true });
-    }
-    const size = v.getUint32(start + len - 4, true);
-    if (elf.length !== size) throw new RangeError(`${tool} gave ${elf.length} bytes, the bzImage says ${size}`);
+  try {
+    run("sh", ["-c", `${tool} -dc <"$1" >"$2"`, "sh", inFile, outFile]);
+    elf = readFileSync(outFile);
+  } finally {
+    rmSync(inFile, { force: true });
+    rmSync(outFile, { force: true });
   }
-  if (elf[0] !== 0x7f || elf[1] !== 0x45 || elf[2] !== 0x4c || elf[3] !== 0x46) {
-    throw new RangeError("bzImage payload is not an ELF file");
-  }
-  return elf;
+  const size = v.getUint32(start + len - 4, true);
+  if (elf.length !== size) throw new RangeError(`${tool} gave ${elf.length} bytes, the bzImage says ${size}`);
+  return checkedElf(elf);
 }
 
 /** A module's name as the kernel knows it: `kvm-amd.ko.xz` → `kvm_amd`. */
