@@ -33,6 +33,11 @@ export interface MemoryRegion {
   offset: number;
 }
 
+/** A range GuestMemory can look up at all: non-negative safe integers. */
+function validRange(gpa: number, len: number): boolean {
+  return Number.isSafeInteger(gpa) && Number.isSafeInteger(len) && gpa >= 0 && len >= 0;
+}
+
 /** Guest RAM over one host mapping, with checked access by guest address. */
 export class GuestMemory {
   readonly bytes: Uint8Array;
@@ -74,7 +79,7 @@ export class GuestMemory {
    * `len` may be 0. The check every other access makes, without a throw.
    */
   find(gpa: number, len: number): number {
-    if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(len) || gpa < 0 || len < 0) return -1;
+    if (!validRange(gpa, len)) return -1;
     const regions = this.regions;
     for (let i = 0; i < regions.length; i++) {
       const r = regions[i];
@@ -90,7 +95,7 @@ export class GuestMemory {
   offset(gpa: number, len: number): number {
     const o = this.find(gpa, len);
     if (o >= 0) return o;
-    const what = Number.isSafeInteger(gpa) && Number.isSafeInteger(len) && gpa >= 0 && len >= 0 ? "is outside guest RAM" : "is not a valid address";
+    const what = validRange(gpa, len) ? "is outside guest RAM" : "is not a valid address";
     throw new GuestMemoryError("InvalidAddress", `Guest range 0x${gpa.toString(16)}+${len} ${what}`);
   }
 
