@@ -39,7 +39,7 @@ import process from "node:process";
 import { defaultCacheDir } from "../guest/build.ts";
 import { SNAPSHOT_FORMAT, VMM_VERSION } from "../vm/snapshot_file.ts";
 import { SHARED_FINGERPRINT, STATE_FILE } from "./snapshot.ts";
-import type { MachineOptions } from "./machine.ts";
+import { DEFAULT_CMDLINE, type MachineOptions } from "./machine.ts";
 
 /** How many snapshots the cache keeps: the ones used last. */
 export const KEEP_SNAPSHOTS = 4;
@@ -75,7 +75,7 @@ export function runCacheKey(o: MachineOptions): string | null {
     layout: SHARED_FINGERPRINT,
     kernel: fileId(o.kernel),
     initrd: fileId(o.initrd),
-    cmdline: o.cmdline ?? null,
+    cmdline: o.cmdline ?? DEFAULT_CMDLINE, // a new default is a new guest
     append: o.append ?? null,
     virtioCmdline: o.virtioCmdline ?? false,
     cpus: o.cpus ?? 1,

@@ -12,7 +12,7 @@ import { execFile } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import type { HostRun } from "../guest/command.ts";
 import { scriptCommand } from "../test/support/vmm_cli.ts";
-import type { MachineOptions } from "./machine.ts";
+import { DEFAULT_CMDLINE, type MachineOptions } from "./machine.ts";
 import { cachedRun, cacheWritable, KEEP_SNAPSHOTS, runCacheDir, runCacheKey, saveRun, trimCache } from "./run_cache.ts";
 
 function withDir(f: (dir: string) => void): void {
@@ -61,6 +61,9 @@ test("runCacheKey(): another key for anything the waiting guest would differ in"
     ];
     for (const [i, k] of keys.entries()) assert.notEqual(k, base, `variant ${i}`);
     assert.equal(new Set(keys).size, keys.length);
+    // The default command line is in the key as itself: a vmm whose default
+    // changed must not restore a guest booted with the old one.
+    assert.equal(runCacheKey(options(dir, { cmdline: DEFAULT_CMDLINE })), base);
     // A rebuilt image is a new file: its mtime and size change.
     writeFileSync(join(dir, "initrd"), "initrd, rebuilt");
     assert.notEqual(runCacheKey(options(dir)), base);

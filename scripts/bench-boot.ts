@@ -10,7 +10,11 @@
  * runs here; elsewhere (PVM) it runs inside the nested L1 host of
  * test/support/nested.ts, and the numbers are those of nested KVM.
  *
- * Usage: bun scripts/bench-boot.ts [--runs 5] [--warmup 1] [--timeout 120] [--startup-runs 5] [--json FILE]
+ * With --idle SECONDS, each run also leaves the guest idle at its shell
+ * (10 s to settle, then SECONDS) and reports the monitor's host CPU over
+ * that time, as a percentage of one core.
+ *
+ * Usage: bun scripts/bench-boot.ts [--runs 5] [--warmup 1] [--timeout 120] [--startup-runs 5] [--idle 60] [--json FILE]
  * A benchmark, not a test: nothing here is asserted.
  */
 import { parseArgs } from "node:util";
@@ -22,7 +26,7 @@ import { driverFiles, requireNested, runDriverNested } from "./bench/nested.ts";
 import { kvmKind } from "../vm/host.ts";
 import { DEFAULT_CMDLINE } from "../mod.ts";
 import { ensureDefaultGuest } from "../guest/build.ts";
-import { type BenchRecord, type BenchResult, CPUS, fromRecords, GIVE_UP_MS, MEM_MIB, qemuArgv, runBench, type RunSample } from "./bench/boot_driver.ts";
+import { type BenchRecord, type BenchResult, CPUS, fromRecords, GIVE_UP_MS, IDLE_SETTLE_MS, MEM_MIB, qemuArgv, runBench, type RunSample } from "./bench/boot_driver.ts";
 
 const REPO = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "");
 
@@ -33,20 +37,22 @@ const { values } = parseArgs({
     warmup: { type: "string", default: "1" },
     timeout: { type: "string", default: "120" },
     "startup-runs": { type: "string", default: "5" },
+    idle: { type: "string", default: "0" },
     json: { type: "string" },
     help: { type: "boolean", short: "h" },
   },
 });
 if (values.help) {
-  console.log("Usage: bun scripts/bench-boot.ts [--runs 5] [--warmup 1] [--timeout SECONDS_PER_RUN] [--startup-runs 5] [--json FILE]");
+  console.log("Usage: bun scripts/bench-boot.ts [--runs 5] [--warmup 1] [--timeout SECONDS_PER_RUN] [--startup-runs 5] [--idle SECONDS] [--json FILE]");
   process.exit(0);
 }
 const runs = Number(values.runs);
 const warmup = Number(values.warmup);
 const timeoutMs = Number(values.timeout) * 1000;
 const startupRuns = Number(values["startup-runs"]);
-if (!(runs >= 1) || !(warmup >= 0) || !(timeoutMs > 0) || !(startupRuns >= 0)) {
-  console.error("bench-boot: --runs, --warmup, --timeout and --startup-runs take whole numbers (runs ≥ 1)");
+const idleMs = Number(values.idle) * 1000;
+if (!(runs >= 1) || !(warmup >= 0) || !(timeoutMs > 0) || !(startupRuns >= 0) || !(idleMs >= 0)) {
+  console.error("bench-boot: --runs, --warmup, --timeout, --startup-runs and --idle take whole numbers (runs ≥ 1)");
   process.exit(2);
 }
 
@@ -57,7 +63,7 @@ const started = Date.now();
 let result: BenchResult;
 let where: string;
 let partial = false;
-const driverOpts = { kernel: img.kernel, initrd: img.initrd, cmdline: DEFAULT_CMDLINE, runs, warmup, timeoutMs, startupRuns };
+const driverOpts = { kernel: img.kernel, initrd: img.initrd, cmdline: DEFAULT_CMDLINE, runs, warmup, timeoutMs, startupRuns, idleMs };
 
 if (kind === "hardware") {
   where = "hardware KVM (this host's /dev/kvm)";
@@ -70,11 +76,11 @@ if (kind === "hardware") {
   const script = [
     "bun scripts/bench/boot_driver.ts",
     `--kernel ${q(img.kernel)} --initrd ${q(img.initrd)} --cmdline ${q(DEFAULT_CMDLINE)}`,
-    `--runs ${runs} --warmup ${warmup} --timeout-ms ${timeoutMs} --startup-runs ${startupRuns}`,
+    `--runs ${runs} --warmup ${warmup} --timeout-ms ${timeoutMs} --startup-runs ${startupRuns} --idle-ms ${idleMs}`,
     `--json /dev/null --progress ${q(files.progress)} --records ${q(files.records)}`,
   ].join(" ");
   // Progress and records come through the shared directory while L1 runs (scripts/bench/nested.ts).
-  const run = await runDriverNested<BenchRecord>(files, script, { say, budgetMs: 120_000 + (warmup + runs) * 3 * timeoutMs + startupRuns * 2 * 60_000, stallMs: timeoutMs + 60_000 });
+  const run = await runDriverNested<BenchRecord>(files, script, { say, budgetMs: 120_000 + (warmup + runs) * 3 * (timeoutMs + idleMs + IDLE_SETTLE_MS) + startupRuns * 2 * 60_000, stallMs: timeoutMs + 60_000 });
   if (run.where) where += `; ${run.where}`;
   partial = run.partial;
   const recs = run.records;
@@ -99,11 +105,12 @@ const metrics: Metric[] = [
   { label: "RSS at ready", unit: "MiB", get: (s) => s.rssReadyKiB, scale: MiB },
   { label: "  guest RAM resident", unit: "MiB", get: (s) => s.guestKiB, scale: MiB },
   { label: "  RSS less guest RAM", unit: "MiB", get: (s) => (s.rssReadyKiB !== undefined && s.guestKiB !== undefined ? s.rssReadyKiB - s.guestKiB : undefined), scale: MiB },
+  ...(idleMs > 0 ? [{ label: `idle at the shell, host CPU over ${idleMs / 1000} s`, unit: "%", get: (s: RunSample) => s.idlePct, scale: 1 }] : []),
 ];
 
 const byName = new Map(result.contenders.map((c) => [c.name, c]));
 const names = ["vmm-bun", "vmm-deno", "qemu"];
-const fmt = (v: number, unit: string) => (!Number.isFinite(v) ? "–" : unit === "ms" ? v.toFixed(0) : v.toFixed(1));
+const fmt = (v: number, unit: string) => (!Number.isFinite(v) ? "–" : unit === "ms" ? v.toFixed(0) : unit === "%" ? v.toFixed(2) : v.toFixed(1));
 const cell = (xs: number[], unit: string) => {
   if (xs.length === 0) return "–";
   const s = stats(xs);
@@ -155,6 +162,10 @@ out.push("'at ready' rows: /proc/PID/status VmRSS and the smaps Rss of the 512 M
 out.push("when the marker arrives. 'vmm -v' rows: vmm's own report, from Machine.create (after runtime start-up, module");
 out.push("loading and argument parsing) to the init's port write just before it prints the marker; start → Machine.create");
 out.push("is the first row less that. `vmm --version`: runtime start-up plus loading vmm's modules, nothing booted.");
+if (idleMs > 0) {
+  out.push(`Idle: ${IDLE_SETTLE_MS / 1000} s after the marker, the process's utime + stime (all threads, guest time included) over`);
+  out.push(`${idleMs / 1000} s as a percentage of one core; 'poweroff -f' is written after that, so there is no start → exit time.`);
+}
 for (const c of result.contenders) {
   const ign = c.runs.filter((s) => s.poweroffIgnored);
   if (ign.length) {

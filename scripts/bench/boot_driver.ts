@@ -25,6 +25,10 @@
  *   - guest RAM at ready: Rss of the guest RAM mapping in smaps (the vma of
  *     exactly the guest's RAM size; the most resident one if several),
  *     and VmRSS minus that: what the monitor itself holds.
+ *   - idle (with `idleMs`): the guest is left at its shell IDLE_SETTLE_MS
+ *     after the marker, then the contender's utime + stime over `idleMs`
+ *     (/proc/PID/stat, every thread, the vCPUs' guest time included), as a
+ *     percentage of one core; `poweroff -f` is written after that.
  *
  * @example
  * ```ts
@@ -61,6 +65,8 @@ export interface BenchOptions {
   log?: (line: string) => void;
   /** Also time `vmm --version` on each runtime (start-up and module loading alone). */
   startupRuns?: number;
+  /** Also measure host CPU over this long with the guest idle at its shell, ms (0: not). */
+  idleMs?: number;
   /** Each result as it comes (so a run cut short still leaves its numbers). */
   onRecord?: (r: BenchRecord) => void;
 }
@@ -97,7 +103,7 @@ export interface Contender {
 export interface RunSample {
   /** ms from spawn to the marker line on stdout. */
   readyMs: number;
-  /** ms from spawn to process exit (absent when poweroff was ignored). */
+  /** ms from spawn to process exit (absent when poweroff was ignored, or after an idle measurement). */
   exitMs?: number;
   /** ms from writing `poweroff -f` to process exit. */
   poweroffMs?: number;
@@ -117,6 +123,8 @@ export interface RunSample {
   vmmInitReadyMs?: number;
   /** `poweroff -f` had to be written again (the first one was lost). */
   resent?: number;
+  /** Host CPU (utime + stime, all threads) while the guest sat idle, % of one core. */
+  idlePct?: number;
 }
 
 export interface ContenderResult {
@@ -184,11 +192,11 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       warmup,
       runs: o.runs,
       log,
-      run: (c, say) => runOnce(c, o.repo, timeoutMs, tmp, say),
+      run: (c, say) => runOnce(c, o.repo, timeoutMs, tmp, say, o.idleMs ?? 0),
       describe: (s, c, measured) =>
         `ready ${s.readyMs.toFixed(0)} ms, ` +
-        (s.exitMs !== undefined ? `exit ${s.exitMs.toFixed(0)} ms` : "exit – (poweroff -f ignored, stopped with SIGTERM)") +
-        `, peak ${(s.peakKiB / 1024).toFixed(1)} MiB` + (s.resent ? ` (poweroff re-sent ${s.resent}x)` : "") +
+        (s.poweroffIgnored ? "exit – (poweroff -f ignored, stopped with SIGTERM)" : s.exitMs !== undefined ? `exit ${s.exitMs.toFixed(0)} ms` : `exit ${s.poweroffMs?.toFixed(0)} ms after poweroff -f`) +
+        `, peak ${(s.peakKiB / 1024).toFixed(1)} MiB` + (s.idlePct !== undefined ? `, idle ${s.idlePct.toFixed(2)}% of a core` : "") + (s.resent ? ` (poweroff re-sent ${s.resent}x)` : "") +
         (s.note && !measured ? `\n${c.name}: ${s.note}` : ""),
       onSample: (c, s) => emit({ type: "sample", name: c.name, sample: s }),
       onFailure: (c, msg) => emit({ type: "failure", name: c.name, msg }),
@@ -230,6 +238,15 @@ function hostInfo(): BenchResult["host"] {
 /** After the marker: `poweroff -f` is written again every RESEND_MS, and the run given up as "ignored" after GIVE_UP_MS. */
 const RESEND_MS = 5000;
 export const GIVE_UP_MS = 15000;
+/** With idleMs: how long after the marker the idle measurement starts (the init's last work and the shell's start are over). */
+export const IDLE_SETTLE_MS = 10_000;
+
+/** utime + stime of a process, all its threads, in clock ticks (USER_HZ, 100 on Linux). */
+function cpuTicks(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return Number(f[11]) + Number(f[12]); // fields 14 and 15 of proc(5), counted from the state (field 3)
+}
 
 /**
  * One boot of one contender, measured. Throws with the stderr tail when the
@@ -237,7 +254,7 @@ export const GIVE_UP_MS = 15000;
  * reaches the marker but does not take `poweroff -f` from its console is
  * stopped with SIGTERM and its sample has no exit time (`poweroffIgnored`).
  */
-function runOnce(c: Contender, cwd: string, timeoutMs: number, tmp: string, log: (l: string) => void): Promise<RunSample> {
+function runOnce(c: Contender, cwd: string, timeoutMs: number, tmp: string, log: (l: string) => void, idleMs: number): Promise<RunSample> {
   const timeFile = join(tmp, "time.out");
   const fifo = join(tmp, "stdin.fifo");
   rmSync(timeFile, { force: true });
@@ -257,6 +274,7 @@ function runOnce(c: Contender, cwd: string, timeoutMs: number, tmp: string, log:
     let out = "";
     let err = "";
     let tReady = 0;
+    let tPoweroff = 0;
     let sample: Partial<RunSample> = {};
     let resent = 0;
     let failure = "";
@@ -266,12 +284,31 @@ function runOnce(c: Contender, cwd: string, timeoutMs: number, tmp: string, log:
     const say = () => {
       try {
         writeSync(inFd, "poweroff -f\n");
-      } catch { /* cannot happen while we hold both ends */ }
+      } catch (e) {
+        log(`cannot write 'poweroff -f' to the contender's stdin: ${(e as Error).message}`);
+      }
     };
     const killGroup = () => {
       try {
         if (child.pid) process.kill(-child.pid, "SIGKILL");
       } catch { /* already gone */ }
+    };
+    const powerOff = () => {
+      tPoweroff = performance.now();
+      say();
+      // Should the shell not take the line, say it again, then give up
+      // and stop the contender with SIGTERM (its peak RSS still counts).
+      timers.push(setInterval(() => {
+        resent++;
+        say();
+      }, RESEND_MS));
+      timers.push(setTimeout(() => {
+        ignored = true;
+        try {
+          if (pid) process.kill(pid, "SIGTERM");
+        } catch { /* gone */ }
+        timers.push(setTimeout(killGroup, 5000));
+      }, GIVE_UP_MS));
     };
     const fail = (why: string) => {
       if (!failure) failure = why;
@@ -283,28 +320,33 @@ function runOnce(c: Contender, cwd: string, timeoutMs: number, tmp: string, log:
       log(`still running after ${((performance.now() - t0) / 1000).toFixed(0)} s, ${tReady ? "after" : "before"} the marker; ` +
         `console's last line: ${JSON.stringify(last)}`);
     }, 30_000));
-    timers.push(setTimeout(() => fail(`timed out after ${timeoutMs} ms (${tReady ? "after" : "before"} the ready marker)`), timeoutMs));
+    const limitMs = timeoutMs + (idleMs > 0 ? IDLE_SETTLE_MS + idleMs : 0);
+    timers.push(setTimeout(() => fail(`timed out after ${limitMs} ms (${tReady ? "after" : "before"} the ready marker)`), limitMs));
     child.stdout!.on("data", (b: Uint8Array) => {
       out += new TextDecoder().decode(b);
       if (out.length > 65536) out = out.slice(-32768);
       if (!tReady && out.includes(MARKER)) {
         tReady = performance.now();
-        say();
         pid = childOf(child.pid!);
         sample = memoryAtReady(pid);
-        // Should the shell not take the line, say it again, then give up
-        // and stop the contender with SIGTERM (its peak RSS still counts).
-        timers.push(setInterval(() => {
-          resent++;
-          say();
-        }, RESEND_MS));
-        timers.push(setTimeout(() => {
-          ignored = true;
-          try {
-            if (pid) process.kill(pid, "SIGTERM");
-          } catch { /* gone */ }
-          timers.push(setTimeout(killGroup, 5000));
-        }, GIVE_UP_MS));
+        if (idleMs > 0 && pid) {
+          const p = pid;
+          timers.push(setTimeout(() => {
+            try {
+              const a = cpuTicks(p), ta = performance.now();
+              timers.push(setTimeout(() => {
+                try {
+                  sample.idlePct = (cpuTicks(p) - a) * 10 / (performance.now() - ta) * 100; // a tick is 10 ms
+                } catch { /* gone: no figure */ }
+                powerOff();
+              }, idleMs));
+            } catch {
+              powerOff(); // gone already: its exit says why
+            }
+          }, IDLE_SETTLE_MS));
+        } else {
+          powerOff();
+        }
       }
     });
     child.stderr!.on("data", (b: Uint8Array) => {
@@ -340,7 +382,10 @@ function runOnce(c: Contender, cwd: string, timeoutMs: number, tmp: string, log:
         return resolve({ ...base, poweroffIgnored: true, note: `ignored 'poweroff -f' on its console for ${GIVE_UP_MS} ms; stopped with SIGTERM` + tail() });
       }
       if (code !== 0) return reject(new Error(`exited with status ${code ?? signal} after poweroff` + tail()));
-      resolve({ ...base, exitMs: tExit - t0, poweroffMs: tExit - tReady, ...(resent ? { resent } : {}) });
+      if (!tPoweroff) return reject(new Error(`exited (status ${code ?? signal}) while idle, before 'poweroff -f' was written` + tail()));
+      // After an idle measurement the exit comes that much later, so it has no start → exit time.
+      const exitMs = idleMs > 0 ? {} : { exitMs: tExit - t0 };
+      resolve({ ...base, ...exitMs, poweroffMs: tExit - tPoweroff, ...(resent ? { resent } : {}) });
     });
   }).finally(() => {
     closeSync(inFd);
@@ -425,13 +470,14 @@ if (import.meta.main) {
       warmup: { type: "string", default: "1" },
       "timeout-ms": { type: "string", default: "120000" },
       "startup-runs": { type: "string", default: "0" },
+      "idle-ms": { type: "string", default: "0" },
       json: { type: "string" },
       progress: { type: "string" },
       records: { type: "string" },
     },
   });
   if (!values.kernel || !values.initrd || values.cmdline === undefined) {
-    console.error("usage: boot_driver.ts --kernel K --initrd I --cmdline C [--runs N] [--warmup N] [--json FILE] [--progress FILE] [--records FILE]");
+    console.error("usage: boot_driver.ts --kernel K --initrd I --cmdline C [--runs N] [--warmup N] [--idle-ms MS] [--json FILE] [--progress FILE] [--records FILE]");
     process.exit(2);
   }
   const repo = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
@@ -443,6 +489,7 @@ if (import.meta.main) {
     warmup: Number(values.warmup),
     timeoutMs: Number(values["timeout-ms"]),
     startupRuns: Number(values["startup-runs"]),
+    idleMs: Number(values["idle-ms"]),
     repo,
     onRecord: (r) => {
       if (values.records) appendFileSync(values.records, JSON.stringify(r) + "\n");
