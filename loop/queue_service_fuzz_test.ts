@@ -597,7 +597,7 @@ function runCase(f: Fuzz, fx: Fixtures, totals: Totals): void {
   const kind = rng.int(12);
   if (kind < 5) {
     disk = kind < 3 ? fx.rw : fx.ro;
-    spec = { kind: "blk", disk };
+    spec = { kind: "blk", disk, queues: 1 };
   } else if (kind < 7) {
     spec = { kind: "rng" };
   } else {

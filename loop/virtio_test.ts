@@ -173,7 +173,7 @@ test("virtio-blk queue Worker writes, flushes and reads a real image; reset park
   const path = join(dir, "disk.img");
   writeFileSync(path, new Uint8Array(64 * 1024));
   const disk = openDisk({ path, readOnly: false });
-  const r = await rig([{ kind: "blk", disk }]);
+  const r = await rig([{ kind: "blk", disk, queues: 1 }]);
   try {
     const t = r.transport(0);
     let [dq] = probe(t, r.devs[0], r.ctl, r.vm, RINGS);
@@ -265,7 +265,7 @@ test("a paused blk queue serves nothing, keeps its ring position in shared memor
   const path = join(dir, "disk.img");
   writeFileSync(path, new Uint8Array(64 * 1024));
   const disk = openDisk({ path, readOnly: false });
-  const r = await rig([{ kind: "blk", disk }]);
+  const r = await rig([{ kind: "blk", disk, queues: 1 }]);
   try {
     const t = r.transport(0);
     const [dq] = probe(t, r.devs[0], r.ctl, r.vm, RINGS);

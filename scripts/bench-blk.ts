@@ -13,7 +13,10 @@
  * inside the nested L1 host of test/support/nested.ts, and the numbers are
  * those of nested KVM: low in absolute terms, comparable between contenders.
  *
- * Usage: bun scripts/bench-blk.ts [--runs 3] [--warmup 1] [--size MiB] [--rand-ops N] [--timeout 300] [--json FILE]
+ * With --cpus N (N > 1) every contender has N vCPUs and a fourth phase runs
+ * N random readers at once, one pinned to each vCPU: several requests in flight.
+ *
+ * Usage: bun scripts/bench-blk.ts [--runs 3] [--warmup 1] [--size MiB] [--rand-ops N] [--cpus 1] [--timeout 300] [--json FILE]
  * (--size and --rand-ops default to 128 and 3000 nested, 2048 and 200000 on hardware KVM)
  * A benchmark, not a test: nothing here is asserted.
  */
@@ -27,7 +30,7 @@ import { driverFiles, requireNested, runDriverNested } from "./bench/nested.ts";
 import { kvmKind } from "../vm/host.ts";
 import { DEFAULT_CMDLINE } from "../mod.ts";
 import { ensureDefaultGuest } from "../guest/build.ts";
-import { type BlkRecord, type BlkResult, CPUS, fromRecords, MEM_MIB, type Phase, type PhaseSample, PHASES, qemuArgv, runBlkBench } from "./bench/blk_driver.ts";
+import { type BlkRecord, type BlkResult, CPUS, fromRecords, MEM_MIB, type Phase, type PhaseSample, PAR_PHASE, phasesFor, qemuArgv, runBlkBench } from "./bench/blk_driver.ts";
 
 const REPO = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "");
 
@@ -38,13 +41,14 @@ const { values } = parseArgs({
     warmup: { type: "string", default: "1" },
     size: { type: "string" },
     "rand-ops": { type: "string" },
+    cpus: { type: "string", default: String(CPUS) },
     timeout: { type: "string", default: "300" },
     json: { type: "string" },
     help: { type: "boolean", short: "h" },
   },
 });
 if (values.help) {
-  console.log("Usage: bun scripts/bench-blk.ts [--runs 3] [--warmup 1] [--size MiB] [--rand-ops N] [--timeout SECONDS_PER_RUN] [--json FILE]");
+  console.log("Usage: bun scripts/bench-blk.ts [--runs 3] [--warmup 1] [--size MiB] [--rand-ops N] [--cpus N] [--timeout SECONDS_PER_RUN] [--json FILE]");
   process.exit(0);
 }
 const kind = kvmKind();
@@ -55,8 +59,9 @@ const warmup = Number(values.warmup);
 const sizeMiB = Number(values.size ?? (nested ? 128 : 2048));
 const randOps = Number(values["rand-ops"] ?? (nested ? 3000 : 200_000));
 const timeoutMs = Number(values.timeout) * 1000;
-if (!(runs >= 1) || !(warmup >= 0) || !(sizeMiB >= 1) || !(randOps >= 1) || !(timeoutMs > 0)) {
-  console.error("bench-blk: --runs, --warmup, --size, --rand-ops and --timeout take whole numbers (runs, size, rand-ops ≥ 1)");
+const cpus = Number(values.cpus);
+if (!(runs >= 1) || !(warmup >= 0) || !(sizeMiB >= 1) || !(randOps >= 1) || !(timeoutMs > 0) || !(Number.isInteger(cpus) && cpus >= 1)) {
+  console.error("bench-blk: --runs, --warmup, --size, --rand-ops, --cpus and --timeout take whole numbers (runs, size, rand-ops, cpus ≥ 1)");
   process.exit(2);
 }
 
@@ -66,7 +71,7 @@ const started = Date.now();
 let result: BlkResult;
 let where: string;
 let partial = false;
-const driverOpts = { kernel: img.kernel, initrd: img.initrd, cmdline: DEFAULT_CMDLINE, runs, warmup, timeoutMs, sizeMiB, randOps };
+const driverOpts = { kernel: img.kernel, initrd: img.initrd, cmdline: DEFAULT_CMDLINE, runs, warmup, timeoutMs, sizeMiB, randOps, cpus };
 
 if (kind === "hardware") {
   where = "hardware KVM (this host's /dev/kvm); image in " + tmpdir();
@@ -79,7 +84,7 @@ if (kind === "hardware") {
   const script = [
     "bun scripts/bench/blk_driver.ts",
     `--kernel ${q(img.kernel)} --initrd ${q(img.initrd)} --cmdline ${q(DEFAULT_CMDLINE)}`,
-    `--runs ${runs} --warmup ${warmup} --timeout-ms ${timeoutMs} --size ${sizeMiB} --rand-ops ${randOps}`,
+    `--runs ${runs} --warmup ${warmup} --timeout-ms ${timeoutMs} --size ${sizeMiB} --rand-ops ${randOps} --cpus ${cpus}`,
     `--json /dev/null --progress ${q(files.progress)} --records ${q(files.records)}`,
   ].join(" ");
   // Progress and records come through the shared directory while L1 runs (scripts/bench/nested.ts).
@@ -110,12 +115,18 @@ const metrics: Metric[] = [
   { label: "host CPU, seq read", unit: "s/GiB", phase: "seqread", get: (s) => s.cpuSec / (s.bytes / GiB), digits: 2 },
   { label: "host CPU, rand read", unit: "s/GiB", phase: "randread", get: (s) => s.cpuSec / (s.bytes / GiB), digits: 1 },
   { label: "  = per 4 KiB read", unit: "µs", phase: "randread", get: (s) => (s.cpuSec / s.ops) * 1e6, digits: 0 },
+  ...(cpus > 1
+    ? <Metric[]> [
+      { label: `rand read 4 KiB, ${cpus} readers at once`, unit: "IOPS", phase: PAR_PHASE, get: (s: PhaseSample) => s.ops / s.guestSec, digits: 0 },
+      { label: "  host CPU per 4 KiB read", unit: "µs", phase: PAR_PHASE, get: (s: PhaseSample) => (s.cpuSec / s.ops) * 1e6, digits: 0 },
+    ]
+    : []),
 ];
 
 const byName = new Map(result.contenders.map((c) => [c.name, c]));
 const names = ["vmm-bun", "vmm-deno", "qemu"];
 const valuesOf = (m: Metric, name: string) =>
-  (byName.get(name)?.runs ?? []).map((r) => m.get(r[m.phase])).filter((v) => Number.isFinite(v));
+  (byName.get(name)?.runs ?? []).flatMap((r) => (r[m.phase] ? [m.get(r[m.phase]!)] : [])).filter((v) => Number.isFinite(v));
 const fmt = (v: number, d: number) => (Number.isFinite(v) ? v.toFixed(d) : "–");
 const cell = (xs: number[], d: number) =>
   xs.length === 0 ? "–" : `${fmt(median(xs), d)} (${fmt(Math.min(...xs), d)}–${fmt(Math.max(...xs), d)})`;
@@ -138,12 +149,13 @@ const out: string[] = [];
 out.push(`Block I/O benchmark (${new Date().toISOString().slice(0, 16)}Z), ${((Date.now() - started) / 60000).toFixed(1)} min`);
 out.push(`where: ${where}`);
 out.push(`KVM host kernel ${result.host.kernel}, ${result.host.cpus} CPUs`);
-out.push(`guest: ${img.kernel} + ${img.initrd} (+ /bench/randread); ${CPUS} vCPU, ${MEM_MIB} MiB; cmdline "${DEFAULT_CMDLINE}"`);
-out.push(`workload: ${result.sizeMiB} MiB raw image as /dev/vda; seq write then seq read of all of it, then ${result.randOps} random 4 KiB reads`);
+out.push(`guest: ${img.kernel} + ${img.initrd} (+ /bench/randread); ${cpus} vCPU${cpus > 1 ? "s" : ""}, ${MEM_MIB} MiB; cmdline "${DEFAULT_CMDLINE}"`);
+out.push(`workload: ${result.sizeMiB} MiB raw image as /dev/vda; seq write then seq read of all of it, then ${result.randOps} random 4 KiB reads` +
+  (cpus > 1 ? `, then ${cpus} readers of ${result.randOps} at once, one pinned to each vCPU` : ""));
 out.push(`runs: ${n} measured (after ${warmup} warm-up each), contenders interleaved with rotating order`);
-out.push(`vmm-bun:  bun bin/vmm.ts run --busybox --kernel K --initrd I --cpus ${CPUS} --memory ${MEM_MIB}M --drive IMG -- sh -c SCRIPT`);
+out.push(`vmm-bun:  bun bin/vmm.ts run --busybox --kernel K --initrd I --cpus ${cpus} --memory ${MEM_MIB}M --drive IMG -- sh -c SCRIPT`);
 out.push(`vmm-deno: deno run -A --no-check bin/vmm.ts run … (the same)`);
-out.push(`qemu:     ${qemuArgv({ kernel: "K", initrd: "I+run.sh", cmdline: "<cmdline>", image: "IMG" }).join(" ")}`);
+out.push(`qemu:     ${qemuArgv({ kernel: "K", initrd: "I+run.sh", cmdline: "<cmdline>", image: "IMG", cpus }).join(" ")}`);
 out.push("");
 out.push(line(header));
 out.push(rule);
@@ -155,7 +167,7 @@ out.push("console lines before and after the phase, divided by the bytes moved: 
 out.push("emulation, copies, syscalls), not the guest's time on its vCPU; lower is better, and so are ratios below 1×.");
 out.push(`CPU times come in clock ticks (1/${result.host.clkTck} s): short phases carry that granularity.`);
 const wallVsGuest = names.flatMap((nm) =>
-  (byName.get(nm)?.runs ?? []).flatMap((r) => PHASES.map((p) => r[p].wallSec - r[p].guestSec))
+  (byName.get(nm)?.runs ?? []).flatMap((r) => phasesFor(cpus).flatMap((p) => (r[p] ? [r[p]!.wallSec - r[p]!.guestSec] : [])))
 );
 if (wallVsGuest.length) {
   out.push(`Host wall time per phase exceeded the guest's by ${fmt(median(wallVsGuest) * 1000, 0)} ms (median): the console round trips around it.`);

@@ -59,6 +59,8 @@ export const VIRTIO_BLK_F_RO = 1n << 5n;
 export const VIRTIO_BLK_F_BLK_SIZE = 1n << 6n;
 /** VIRTIO_BLK_T_FLUSH works: without it the driver assumes a write-through disk. */
 export const VIRTIO_BLK_F_FLUSH = 1n << 9n;
+/** num_queues is valid: more than one request queue. */
+export const VIRTIO_BLK_F_MQ = 1n << 12n;
 /** VIRTIO_BLK_T_DISCARD works. */
 export const VIRTIO_BLK_F_DISCARD = 1n << 13n;
 /** VIRTIO_BLK_T_WRITE_ZEROES works. */
@@ -72,7 +74,7 @@ export const BLK_CFG_GEOMETRY = 16; // le16 cylinders, u8 heads, u8 sectors (not
 export const BLK_CFG_BLK_SIZE = 20; // le32
 export const BLK_CFG_TOPOLOGY = 24; // u8 physical_block_exp, u8 alignment_offset, le16 min_io_size, le32 opt_io_size (not offered)
 export const BLK_CFG_WRITEBACK = 32; // u8, VIRTIO_BLK_F_CONFIG_WCE (not offered)
-export const BLK_CFG_NUM_QUEUES = 34; // le16, VIRTIO_BLK_F_MQ (not offered)
+export const BLK_CFG_NUM_QUEUES = 34; // le16, VIRTIO_BLK_F_MQ
 export const BLK_CFG_MAX_DISCARD_SECTORS = 36; // le32
 export const BLK_CFG_MAX_DISCARD_SEG = 40; // le32
 export const BLK_CFG_DISCARD_SECTOR_ALIGNMENT = 44; // le32
@@ -104,20 +106,23 @@ export const BLK_LIMITS: Readonly<Required<BlkLimits>> = { maxDiscardSeg: 16, ma
 export type BlkDisk = Pick<Disk, "fd" | "sizeBytes" | "readOnly" | "id">;
 
 /**
- * Device feature bits for `disk` (virtio 1.2 §5.2.3); the transport adds
- * VIRTIO_F_VERSION_1 and the ring features. Discard and write-zeroes would
- * only fail on a read-only disk, so it does not offer them.
+ * Device feature bits for `disk` behind `queues` request queues (virtio 1.2
+ * §5.2.3); the transport adds VIRTIO_F_VERSION_1 and the ring features.
+ * Discard and write-zeroes would only fail on a read-only disk, so it does
+ * not offer them. One queue is offered without VIRTIO_BLK_F_MQ, as before
+ * there were more.
  */
-export function blkFeatures(disk: { readOnly: boolean }): bigint {
-  const f = VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH;
+export function blkFeatures(disk: { readOnly: boolean }, queues = 1): bigint {
+  let f = VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_FLUSH;
+  if (queues > 1) f |= VIRTIO_BLK_F_MQ;
   return disk.readOnly ? f | VIRTIO_BLK_F_RO : f | VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES;
 }
 
 /**
- * struct virtio_blk_config for `disk` behind queues of at most `queueSize`
- * entries. Fields of features not offered stay zero.
+ * struct virtio_blk_config for `disk` behind `queues` queues of at most
+ * `queueSize` entries. Fields of features not offered stay zero.
  */
-export function blkConfig(disk: { sizeBytes: number; readOnly: boolean }, queueSize: number): Uint8Array {
+export function blkConfig(disk: { sizeBytes: number; readOnly: boolean }, queueSize: number, queues = 1): Uint8Array {
   if (!Number.isInteger(queueSize) || queueSize < 3) throw new RangeError(`Queue size ${queueSize} leaves no room for data`);
   const cfg = new Uint8Array(BLK_CONFIG_SIZE);
   const v = new DataView(cfg.buffer);
@@ -126,6 +131,7 @@ export function blkConfig(disk: { sizeBytes: number; readOnly: boolean }, queueS
   // (Linux sizes its scatterlists from this, drivers/block/virtio_blk.c).
   v.setUint32(BLK_CFG_SEG_MAX, queueSize - 2, true);
   v.setUint32(BLK_CFG_BLK_SIZE, BLK_SIZE, true);
+  if (queues > 1) v.setUint16(BLK_CFG_NUM_QUEUES, queues, true);
   if (!disk.readOnly) {
     v.setUint32(BLK_CFG_MAX_DISCARD_SECTORS, BLK_MAX_DISCARD_SECTORS, true);
     v.setUint32(BLK_CFG_MAX_DISCARD_SEG, BLK_LIMITS.maxDiscardSeg, true);

@@ -14,6 +14,7 @@ import { HIGH_GPA as HIGH, hostGuestMemory } from "../../test/support/host_memor
 import { close, libc, O_RDONLY, open } from "../../ffi/libc.ts";
 import { SysError } from "../../ffi/errno.ts";
 import { closeDisk, type Disk, openDisk } from "./disk.ts";
+import { BLK_DEFAULT_QUEUES, blkQueues } from "./mod.ts";
 import { GuestError, Virtqueue } from "../virtio/ring.ts";
 import { type DriverBuffer, DriverQueue } from "../../test/support/driver_queue.ts";
 import {
@@ -39,8 +40,10 @@ import {
   BLK_CFG_WRITE_ZEROES_MAY_UNMAP,
   BLK_CONFIG_SIZE,
   BLK_MAX_DISCARD_SECTORS,
+  BLK_CFG_NUM_QUEUES,
   blkConfig,
   blkFeatures,
+  VIRTIO_BLK_F_MQ,
   BlkQueue,
   VIRTIO_BLK_F_BLK_SIZE,
   VIRTIO_BLK_F_DISCARD,
@@ -185,6 +188,27 @@ test("blkConfig() lays out struct virtio_blk_config at the spec's offsets", () =
   assert.equal(v.getUint32(48, true), 2097152, "max_write_zeroes_sectors");
   assert.equal(v.getUint32(52, true), 16, "max_write_zeroes_seg");
   assert.equal(v.getUint32(56, true), 1, "write_zeroes_may_unmap, then 3 bytes of padding");
+});
+
+test("several queues: VIRTIO_BLK_F_MQ (bit 12) and num_queues at offset 34; one queue offers neither", () => {
+  assert.equal(VIRTIO_BLK_F_MQ, 1n << 12n);
+  assert.equal(BLK_CFG_NUM_QUEUES, 34);
+  assert.equal(blkFeatures({ readOnly: false }, 1) & VIRTIO_BLK_F_MQ, 0n);
+  assert.equal(blkFeatures({ readOnly: true }, 3) & VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_MQ);
+  assert.equal(blkFeatures({ readOnly: false }, 3), blkFeatures({ readOnly: false }) | VIRTIO_BLK_F_MQ);
+  const v = (q: number) => new DataView(blkConfig({ sizeBytes: 64 * SECTOR, readOnly: false }, 256, q).buffer);
+  assert.equal(v(1).getUint16(BLK_CFG_NUM_QUEUES, true), 0);
+  assert.equal(v(3).getUint16(BLK_CFG_NUM_QUEUES, true), 3);
+  assert.equal(v(3).getUint32(12, true), 254, "seg_max is per queue, the same");
+});
+
+test("blkQueues(): one queue per vCPU up to the default, queues=N up to the vCPUs", () => {
+  assert.equal(blkQueues({}, 1), 1);
+  assert.equal(blkQueues({}, 2), 2);
+  assert.equal(blkQueues({}, 64), BLK_DEFAULT_QUEUES);
+  assert.equal(blkQueues({ queues: 1 }, 8), 1);
+  assert.equal(blkQueues({ queues: 8 }, 8), 8);
+  assert.equal(blkQueues({ queues: 8 }, 2), 2, "a queue no vCPU submits on would only cost a Worker");
 });
 
 test("blkConfig() leaves discard and write-zeroes fields zero on a read-only disk", () => {

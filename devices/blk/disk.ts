@@ -39,7 +39,12 @@ export interface DriveSpec {
   readOnly: boolean;
   /** The serial the guest sees (`/dev/disk/by-id/virtio-ID`); default in `openDisk`. */
   id?: string;
+  /** Request queues asked for (`queues=N`); the device gets at most one per vCPU (devices/blk/mod.ts). */
+  queues?: number;
 }
+
+/** The most request queues one drive may ask for: each is a Worker. */
+export const DRIVE_MAX_QUEUES = 16;
 
 /** An open disk image, locked for this VM. Plain data: a queue Worker receives it as is. */
 export interface Disk {
@@ -53,8 +58,9 @@ export interface Disk {
 }
 
 /**
- * Parse `PATH[,readonly][,id=NAME]` (`ro` is short for `readonly`). A path
- * cannot contain a comma. Throws ConfigError naming the whole option.
+ * Parse `PATH[,readonly][,id=NAME][,queues=N]` (`ro` is short for
+ * `readonly`). A path cannot contain a comma. Throws ConfigError naming the
+ * whole option.
  */
 export function parseDriveSpec(s: string): DriveSpec {
   const fail = (why: string) => new ConfigError(`--drive ${s}: ${why}`);
@@ -67,12 +73,18 @@ export function parseDriveSpec(s: string): DriveSpec {
     const key = eq < 0 ? opt : opt.slice(0, eq);
     const name = key === "ro" ? "readonly" : key; // synonyms count as one key
     if (opt === "") throw fail("empty option (a stray comma?)");
-    if (name !== "readonly" && name !== "id") throw fail(`unknown option "${key}"`);
+    if (name !== "readonly" && name !== "id" && name !== "queues") throw fail(`unknown option "${key}"`);
     if (seen.has(name)) throw fail(`option "${name}" given twice`);
     seen.add(name);
     if (name === "readonly") {
       if (eq >= 0) throw fail(`option "${key}" takes no value`);
       spec.readOnly = true;
+    } else if (name === "queues") {
+      const v = opt.slice(eq + 1);
+      if (eq < 0 || !/^[0-9]+$/.test(v) || Number(v) < 1 || Number(v) > DRIVE_MAX_QUEUES) {
+        throw fail(`queues takes a whole number from 1 to ${DRIVE_MAX_QUEUES} (queues=N)`);
+      }
+      spec.queues = Number(v);
     } else {
       if (eq < 0) throw fail(`option "id" needs a value (id=NAME)`);
       const id = opt.slice(eq + 1);

@@ -8,7 +8,7 @@ import { spawnSync } from "node:child_process";
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { closeDisk, defaultDriveId, type Disk, openDisk, parseDriveSpec } from "./disk.ts";
+import { closeDisk, defaultDriveId, type Disk, DRIVE_MAX_QUEUES, openDisk, parseDriveSpec } from "./disk.ts";
 import { ConfigError } from "../../vm/vm.ts";
 import { libc, O_RDONLY, O_RDWR } from "../../ffi/libc.ts";
 
@@ -52,6 +52,15 @@ test("parseDriveSpec() reads readonly, its synonym ro, and id in any order", () 
   assert.deepEqual(parseDriveSpec("disk.img,id=root,ro"), { path: "disk.img", readOnly: true, id: "root" });
   assert.deepEqual(parseDriveSpec("disk.img,id=a=b"), { path: "disk.img", readOnly: false, id: "a=b" });
   assert.deepEqual(parseDriveSpec("d,id=12345678901234567890"), { path: "d", readOnly: false, id: "12345678901234567890" });
+});
+
+test("parseDriveSpec() reads queues=N, a whole number from 1 to DRIVE_MAX_QUEUES", () => {
+  assert.deepEqual(parseDriveSpec("d,queues=2"), { path: "d", readOnly: false, queues: 2 });
+  assert.equal(parseDriveSpec(`d,ro,queues=${DRIVE_MAX_QUEUES}`).queues, DRIVE_MAX_QUEUES);
+  for (const bad of ["queues", "queues=", "queues=0", "queues=1.5", "queues=-1", "queues=0x2", `queues=${DRIVE_MAX_QUEUES + 1}`]) {
+    throwsConfig(() => parseDriveSpec(`d,${bad}`), `--drive d,${bad}: queues takes a whole number from 1 to ${DRIVE_MAX_QUEUES} (queues=N)`);
+  }
+  throwsConfig(() => parseDriveSpec("d,queues=1,queues=2"), '--drive d,queues=1,queues=2: option "queues" given twice');
 });
 
 test("parseDriveSpec() rejects an empty path", () => {

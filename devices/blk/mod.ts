@@ -1,7 +1,17 @@
 /**
- * virtio-blk as a device kind (devices/virtio/kind.ts): `--drive PATH[,readonly][,id=NAME]`,
- * repeatable, as vda, vdb, … in order. The image is opened and locked here
- * (disk.ts), served by one queue Worker (blk.ts), flushed at every pause and stop.
+ * virtio-blk as a device kind (devices/virtio/kind.ts):
+ * `--drive PATH[,readonly][,id=NAME][,queues=N]`, repeatable, as vda, vdb, …
+ * in order. The image is opened and locked here (disk.ts), served by one
+ * queue Worker per request queue (blk.ts), flushed at every pause and stop.
+ *
+ * **Several requests in flight.** A queue Worker does one request at a time:
+ * preadv/pwritev block it until the host is done. So a drive gets one
+ * request queue per vCPU, up to BLK_DEFAULT_QUEUES unless `queues=N` asks
+ * for more (VIRTIO_BLK_F_MQ, as QEMU's num-queues, whose default is also one
+ * per vCPU). Linux's blk-mq gives each CPU its queue, so requests issued on
+ * different vCPUs run on different Workers at once, each sleeping on its own
+ * ioeventfd. The Workers share the image's fd and nothing else: a flush's
+ * fdatasync on one queue covers every write completed on any of them.
  */
 import type { DeviceKind } from "../virtio/kind.ts";
 import { type QueueHandler, serveAll } from "../virtio/queue_handler.ts";
@@ -9,15 +19,26 @@ import { blkConfig, blkFeatures, BlkQueue, VIRTIO_ID_BLOCK } from "./blk.ts";
 import { closeDisk, type Disk, type DriveSpec, openDisk, parseDriveSpec } from "./disk.ts";
 
 export const BLK_QUEUE_SIZE = 256;
+/** Request queues a drive gets without `queues=N`: one per vCPU up to this many (each is a Worker). */
+export const BLK_DEFAULT_QUEUES = 4;
 
 export interface BlkSpec {
   kind: "blk";
   disk: Disk;
+  /** Request queues, each served by its own Worker. */
+  queues: number;
 }
 
 export interface BlkOptions {
   /** Raw disk images, as virtio-blk devices vda, vdb, … (strings in the `--drive` form). */
   drives?: (DriveSpec | string)[];
+  /** The machine's vCPUs: a drive has at most one request queue per vCPU. */
+  cpus?: number;
+}
+
+/** How many request queues a drive gets: what it asked for, else BLK_DEFAULT_QUEUES, and never more than one per vCPU. */
+export function blkQueues(d: Pick<DriveSpec, "queues">, cpus: number): number {
+  return Math.max(1, Math.min(d.queues ?? BLK_DEFAULT_QUEUES, cpus));
 }
 
 export const blkKind: DeviceKind<BlkSpec, BlkOptions> = {
@@ -26,8 +47,10 @@ export const blkKind: DeviceKind<BlkSpec, BlkOptions> = {
     flag: "drive",
     type: "string",
     multiple: true,
-    help: `--drive PATH[,readonly][,id=NAME]
-                    a raw disk image as virtio-blk (repeat: vda, vdb, …); id is its serial`,
+    help: `--drive PATH[,readonly][,id=NAME][,queues=N]
+                    a raw disk image as virtio-blk (repeat: vda, vdb, …); id is its
+                    serial; queues: request queues, each its own thread (default
+                    one per vCPU up to ${BLK_DEFAULT_QUEUES}; never more than the vCPUs)`,
     apply(values, o) {
       o.drives = (values as string[]).map(parseDriveSpec);
     },
@@ -35,7 +58,10 @@ export const blkKind: DeviceKind<BlkSpec, BlkOptions> = {
   open(o) {
     const specs: BlkSpec[] = [];
     try {
-      for (const d of o.drives ?? []) specs.push({ kind: "blk", disk: openDisk(typeof d === "string" ? parseDriveSpec(d) : d) });
+      for (const d of o.drives ?? []) {
+        const drive = typeof d === "string" ? parseDriveSpec(d) : d;
+        specs.push({ kind: "blk", disk: openDisk(drive), queues: blkQueues(drive, o.cpus ?? 1) });
+      }
     } catch (e) {
       specs.forEach((s) => closeDisk(s.disk));
       throw e;
@@ -45,9 +71,9 @@ export const blkKind: DeviceKind<BlkSpec, BlkOptions> = {
   close: (spec) => closeDisk(spec.disk),
   model: (spec) => ({
     deviceId: VIRTIO_ID_BLOCK,
-    features: blkFeatures(spec.disk),
-    queueSizes: [BLK_QUEUE_SIZE],
-    config: blkConfig(spec.disk, BLK_QUEUE_SIZE),
+    features: blkFeatures(spec.disk, spec.queues),
+    queueSizes: Array(spec.queues).fill(BLK_QUEUE_SIZE),
+    config: blkConfig(spec.disk, BLK_QUEUE_SIZE, spec.queues),
   }),
   // vda…vdz, then vdaa like Linux's sd_format_disk_name; 19 devices never get there.
   name: (spec, n) => `virtio-blk vd${String.fromCharCode(0x61 + n)} (${spec.disk.path})`,

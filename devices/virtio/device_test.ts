@@ -19,7 +19,7 @@ test("virtioCmdline is the form Linux's virtio_mmio.device= parser takes: size@b
 });
 
 test("describe: device IDs, queue counts and config sizes per virtio 1.2 §5", () => {
-  const blk = describe({ kind: "blk", disk: disk("a.img") });
+  const blk = describe({ kind: "blk", disk: disk("a.img"), queues: 1 });
   assert.deepEqual([blk.deviceId, blk.queueSizes.length], [2, 1]);
   assert.ok(blk.config.length >= 8, "blk config has at least the capacity");
   const rng = describe({ kind: "rng" });
@@ -29,7 +29,7 @@ test("describe: device IDs, queue counts and config sizes per virtio 1.2 §5", (
 });
 
 test("deviceNames names disks vda, vdb… in order, whatever sits between them", () => {
-  const specs: VirtioSpec[] = [{ kind: "blk", disk: disk("a.img") }, { kind: "rng" }, { kind: "blk", disk: disk("b.img", true) }];
+  const specs: VirtioSpec[] = [{ kind: "blk", disk: disk("a.img"), queues: 1 }, { kind: "rng" }, { kind: "blk", disk: disk("b.img", true), queues: 1 }];
   assert.deepEqual(deviceNames(specs), ["virtio-blk vda (a.img)", "virtio-rng", "virtio-blk vdb (b.img)"]);
 });
 

@@ -14,6 +14,10 @@
  *   seqread   dd if=/dev/vda of=/dev/null bs=1M count=N iflag=direct
  *   randread  /bench/randread /dev/vda OPS: OPS reads of 4 KiB at random
  *             4 KiB-aligned offsets, O_DIRECT, one at a time (queue depth 1)
+ *   parread   with `cpus` > 1 only: one randread per vCPU at once, each
+ *             pinned to its vCPU (taskset): as many requests in flight as
+ *             vCPUs, which vmm serves on one queue per vCPU (VIRTIO_BLK_F_MQ)
+ *             and QEMU on its thread pool
  *
  * Before a phase the guest prints `@@go NAME` and waits (`read -t`) for a line
  * on its console; the driver answers once it has read the contender's CPU
@@ -41,9 +45,17 @@ import { S_IFDIR, S_IFREG, writeCpio } from "../../guest/cpio.ts";
 import { randreadElf } from "./randread_elf.ts";
 
 export const MEM_MIB = 512;
+/** vCPUs unless `cpus` says otherwise. */
 export const CPUS = 1;
 export const PHASES = ["seqwrite", "seqread", "randread"] as const;
-export type Phase = (typeof PHASES)[number];
+/** The phase that runs only with more than one vCPU. */
+export const PAR_PHASE = "parread";
+export type Phase = (typeof PHASES)[number] | typeof PAR_PHASE;
+
+/** The phases a run with `cpus` vCPUs has. */
+export function phasesFor(cpus: number): Phase[] {
+  return cpus > 1 ? [...PHASES, PAR_PHASE] : [...PHASES];
+}
 
 export interface BlkBenchOptions {
   kernel: string;
@@ -59,8 +71,10 @@ export interface BlkBenchOptions {
   timeoutMs?: number;
   /** MiB written and read sequentially; also the image's size. */
   sizeMiB?: number;
-  /** 4 KiB random reads per run. */
+  /** 4 KiB random reads per run (per reader in parread). */
   randOps?: number;
+  /** vCPUs of every contender; above 1 adds the parread phase. */
+  cpus?: number;
   /** Where the image and initramfs go; default a new directory under the OS temp dir. */
   dir?: string;
   /** Repository root (cwd of the vmm contenders). */
@@ -84,10 +98,10 @@ export interface PhaseSample {
   guestCpuSec: number;
 }
 
-export type RunSample = Record<Phase, PhaseSample>;
+export type RunSample = Record<(typeof PHASES)[number], PhaseSample> & { parread?: PhaseSample };
 
 export type BlkRecord =
-  | { type: "host"; host: BlkResult["host"]; contenders: Contender[]; sizeMiB: number; randOps: number }
+  | { type: "host"; host: BlkResult["host"]; contenders: Contender[]; sizeMiB: number; randOps: number; cpus?: number }
   | { type: "sample"; name: string; sample: RunSample }
   | { type: "failure"; name: string; msg: string };
 
@@ -107,6 +121,7 @@ export interface BlkResult {
   host: { kernel: string; cpus: number; nested: boolean; clkTck: number };
   sizeMiB: number;
   randOps: number;
+  cpus: number;
   contenders: ContenderResult[];
 }
 
@@ -126,6 +141,7 @@ export function fromRecords(records: BlkRecord[]): BlkResult {
     host: h?.host ?? { kernel: "?", cpus: 0, nested: false, clkTck: 100 },
     sizeMiB: h?.sizeMiB ?? 0,
     randOps: h?.randOps ?? 0,
+    cpus: h?.cpus ?? CPUS,
     contenders: res,
   };
 }
@@ -135,7 +151,12 @@ export function fromRecords(records: BlkRecord[]): BlkResult {
  * closed on the console. Output is a few short lines: console bytes are slow
  * under nested KVM and would be counted in the phase.
  */
-export function guestScript(sizeMiB: number, randOps: number): string {
+export function guestScript(sizeMiB: number, randOps: number, cpus = CPUS): string {
+  // parread: a pinned reader per vCPU, each waited for, so any one failing fails the phase.
+  const par = cpus > 1
+    ? [`go parread; pids=""; for c in $(seq 0 ${cpus - 1}); do taskset -c $c /bench/randread /dev/vda ${randOps} & pids="$pids $!"; done; ` +
+      'for p in $pids; do wait $p || echo "@@fail parread"; done; done_ parread']
+    : [];
   return [
     "set -u",
     "up() { cut -d' ' -f1 /proc/uptime; }",
@@ -145,20 +166,21 @@ export function guestScript(sizeMiB: number, randOps: number): string {
     `go seqwrite; dd if=/dev/zero of=/dev/vda bs=1M count=${sizeMiB} oflag=direct 2>/dev/null || echo "@@fail seqwrite"; done_ seqwrite`,
     `go seqread; dd if=/dev/vda of=/dev/null bs=1M count=${sizeMiB} iflag=direct 2>/dev/null || echo "@@fail seqread"; done_ seqread`,
     `go randread; /bench/randread /dev/vda ${randOps} || echo "@@fail randread"; done_ randread`,
+    ...par,
     'echo "@@end"',
   ].join("\n");
 }
 
 /** The three contenders' command lines; `initrd` already holds /bench/randread, `qemuInitrd` also /vmm/run.sh. */
-export function contenders(o: { kernel: string; initrd: string; qemuInitrd: string; cmdline: string; image: string; script: string }): Contender[] {
+export function contenders(o: { kernel: string; initrd: string; qemuInitrd: string; cmdline: string; image: string; script: string; cpus?: number }): Contender[] {
   const vmmArgs = [
-    "run", "--busybox", "--kernel", o.kernel, "--initrd", o.initrd, "--cpus", String(CPUS), "--memory", `${MEM_MIB}M`,
+    "run", "--busybox", "--kernel", o.kernel, "--initrd", o.initrd, "--cpus", String(o.cpus ?? CPUS), "--memory", `${MEM_MIB}M`,
     "--drive", o.image, "--", "sh", "-c", o.script,
   ];
   return [
     { name: "vmm-bun", argv: ["bun", "bin/vmm.ts", ...vmmArgs] },
     { name: "vmm-deno", argv: ["deno", "run", "-A", "--no-check", "bin/vmm.ts", ...vmmArgs] },
-    { name: "qemu", argv: qemuArgv({ kernel: o.kernel, initrd: o.qemuInitrd, cmdline: o.cmdline, image: o.image }) },
+    { name: "qemu", argv: qemuArgv({ kernel: o.kernel, initrd: o.qemuInitrd, cmdline: o.cmdline, image: o.image, cpus: o.cpus }) },
   ];
 }
 
@@ -166,16 +188,18 @@ export function contenders(o: { kernel: string; initrd: string; qemuInitrd: stri
  * QEMU's microvm as bench-boot runs it, plus the drive: `-drive if=none` with
  * QEMU's defaults (cache=writeback, aio=threads: the host page cache, as vmm)
  * and a virtio-blk-device on microvm's virtio-mmio transport, which its ACPI
- * DSDT lists for the guest.
+ * DSDT lists for the guest. A virtio-blk-device has one queue unless
+ * num-queues says more (only virtio-blk-pci defaults to one per vCPU); QEMU
+ * keeps several requests of one queue in flight on its thread pool.
  */
-export function qemuArgv(o: { kernel: string; initrd: string; cmdline: string; image: string }): string[] {
+export function qemuArgv(o: { kernel: string; initrd: string; cmdline: string; image: string; cpus?: number }): string[] {
   return [
     "qemu-system-x86_64",
     "-M", "microvm",
     "-accel", "kvm",
     "-cpu", "host",
     "-m", String(MEM_MIB),
-    "-smp", String(CPUS),
+    "-smp", String(o.cpus ?? CPUS),
     "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
     "-serial", "stdio",
     "-kernel", o.kernel,
@@ -193,11 +217,12 @@ export async function runBlkBench(o: BlkBenchOptions): Promise<BlkResult> {
   const timeoutMs = o.timeoutMs ?? 300_000;
   const sizeMiB = o.sizeMiB ?? 256;
   const randOps = o.randOps ?? 20_000;
+  const cpus = o.cpus ?? CPUS;
   const emit = o.onRecord ?? (() => {});
   for (const f of [o.kernel, o.initrd]) if (!existsSync(f)) throw new Error(`No such file: ${f}`);
   const tmp = o.dir ?? mkdtempSync(join(tmpdir(), "vmm-bench-blk-"));
   try {
-    const script = guestScript(sizeMiB, randOps);
+    const script = guestScript(sizeMiB, randOps, cpus);
     const base = new Uint8Array(readFileSync(o.initrd));
     const withTools = concatInitrd(base, benchArchive());
     const initrd = join(tmp, "initrd-bench.cpio");
@@ -206,19 +231,23 @@ export async function runBlkBench(o: BlkBenchOptions): Promise<BlkResult> {
     writeFileSync(qemuInitrd, concatInitrd(withTools, runArchive(["sh", "-c", script])));
     const image = join(tmp, "disk.raw");
     writeImage(image, sizeMiB);
-    const list = contenders({ kernel: o.kernel, initrd, qemuInitrd, cmdline: o.cmdline, image, script });
+    const list = contenders({ kernel: o.kernel, initrd, qemuInitrd, cmdline: o.cmdline, image, script, cpus });
     const results: ContenderResult[] = list.map((c) => ({ ...c, runs: [], failures: [] }));
-    emit({ type: "host", host: hostInfo(), contenders: list, sizeMiB, randOps });
+    emit({ type: "host", host: hostInfo(), contenders: list, sizeMiB, randOps, cpus });
     await rotateContenders(list, results, {
       warmup,
       runs: o.runs,
       log,
-      run: (c, say) => runOnce(c, o.repo, timeoutMs, tmp, { sizeMiB, randOps }, say),
-      describe: (s) => PHASES.map((p) => `${p} ${rate(p, s[p])}, cpu ${s[p].cpuSec.toFixed(2)} s (+ ${s[p].guestCpuSec.toFixed(2)} s in guest mode)`).join("; "),
+      run: (c, say) => runOnce(c, o.repo, timeoutMs, tmp, { sizeMiB, randOps, cpus }, say),
+      describe: (s) =>
+        phasesFor(cpus).map((p) => {
+          const x = s[p]!;
+          return `${p} ${rate(p, x)}, cpu ${x.cpuSec.toFixed(2)} s (+ ${x.guestCpuSec.toFixed(2)} s in guest mode)`;
+        }).join("; "),
       onSample: (c, s) => emit({ type: "sample", name: c.name, sample: s }),
       onFailure: (c, msg) => emit({ type: "failure", name: c.name, msg }),
     });
-    return { host: hostInfo(), sizeMiB, randOps, contenders: results };
+    return { host: hostInfo(), sizeMiB, randOps, cpus, contenders: results };
   } finally {
     if (!o.dir) rmSync(tmp, { recursive: true, force: true });
   }
@@ -226,7 +255,7 @@ export async function runBlkBench(o: BlkBenchOptions): Promise<BlkResult> {
 
 /** One phase's headline number: MiB/s, or IOPS for randread. */
 export function rate(p: Phase, s: PhaseSample): string {
-  return p === "randread" ? `${(s.ops / s.guestSec).toFixed(0)} IOPS` : `${(s.bytes / 2 ** 20 / s.guestSec).toFixed(1)} MiB/s`;
+  return p === "randread" || p === PAR_PHASE ? `${(s.ops / s.guestSec).toFixed(0)} IOPS` : `${(s.bytes / 2 ** 20 / s.guestSec).toFixed(1)} MiB/s`;
 }
 
 /** The raw image: every block allocated (written, not sparse), so reads are of real pages. */
@@ -273,7 +302,7 @@ function runOnce(
   cwd: string,
   timeoutMs: number,
   tmp: string,
-  w: { sizeMiB: number; randOps: number },
+  w: { sizeMiB: number; randOps: number; cpus: number },
   log: (l: string) => void,
 ): Promise<RunSample> {
   const fifo = join(tmp, "stdin.fifo");
@@ -329,8 +358,8 @@ function runOnce(
         const now = cpuTicks(child.pid!);
         const wall = (performance.now() - start.wall) / 1000;
         const d = (k: "utime" | "stime" | "gtime") => (now[k] - start.ticks[k]) / tck;
-        const bytes = p === "randread" ? w.randOps * 4096 : w.sizeMiB * 2 ** 20;
-        const ops = p === "randread" ? w.randOps : w.sizeMiB;
+        const ops = p === "randread" ? w.randOps : p === PAR_PHASE ? w.randOps * w.cpus : w.sizeMiB;
+        const bytes = p === "randread" || p === PAR_PHASE ? ops * 4096 : ops * 2 ** 20;
         sample[p] = {
           bytes,
           ops,
@@ -372,7 +401,7 @@ function runOnce(
       const tail = () =>
         `\n  --- stderr tail ---\n${indent(err.slice(-1500))}\n  --- console tail ---\n${indent(out.slice(-1500))}`;
       if (failure) return reject(new Error(failure + tail()));
-      const missing = PHASES.filter((p) => !sample[p]);
+      const missing = phasesFor(w.cpus).filter((p) => !sample[p]);
       if (!ended || missing.length) return reject(new Error(`exited (status ${code ?? signal}) before the end; phases missing: ${missing.join(", ") || "none"}` + tail()));
       if (code !== 0) return reject(new Error(`exited with status ${code ?? signal}` + tail()));
       resolve(sample as RunSample);
@@ -406,6 +435,7 @@ if (import.meta.main) {
       "timeout-ms": { type: "string", default: "300000" },
       size: { type: "string", default: "256" },
       "rand-ops": { type: "string", default: "20000" },
+      cpus: { type: "string", default: String(CPUS) },
       dir: { type: "string" },
       json: { type: "string" },
       progress: { type: "string" },
@@ -419,7 +449,7 @@ if (import.meta.main) {
     process.exit(0);
   }
   if (!values.kernel || !values.initrd || values.cmdline === undefined) {
-    console.error("usage: blk_driver.ts --kernel K --initrd I --cmdline C [--runs N] [--warmup N] [--size MiB] [--rand-ops N] [--dir DIR] [--json FILE] [--progress FILE] [--records FILE]");
+    console.error("usage: blk_driver.ts --kernel K --initrd I --cmdline C [--runs N] [--warmup N] [--size MiB] [--rand-ops N] [--cpus N] [--dir DIR] [--json FILE] [--progress FILE] [--records FILE]");
     process.exit(2);
   }
   const repo = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
@@ -432,6 +462,7 @@ if (import.meta.main) {
     timeoutMs: Number(values["timeout-ms"]),
     sizeMiB: Number(values.size),
     randOps: Number(values["rand-ops"]),
+    cpus: Number(values.cpus),
     dir: values.dir,
     repo,
     onRecord: (rec) => {
