@@ -327,8 +327,10 @@ function runOnce(c: Contender, cwd: string, timeoutMs: number, tmp: string, log:
       if (out.length > 65536) out = out.slice(-32768);
       if (!tReady && out.includes(MARKER)) {
         tReady = performance.now();
+        if (idleMs === 0) powerOff();
         pid = childOf(child.pid!);
         sample = memoryAtReady(pid);
+        if (idleMs > 0 && !pid) powerOff(); // no process to measure
         if (idleMs > 0 && pid) {
           const p = pid;
           timers.push(setTimeout(() => {
@@ -344,8 +346,6 @@ function runOnce(c: Contender, cwd: string, timeoutMs: number, tmp: string, log:
               powerOff(); // gone already: its exit says why
             }
           }, IDLE_SETTLE_MS));
-        } else {
-          powerOff();
         }
       }
     });
