@@ -209,6 +209,7 @@ test("blkQueues(): one queue per vCPU up to the default, queues=N up to the vCPU
   assert.equal(blkQueues({ queues: 1 }, 8), 1);
   assert.equal(blkQueues({ queues: 8 }, 8), 8);
   assert.equal(blkQueues({ queues: 8 }, 2), 2, "a queue no vCPU submits on would only cost a Worker");
+  for (const bad of [0, -1, 1.5, NaN]) assert.equal(blkQueues({}, bad), 1, `cpus ${bad}: the VM refuses it later, with its own message`);
 });
 
 test("blkConfig() leaves discard and write-zeroes fields zero on a read-only disk", () => {

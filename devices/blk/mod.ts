@@ -36,9 +36,14 @@ export interface BlkOptions {
   cpus?: number;
 }
 
-/** How many request queues a drive gets: what it asked for, else BLK_DEFAULT_QUEUES, and never more than one per vCPU. */
+/**
+ * How many request queues a drive gets: what it asked for, else
+ * BLK_DEFAULT_QUEUES, and never more than one per vCPU. A vCPU count that is
+ * no count counts as 1 here: making the VM refuses it, naming --cpus.
+ */
 export function blkQueues(d: Pick<DriveSpec, "queues">, cpus: number): number {
-  return Math.max(1, Math.min(d.queues ?? BLK_DEFAULT_QUEUES, cpus));
+  const vcpus = Number.isInteger(cpus) && cpus >= 1 ? cpus : 1;
+  return Math.min(d.queues ?? BLK_DEFAULT_QUEUES, vcpus);
 }
 
 export const blkKind: DeviceKind<BlkSpec, BlkOptions> = {
