@@ -27,6 +27,7 @@
 import { close, errno, libc, LOCK_EX, LOCK_NB, NativeBuf, O_NONBLOCK, O_RDONLY, O_RDWR, open } from "../../ffi/libc.ts";
 import { E, errnoName, SysError } from "../../ffi/errno.ts";
 import { ConfigError } from "../../vm/vm.ts";
+import { VIRTIO_MAX_QUEUES } from "../../loop/shared.ts";
 
 /** The virtio-blk serial (GET_ID answer) is at most 20 bytes (virtio 1.2 §5.2.6). */
 export const DRIVE_ID_MAX_BYTES = 20;
@@ -43,8 +44,8 @@ export interface DriveSpec {
   queues?: number;
 }
 
-/** The most request queues one drive may ask for: each is a Worker. */
-export const DRIVE_MAX_QUEUES = 16;
+/** The most request queues one drive may ask for: as many as a device's shared block has room for. */
+export const DRIVE_MAX_QUEUES = VIRTIO_MAX_QUEUES;
 
 /** An open disk image, locked for this VM. Plain data: a queue Worker receives it as is. */
 export interface Disk {
