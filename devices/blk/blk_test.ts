@@ -15,6 +15,7 @@ import { close, libc, O_RDONLY, open } from "../../ffi/libc.ts";
 import { SysError } from "../../ffi/errno.ts";
 import { closeDisk, type Disk, openDisk } from "./disk.ts";
 import { BLK_DEFAULT_QUEUES, blkQueues } from "./mod.ts";
+import { ConfigError } from "../../vm/vm.ts";
 import { GuestError, Virtqueue } from "../virtio/ring.ts";
 import { type DriverBuffer, DriverQueue } from "../../test/support/driver_queue.ts";
 import {
@@ -203,13 +204,19 @@ test("several queues: VIRTIO_BLK_F_MQ (bit 12) and num_queues at offset 34; one 
 });
 
 test("blkQueues(): one queue per vCPU up to the default, queues=N up to the vCPUs", () => {
-  assert.equal(blkQueues({}, 1), 1);
-  assert.equal(blkQueues({}, 2), 2);
-  assert.equal(blkQueues({}, 64), BLK_DEFAULT_QUEUES);
-  assert.equal(blkQueues({ queues: 1 }, 8), 1);
-  assert.equal(blkQueues({ queues: 8 }, 8), 8);
-  assert.equal(blkQueues({ queues: 8 }, 2), 2, "a queue no vCPU submits on would only cost a Worker");
-  for (const bad of [0, -1, 1.5, NaN]) assert.equal(blkQueues({}, bad), 1, `cpus ${bad}: the VM refuses it later, with its own message`);
+  const d = (queues?: number) => ({ path: "d.img", queues });
+  assert.equal(blkQueues(d(), 1), 1);
+  assert.equal(blkQueues(d(), 2), 2);
+  assert.equal(blkQueues(d(), 64), BLK_DEFAULT_QUEUES);
+  assert.equal(blkQueues(d(1), 8), 1);
+  assert.equal(blkQueues(d(8), 8), 8);
+  assert.equal(blkQueues(d(8), 2), 2, "a queue no vCPU submits on would only cost a Worker");
+  for (const bad of [0, -1, 1.5, NaN]) assert.equal(blkQueues(d(), bad), 1, `cpus ${bad}: the VM refuses it later, with its own message`);
+  // A DriveSpec object does not pass through parseDriveSpec: the same limits, the same one line.
+  for (const bad of [0, 17, 2.5, NaN]) {
+    assert.throws(() => blkQueues(d(bad), 4), (e: Error) =>
+      e instanceof ConfigError && e.message === "--drive d.img: queues takes a whole number from 1 to 16 (queues=N)");
+  }
 });
 
 test("blkConfig() leaves discard and write-zeroes fields zero on a read-only disk", () => {

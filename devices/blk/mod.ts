@@ -7,8 +7,8 @@
  * **Several requests in flight.** A queue Worker does one request at a time:
  * preadv/pwritev block it until the host is done. So a drive gets one
  * request queue per vCPU, up to BLK_DEFAULT_QUEUES unless `queues=N` asks
- * for more (VIRTIO_BLK_F_MQ, as QEMU's num-queues, whose default is also one
- * per vCPU). Linux's blk-mq gives each CPU its queue, so requests issued on
+ * for more (VIRTIO_BLK_F_MQ; QEMU's num-queues, whose default for
+ * virtio-blk-pci is also one per vCPU). Linux's blk-mq gives each CPU its queue, so requests issued on
  * different vCPUs run on different Workers at once, each sleeping on its own
  * ioeventfd. The Workers share the image's fd and nothing else: a flush's
  * fdatasync on one queue covers every write completed on any of them.
@@ -16,7 +16,8 @@
 import type { DeviceKind } from "../virtio/kind.ts";
 import { type QueueHandler, serveAll } from "../virtio/queue_handler.ts";
 import { blkConfig, blkFeatures, BlkQueue, VIRTIO_ID_BLOCK } from "./blk.ts";
-import { closeDisk, type Disk, type DriveSpec, openDisk, parseDriveSpec } from "./disk.ts";
+import { closeDisk, type Disk, DRIVE_MAX_QUEUES, type DriveSpec, openDisk, parseDriveSpec } from "./disk.ts";
+import { ConfigError } from "../../vm/vm.ts";
 
 export const BLK_QUEUE_SIZE = 256;
 /** Request queues a drive gets without `queues=N`: one per vCPU up to this many (each is a Worker). */
@@ -39,11 +40,17 @@ export interface BlkOptions {
 /**
  * How many request queues a drive gets: what it asked for, else
  * BLK_DEFAULT_QUEUES, and never more than one per vCPU. A vCPU count that is
- * no count counts as 1 here: making the VM refuses it, naming --cpus.
+ * no count counts as 1 here: making the VM refuses it, naming --cpus. A
+ * `queues` out of range (a DriveSpec object skips parseDriveSpec) is a
+ * ConfigError naming the drive.
  */
-export function blkQueues(d: Pick<DriveSpec, "queues">, cpus: number): number {
+export function blkQueues(d: Pick<DriveSpec, "path" | "queues">, cpus: number): number {
+  const q = d.queues ?? BLK_DEFAULT_QUEUES;
+  if (!Number.isInteger(q) || q < 1 || q > DRIVE_MAX_QUEUES) {
+    throw new ConfigError(`--drive ${d.path}: queues takes a whole number from 1 to ${DRIVE_MAX_QUEUES} (queues=N)`);
+  }
   const vcpus = Number.isInteger(cpus) && cpus >= 1 ? cpus : 1;
-  return Math.min(d.queues ?? BLK_DEFAULT_QUEUES, vcpus);
+  return Math.min(q, vcpus);
 }
 
 export const blkKind: DeviceKind<BlkSpec, BlkOptions> = {
@@ -65,7 +72,8 @@ export const blkKind: DeviceKind<BlkSpec, BlkOptions> = {
     try {
       for (const d of o.drives ?? []) {
         const drive = typeof d === "string" ? parseDriveSpec(d) : d;
-        specs.push({ kind: "blk", disk: openDisk(drive), queues: blkQueues(drive, o.cpus ?? 1) });
+        const queues = blkQueues(drive, o.cpus ?? 1); // before the open: it may throw
+        specs.push({ kind: "blk", disk: openDisk(drive), queues });
       }
     } catch (e) {
       specs.forEach((s) => closeDisk(s.disk));
