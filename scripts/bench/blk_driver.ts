@@ -39,7 +39,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, wri
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { indent, rotateContenders } from "./common.ts";
+import { clockTicksPerSecond, cpuTicks, indent, rotateContenders } from "./common.ts";
 import { concatInitrd, runArchive } from "../../mod.ts";
 import { S_IFDIR, S_IFREG, writeCpio } from "../../guest/cpio.ts";
 import { randreadElf } from "./randread_elf.ts";
@@ -51,6 +51,11 @@ export const PHASES = ["seqwrite", "seqread", "randread"] as const;
 /** The phase that runs only with more than one vCPU. */
 export const PAR_PHASE = "parread";
 export type Phase = (typeof PHASES)[number] | typeof PAR_PHASE;
+
+/** Phases of 4 KiB random reads, counted in IOPS; the others move 1 MiB blocks. */
+function randomReads(p: Phase): boolean {
+  return p === "randread" || p === PAR_PHASE;
+}
 
 /** The phases a run with `cpus` vCPUs has. */
 export function phasesFor(cpus: number): Phase[] {
@@ -255,7 +260,7 @@ export async function runBlkBench(o: BlkBenchOptions): Promise<BlkResult> {
 
 /** One phase's headline number: MiB/s, or IOPS for randread. */
 export function rate(p: Phase, s: PhaseSample): string {
-  return p === "randread" || p === PAR_PHASE ? `${(s.ops / s.guestSec).toFixed(0)} IOPS` : `${(s.bytes / 2 ** 20 / s.guestSec).toFixed(1)} MiB/s`;
+  return randomReads(p) ? `${(s.ops / s.guestSec).toFixed(0)} IOPS` : `${(s.bytes / 2 ** 20 / s.guestSec).toFixed(1)} MiB/s`;
 }
 
 /** The raw image: every block allocated (written, not sparse), so reads are of real pages. */
@@ -279,18 +284,7 @@ function hostInfo(): BlkResult["host"] {
     }
   };
   const cpus = (read("/proc/cpuinfo").match(/^processor\s*:/gm) ?? []).length;
-  let clkTck = 100;
-  try {
-    clkTck = Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 100;
-  } catch { /* Linux's USER_HZ is 100 everywhere that matters */ }
-  return { kernel: read("/proc/sys/kernel/osrelease"), cpus, nested: !!process.env.VMM_NESTED, clkTck };
-}
-
-/** utime, stime and guest_time of a process, in clock ticks (proc(5): fields 14, 15, 43). */
-function cpuTicks(pid: number): { utime: number; stime: number; gtime: number } {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // f[0] is field 3
-  return { utime: Number(f[11]), stime: Number(f[12]), gtime: Number(f[40]) };
+  return { kernel: read("/proc/sys/kernel/osrelease"), cpus, nested: !!process.env.VMM_NESTED, clkTck: clockTicksPerSecond() };
 }
 
 /**
@@ -359,7 +353,7 @@ function runOnce(
         const wall = (performance.now() - start.wall) / 1000;
         const d = (k: "utime" | "stime" | "gtime") => (now[k] - start.ticks[k]) / tck;
         const ops = p === "randread" ? w.randOps : p === PAR_PHASE ? w.randOps * w.cpus : w.sizeMiB;
-        const bytes = p === "randread" || p === PAR_PHASE ? ops * 4096 : ops * 2 ** 20;
+        const bytes = randomReads(p) ? ops * 4096 : ops * 2 ** 20;
         sample[p] = {
           bytes,
           ops,

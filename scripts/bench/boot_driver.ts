@@ -42,7 +42,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { indent, rotateContenders } from "./common.ts";
+import { clockTicksPerSecond, cpuTicks, indent, rotateContenders } from "./common.ts";
 
 export const MARKER = "vmm-guest: ready";
 export const MEM_MIB = 512;
@@ -241,13 +241,6 @@ export const GIVE_UP_MS = 15000;
 /** With idleMs: how long after the marker the idle measurement starts (the init's last work and the shell's start are over). */
 export const IDLE_SETTLE_MS = 10_000;
 
-/** utime + stime of a process, all its threads, in clock ticks (USER_HZ, 100 on Linux). */
-function cpuTicks(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return Number(f[11]) + Number(f[12]); // fields 14 and 15 of proc(5), counted from the state (field 3)
-}
-
 /**
  * One boot of one contender, measured. Throws with the stderr tail when the
  * contender fails (no marker, bad exit status, timeout). A contender that
@@ -338,7 +331,9 @@ function runOnce(c: Contender, cwd: string, timeoutMs: number, tmp: string, log:
               const a = cpuTicks(p), ta = performance.now();
               timers.push(setTimeout(() => {
                 try {
-                  sample.idlePct = (cpuTicks(p) - a) * 10 / (performance.now() - ta) * 100; // a tick is 10 ms
+                  const b = cpuTicks(p), ms = performance.now() - ta;
+                  const cpuMs = (b.utime + b.stime - a.utime - a.stime) * 1000 / clockTicksPerSecond();
+                  sample.idlePct = cpuMs / ms * 100;
                 } catch { /* gone: no figure */ }
                 powerOff();
               }, idleMs));

@@ -1,9 +1,11 @@
 /**
- * What every benchmark shares: the contenders' rotation, medians, and the
- * indentation of a failed run's output. The drivers (boot, blk, fs) and the
- * front ends (scripts/bench-*.ts) take these from here; scripts/bench/nested.ts
- * runs a driver in the nested host.
+ * What every benchmark shares: the contenders' rotation, medians, a
+ * process's CPU times, and the indentation of a failed run's output. The
+ * drivers (boot, blk, fs) and the front ends (scripts/bench-*.ts) take these
+ * from here; scripts/bench/nested.ts runs a driver in the nested host.
  */
+import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 
 /** A contender's measured runs and failures, as a driver reports them. */
 export interface Tally<S> {
@@ -77,6 +79,22 @@ export function median(xs: readonly number[]): number {
 /** Median, least, most and count of `xs`. */
 export function stats(xs: readonly number[]): { med: number; min: number; max: number; n: number } {
   return { med: median(xs), min: Math.min(...xs), max: Math.max(...xs), n: xs.length };
+}
+
+/** utime, stime and guest_time of a process (all its threads), in clock ticks (proc(5): fields 14, 15, 43). */
+export function cpuTicks(pid: number): { utime: number; stime: number; gtime: number } {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // f[0] is field 3
+  return { utime: Number(f[11]), stime: Number(f[12]), gtime: Number(f[40]) };
+}
+
+/** Clock ticks per second, the unit of cpuTicks (`getconf CLK_TCK`). */
+export function clockTicksPerSecond(): number {
+  try {
+    return Number(execFileSync("getconf", ["CLK_TCK"]).toString().trim()) || 100;
+  } catch {
+    return 100; // Linux's USER_HZ is 100 everywhere that matters
+  }
 }
 
 /** A failed command's output, indented under the line that names it. */
