@@ -39,7 +39,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, wri
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { clockTicksPerSecond, cpuTicks, indent, rotateContenders } from "./common.ts";
+import { clockTicksPerSecond, cpuTicks, hostBasics, indent, rotateContenders } from "./common.ts";
 import { concatInitrd, runArchive } from "../../mod.ts";
 import { S_IFDIR, S_IFREG, writeCpio } from "../../guest/cpio.ts";
 import { randreadElf } from "./randread_elf.ts";
@@ -276,15 +276,7 @@ function writeImage(path: string, sizeMiB: number): void {
 }
 
 function hostInfo(): BlkResult["host"] {
-  const read = (p: string) => {
-    try {
-      return readFileSync(p, "utf8").trim();
-    } catch {
-      return "?";
-    }
-  };
-  const cpus = (read("/proc/cpuinfo").match(/^processor\s*:/gm) ?? []).length;
-  return { kernel: read("/proc/sys/kernel/osrelease"), cpus, nested: !!process.env.VMM_NESTED, clkTck: clockTicksPerSecond() };
+  return { ...hostBasics(), clkTck: clockTicksPerSecond() };
 }
 
 /**

@@ -42,7 +42,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { clockTicksPerSecond, cpuTicks, indent, rotateContenders } from "./common.ts";
+import { clockTicksPerSecond, cpuTicks, hostBasics, indent, readText, rotateContenders } from "./common.ts";
 
 export const MARKER = "vmm-guest: ready";
 export const MEM_MIB = 512;
@@ -223,16 +223,8 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
 }
 
 function hostInfo(): BenchResult["host"] {
-  const read = (p: string) => {
-    try {
-      return readFileSync(p, "utf8").trim();
-    } catch {
-      return "?";
-    }
-  };
-  const thp = /\[(\w+)\]/.exec(read("/sys/kernel/mm/transparent_hugepage/enabled"))?.[1] ?? "?";
-  const cpus = (read("/proc/cpuinfo").match(/^processor\s*:/gm) ?? []).length;
-  return { kernel: read("/proc/sys/kernel/osrelease"), cpus, thp, nested: !!process.env.VMM_NESTED };
+  const thp = /\[(\w+)\]/.exec(readText("/sys/kernel/mm/transparent_hugepage/enabled"))?.[1] ?? "?";
+  return { ...hostBasics(), thp };
 }
 
 /** After the marker: `poweroff -f` is written again every RESEND_MS, and the run given up as "ignored" after GIVE_UP_MS. */

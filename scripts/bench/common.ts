@@ -1,11 +1,13 @@
 /**
  * What every benchmark shares: the contenders' rotation, medians, a
- * process's CPU times, and the indentation of a failed run's output. The
- * drivers (boot, blk, fs) and the front ends (scripts/bench-*.ts) take these
- * from here; scripts/bench/nested.ts runs a driver in the nested host.
+ * process's CPU times, the machine a run ran on, and the indentation of a
+ * failed run's output. The drivers (boot, blk, fs) and the front ends
+ * (scripts/bench-*.ts) take these from here; scripts/bench/nested.ts runs a
+ * driver in the nested host.
  */
 import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
+import process from "node:process";
 
 /** A contender's measured runs and failures, as a driver reports them. */
 export interface Tally<S> {
@@ -95,6 +97,28 @@ export function clockTicksPerSecond(): number {
   } catch {
     return 100; // Linux's USER_HZ is 100 everywhere that matters
   }
+}
+
+/** A text file's contents, trimmed; "?" where it cannot be read (a /proc or /sys file another kernel lacks). */
+export function readText(path: string): string {
+  try {
+    return readFileSync(path, "utf8").trim();
+  } catch {
+    return "?";
+  }
+}
+
+/** The machine a run ran on, as every benchmark reports it: its kernel, its CPUs, and whether it is the nested host. */
+export interface HostBasics {
+  kernel: string;
+  cpus: number;
+  nested: boolean;
+}
+
+/** This machine's HostBasics (inside the nested host, L1's). */
+export function hostBasics(): HostBasics {
+  const cpus = (readText("/proc/cpuinfo").match(/^processor\s*:/gm) ?? []).length;
+  return { kernel: readText("/proc/sys/kernel/osrelease"), cpus, nested: !!process.env.VMM_NESTED };
 }
 
 /** A failed command's output, indented under the line that names it. */

@@ -40,7 +40,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, sta
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { indent } from "./common.ts";
+import { hostBasics, indent, readText } from "./common.ts";
 import { exitOf } from "../../test/support/vmm_cli.ts";
 
 /** Files in the synthetic metadata tree: TREE_DIRS directories of TREE_FILES_PER_DIR files. */
@@ -364,13 +364,6 @@ function residency(file: string): { residentBytes: number; sizeBytes: number } |
 }
 
 export function hostInfo(repo: string, big: string): FsHost {
-  const read = (p: string) => {
-    try {
-      return readFileSync(p, "utf8").trim();
-    } catch {
-      return "?";
-    }
-  };
   const sh = (cmd: string, args: string[]) => {
     try {
       return execFileSync(cmd, args, { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim();
@@ -378,13 +371,10 @@ export function hostInfo(repo: string, big: string): FsHost {
       return "?";
     }
   };
-  const cpuinfo = read("/proc/cpuinfo");
   return {
-    kernel: read("/proc/sys/kernel/osrelease"),
-    cpus: (cpuinfo.match(/^processor\s*:/gm) ?? []).length,
-    cpuModel: /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? "?",
-    memMiB: Math.round(Number(/^MemTotal:\s+(\d+)/m.exec(read("/proc/meminfo"))?.[1] ?? 0) / 1024),
-    nested: !!process.env.VMM_NESTED,
+    ...hostBasics(),
+    cpuModel: /^model name\s*:\s*(.*)$/m.exec(readText("/proc/cpuinfo"))?.[1] ?? "?",
+    memMiB: Math.round(Number(/^MemTotal:\s+(\d+)/m.exec(readText("/proc/meminfo"))?.[1] ?? 0) / 1024),
     repoFs: sh("stat", ["-f", "-c", "%T", repo]),
     bigFs: sh("stat", ["-f", "-c", "%T", big]),
     bun: sh("bun", ["--version"]),
