@@ -62,8 +62,9 @@ export const fsKind: DeviceKind<FsSpec, FsOptions> = {
     help: `--share DIR[,tag=NAME][,ro][,cache=always]
                     a host directory over virtio-fs (repeat); in the guest:
                     mount -t virtiofs NAME /mnt (NAME defaults to DIR's name);
-                    cache=always: the guest trusts names and attributes for
-                    a day, not a second (for a directory the host leaves be)`,
+                    cache=always: the guest trusts names, absent names and
+                    attributes for a day, not a second (for a directory the
+                    host leaves be)`,
     apply(values, o) {
       o.shares = parseShareOptions(values as string[]);
     },

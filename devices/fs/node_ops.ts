@@ -115,7 +115,14 @@ export const lookup: Op = (s, req, r, dir) => {
   }
   const e = checkName(name);
   if (e) return r.error(e);
-  return entryReply(s, r, s.lookup(dir, name));
+  const res = s.lookup(dir, name);
+  if (res === -ENOENT && s.negativeTimeout > 0n) {
+    // nodeid 0 with a timeout: the guest keeps "not there" (Share.negativeTimeout).
+    r.clear(ENTRY_OUT.SIZE);
+    r.view.setBigUint64(H + ENTRY_OUT.ENTRY_VALID, s.negativeTimeout, true);
+    return r.ok(ENTRY_OUT.SIZE);
+  }
+  return entryReply(s, r, res);
 };
 
 export const getattr: Op = (s, req, r, inode) => {

@@ -186,6 +186,27 @@ test("cache=always lets the guest keep entries and attributes for a day; auto, f
   }
 });
 
+test("cache=always answers a missing name with a negative entry the guest keeps; auto, with ENOENT", () => {
+  const { d, done } = shareRig(() => {}, true, "always");
+  try {
+    const r = d.send(F.FUSE_LOOKUP, [cstr("missing")], { nodeid: ROOT });
+    assert.equal(r.error, 0, "nodeid 0 is FUSE's ENOENT that holds");
+    assert.equal(r.body.length, F.ENTRY_OUT.SIZE);
+    assert.equal(r.view.getBigUint64(F.ENTRY_OUT.NODEID, true), 0n);
+    assert.equal(r.view.getBigUint64(F.ENTRY_OUT.ENTRY_VALID, true), 86400n, "kept for a day, as names are");
+    assert.equal(r.view.getBigUint64(F.ENTRY_OUT.ATTR_VALID, true), 0n);
+    assert.equal(d.lookup(ROOT, "missing").error, 0);
+  } finally {
+    done();
+  }
+  const auto = shareRig(() => {}, true, "auto");
+  try {
+    assert.equal(auto.d.lookup(ROOT, "missing").error, -F.ENOENT);
+  } finally {
+    auto.done();
+  }
+});
+
 function setattr(d: FuseDriver, nodeid: bigint, fill: (b: ReturnType<typeof le>) => unknown) {
   const b = le(F.SETATTR_IN.SIZE);
   fill(b);

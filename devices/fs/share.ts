@@ -56,6 +56,17 @@ import { type Inode, InodeTable } from "./inodes.ts";
  */
 export type CacheMode = "auto" | "always";
 export const CACHE_TIMEOUT_S: Record<CacheMode, bigint> = { auto: 1n, always: 86400n };
+/**
+ * How long the guest may trust that a name is absent (a negative dentry:
+ * LOOKUP answered with nodeid 0 and this entry timeout, which FUSE counts as
+ * ENOENT that holds). Only `always`: there the names cannot change under
+ * the guest, and a run over the host root looks up many names that are not
+ * there, each once per process without it (the dynamic loader tries every
+ * glibc-hwcaps directory before the plain one, the shell every $PATH entry).
+ * Under `auto` a file the host makes must show at once, so ENOENT stays
+ * ENOENT, as virtiofsd answers.
+ */
+export const NEGATIVE_TIMEOUT_S: Record<CacheMode, bigint> = { auto: 0n, always: 86400n };
 /** NAME_MAX: longest name of one component. */
 export const NAME_MAX = 255;
 /** How far `dotdot` climbs looking for the share's root before it gives up. */
@@ -100,11 +111,14 @@ export class Share {
 
   /** Seconds the guest may cache entries and attributes (CACHE_TIMEOUT_S). */
   readonly timeout: bigint;
+  /** Seconds the guest may cache a name's absence; 0: not at all (NEGATIVE_TIMEOUT_S). */
+  readonly negativeTimeout: bigint;
 
   constructor(root: string, readOnly: boolean, cache: CacheMode = "auto") {
     const sys = this.sys;
     this.readOnly = readOnly;
     this.timeout = CACHE_TIMEOUT_S[cache];
+    this.negativeTimeout = NEGATIVE_TIMEOUT_S[cache];
     this.asRoot = sys.geteuid() === 0;
     const close = (fd: number) => void sys.close(fd);
     this.#procFd = sys.openRoot("/proc/self/fd");
