@@ -130,7 +130,8 @@ run_one() {  # NAME COMMAND
   return lines.join("\n");
 }
 
-let output: string;
+let output = "";
+let failed: string | undefined;
 try {
   if (nested) {
     const r = await runNested(script(), { cwd: REPO, timeoutMs: 3_600_000, env: { VMM_CACHE: defaultCacheDir() } });
@@ -138,8 +139,16 @@ try {
   } else {
     output = execFileSync("sh", ["-c", script()], { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
   }
+} catch (e) {
+  // runNested gives up after a second L1 fails too (it froze, died, or lost
+  // a guest's CR3); that L1's samples went with it.
+  failed = (e as Error).message.split("\n")[0];
 } finally {
   rmSync(tmp, { recursive: true, force: true });
+}
+if (failed !== undefined) {
+  console.error(`bench-net: no table: ${failed}`);
+  process.exit(1);
 }
 
 interface Sample {
