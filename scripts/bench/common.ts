@@ -1,7 +1,7 @@
 /**
  * What every benchmark shares: the contenders' rotation, medians, a
  * process's CPU times, the machine a run ran on, and the indentation of a
- * failed run's output. The drivers (boot, blk, fs) and the front ends
+ * failed run's output. The drivers (boot, blk, fs, net) and the front ends
  * (scripts/bench-*.ts) take these from here; scripts/bench/nested.ts runs a
  * driver in the nested host.
  */

@@ -1,7 +1,8 @@
 /**
  * A benchmark driver run inside the nested KVM host, for the front ends
- * (bench-boot.ts, bench-blk.ts, bench-fs.ts) on a machine whose /dev/kvm
- * cannot boot a stock kernel (test/support/nested.ts says how L1 works).
+ * (bench-boot.ts, bench-blk.ts, bench-fs.ts, bench-net.ts) on a machine
+ * whose /dev/kvm cannot boot a stock kernel (test/support/nested.ts says how
+ * L1 works).
  *
  * The driver (scripts/bench/*_driver.ts) runs in L1 with `--progress FILE
  * --records FILE` in a directory shared read-write with this host: it appends
