@@ -21,11 +21,10 @@
  * A benchmark, not a test: nothing here is asserted.
  */
 import { parseArgs } from "node:util";
-import { writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
-import { median } from "./bench/common.ts";
+import { finishReport, markdownTable, median } from "./bench/common.ts";
 import { driverFiles, requireNested, runDriverNested } from "./bench/nested.ts";
 import { kvmKind } from "../vm/host.ts";
 import { DEFAULT_CMDLINE } from "../mod.ts";
@@ -139,10 +138,6 @@ for (const m of metrics) {
   rows.push([m.label, m.unit, cell(b, m.digits), cell(d, m.digits), cell(q, m.digits), ratio(b), ratio(d)]);
 }
 
-// A markdown table: pipes, a header rule, cells padded for reading as text too.
-const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-const line = (r: string[]) => "| " + r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(" | ") + " |";
-const rule = "|" + widths.map((w, i) => (i === 0 ? "-".repeat(w + 2) : "-".repeat(w + 1) + ":")).join("|") + "|";
 
 const n = names.map((x) => `${x} ${byName.get(x)?.runs.length ?? 0}`).join(", ");
 const out: string[] = [];
@@ -157,9 +152,7 @@ out.push(`vmm-bun:  bun bin/vmm.ts run --busybox --kernel K --initrd I --cpus ${
 out.push(`vmm-deno: deno run -A --no-check bin/vmm.ts run … (the same)`);
 out.push(`qemu:     ${qemuArgv({ kernel: "K", initrd: "I+run.sh", cmdline: "<cmdline>", image: "IMG", cpus }).join(" ")}`);
 out.push("");
-out.push(line(header));
-out.push(rule);
-for (const r of rows) out.push(line(r));
+out.push(...markdownTable(header, rows));
 out.push("");
 out.push("MiB/s and IOPS: the guest's own clock (/proc/uptime, 10 ms) around each phase; higher is better, and so are ratios above 1×.");
 out.push("Host CPU: utime − guest_time + stime of the VMM process (all its threads, /proc/PID/stat) between the guest's");
@@ -172,14 +165,4 @@ const wallVsGuest = names.flatMap((nm) =>
 if (wallVsGuest.length) {
   out.push(`Host wall time per phase exceeded the guest's by ${fmt(median(wallVsGuest) * 1000, 0)} ms (median): the console round trips around it.`);
 }
-let failed = partial;
-if (partial) out.push("PARTIAL: L1 failed or stalled before the end (see above); these are the runs finished before that.");
-for (const c of result.contenders) {
-  for (const f of c.failures) {
-    failed = true;
-    out.push(`FAILED ${c.name} ${f}`);
-  }
-}
-console.log(out.join("\n"));
-if (values.json) writeFileSync(values.json, JSON.stringify({ where, result }, null, 2));
-process.exit(failed ? 1 : 0);
+finishReport(out, { partial, contenders: result.contenders, json: values.json, payload: { where, result } });

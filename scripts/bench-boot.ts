@@ -18,10 +18,9 @@
  * A benchmark, not a test: nothing here is asserted.
  */
 import { parseArgs } from "node:util";
-import { writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
-import { median, stats } from "./bench/common.ts";
+import { finishReport, median, stats } from "./bench/common.ts";
 import { driverFiles, requireNested, runDriverNested } from "./bench/nested.ts";
 import { kvmKind } from "../vm/host.ts";
 import { DEFAULT_CMDLINE } from "../mod.ts";
@@ -178,14 +177,10 @@ const resent = result.contenders.flatMap((c) => c.runs.filter((s) => s.resent).m
 if (resent.length) out.push(`Note: poweroff had to be re-sent (5 s later) in runs of: ${resent.join(", ")} — their exit times include that wait.`);
 const huge = names.map((nm) => `${nm} ${median(values3({ ...metrics[0], get: (s) => s.guestHugeKiB }, nm).map((v) => v / 1024)).toFixed(0)}`).join(", ");
 out.push(`Guest RAM in huge pages at ready (MiB, median): ${huge}.`);
-let failed = partial || result.contenders.some((c) => c.runs.some((s) => s.poweroffIgnored));
-if (partial) out.push("PARTIAL: L1 failed or stalled before the end (see above); these are the runs finished before that.");
-for (const c of result.contenders) {
-  for (const f of c.failures) {
-    failed = true;
-    out.push(`FAILED ${c.name} ${f}`);
-  }
-}
-console.log(out.join("\n"));
-if (values.json) writeFileSync(values.json, JSON.stringify({ where, result }, null, 2));
-process.exit(failed ? 1 : 0);
+finishReport(out, {
+  partial,
+  contenders: result.contenders,
+  json: values.json,
+  payload: { where, result },
+  failed: result.contenders.some((c) => c.runs.some((s) => s.poweroffIgnored)),
+});

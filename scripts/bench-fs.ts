@@ -33,7 +33,7 @@ import { execFileSync } from "node:child_process";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
-import { median } from "./bench/common.ts";
+import { markdownTable, median } from "./bench/common.ts";
 import { driverFiles, requireNested, runDriverNested } from "./bench/nested.ts";
 import { kvmKind } from "../vm/host.ts";
 import { ensureDefaultGuest } from "../guest/build.ts";
@@ -214,12 +214,6 @@ section("(e) the command's stdout to a file on the host, timed in the guest");
   rows.push([`  ${result.serialKiB} KiB of 64-byte lines: vmm run --busybox (serial console)`, "MiB/s", cell(nat), cell(ser), ratio(ser, nat), "", ""]);
 }
 
-// A markdown table: pipes, a header rule, cells padded for reading as text too.
-// A pipe inside a cell (a shell pipeline) is escaped, as GitHub's tables want.
-for (const r of rows) r[0] = r[0].replaceAll("|", "\\|");
-const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-const line = (r: string[]) => "| " + r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(" | ") + " |";
-const rule = "|" + widths.map((w, i) => (i === 0 ? "-".repeat(w + 2) : "-".repeat(w + 1) + ":")).join("|") + "|";
 
 const h = result.host;
 const pct = (res: number | undefined, size: number) => (res === undefined || !size ? "?" : `${((100 * res) / size).toFixed(0)}%`);
@@ -242,9 +236,7 @@ out.push(`host page cache: BIG was ${pct(outerCache, result.bigBytes)} resident 
   (cacheRuns ? `; ${cacheRuns} resident in the native host before each run (after the warm-up pass)` : "") +
   "; nothing is dropped anywhere");
 out.push("");
-out.push(line(header));
-out.push(rule);
-for (const r of rows) out.push(line(r));
+out.push(...markdownTable(header, rows));
 out.push("");
 out.push("Each run: the workload natively (bash, both passes), then in one `vmm run -- bash -c SCRIPT` guest, both passes;");
 out.push("then `true` natively and the two vmm `true`s (rotating order); then stdout natively, through vmm run, and through the");

@@ -25,10 +25,9 @@
  * A benchmark, not a test: nothing here is asserted.
  */
 import { parseArgs } from "node:util";
-import { writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
-import { median, stats } from "./bench/common.ts";
+import { finishReport, markdownTable, median, stats } from "./bench/common.ts";
 import { driverFiles, requireNested, runDriverNested } from "./bench/nested.ts";
 import { kvmKind } from "../vm/host.ts";
 import { DEFAULT_CMDLINE } from "../mod.ts";
@@ -117,9 +116,6 @@ const rows = metrics.map((m) => {
   const ratio = (xs: number[]) => (xs.length && q.length ? `${(median(xs) / median(q)).toFixed(2)}×` : "–");
   return [m.label, m.unit, cell(b, m.digits), cell(d, m.digits), cell(q, m.digits), ratio(b), ratio(d)];
 });
-const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-const line = (r: string[]) => "| " + r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(" | ") + " |";
-const rule = "|" + widths.map((w, i) => (i === 0 ? "-".repeat(w + 2) : "-".repeat(w + 1) + ":")).join("|") + "|";
 
 const out: string[] = [];
 out.push(`Network benchmark (${new Date().toISOString().slice(0, 16)}Z), ${((Date.now() - started) / 60000).toFixed(1)} min`);
@@ -131,21 +127,9 @@ out.push(`runs: ${names.map((x) => `${x} ${byName.get(x)?.runs.length ?? 0}`).jo
 out.push(`vmm:  bun|deno bin/vmm.ts run --busybox --kernel K --initrd I --cpus 1 --memory ${MEM_MIB}M --net tap=tap0 -- sh -c GUEST`);
 out.push(`qemu: ${qemuArgv({ kernel: "K", initrd: "I+run.sh", cmdline: "<cmdline>" }).join(" ")}`);
 out.push("");
-out.push(line(header));
-out.push(rule);
-for (const r of rows) out.push(line(r));
+out.push(...markdownTable(header, rows));
 out.push("");
 out.push("Throughput: wall time of each transfer on the host; higher is better, and so are ratios above 1×.");
 out.push("Host CPU: utime − guest_time + stime of the VMM process (all its threads, /proc/PID/stat) around both");
 out.push(`transfers, per GiB moved; lower is better. CPU times come in clock ticks (1/${result.host.clkTck} s).`);
-let failed = partial;
-if (partial) out.push("PARTIAL: L1 failed or stalled before the end (see above); these are the runs finished before that.");
-for (const c of result.contenders) {
-  for (const f of c.failures) {
-    failed = true;
-    out.push(`FAILED ${c.name} ${f}`);
-  }
-}
-console.log(out.join("\n"));
-if (values.json) writeFileSync(values.json, JSON.stringify({ where, result }, null, 2));
-process.exit(failed ? 1 : 0);
+finishReport(out, { partial, contenders: result.contenders, json: values.json, payload: { where, result } });

@@ -39,7 +39,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, wri
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { clockTicksPerSecond, cpuTicks, hostBasics, indent, rotateContenders } from "./common.ts";
+import { clockTicksPerSecond, cpuTicks, driverOutput, hostBasics, indent, rotateContenders } from "./common.ts";
 import { concatInitrd, runArchive } from "../../mod.ts";
 import { S_IFDIR, S_IFREG, writeCpio } from "../../guest/cpio.ts";
 import { randreadElf } from "./randread_elf.ts";
@@ -409,7 +409,6 @@ export function benchArchive(): Uint8Array {
 /** CLI: `bun scripts/bench/blk_driver.ts --kernel K --initrd I --cmdline C [--runs N] ...`. */
 if (import.meta.main) {
   const { parseArgs } = await import("node:util");
-  const { appendFileSync } = await import("node:fs");
   const { values } = parseArgs({
     args: process.argv.slice(2),
     options: {
@@ -438,6 +437,7 @@ if (import.meta.main) {
     console.error("usage: blk_driver.ts --kernel K --initrd I --cmdline C [--runs N] [--warmup N] [--size MiB] [--rand-ops N] [--cpus N] [--dir DIR] [--json FILE] [--progress FILE] [--records FILE]");
     process.exit(2);
   }
+  const output = driverOutput(values);
   const repo = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
   const r = await runBlkBench({
     kernel: values.kernel,
@@ -451,15 +451,8 @@ if (import.meta.main) {
     cpus: Number(values.cpus),
     dir: values.dir,
     repo,
-    onRecord: (rec) => {
-      if (values.records) appendFileSync(values.records, JSON.stringify(rec) + "\n");
-    },
-    log: (l) => {
-      console.log(l);
-      if (values.progress) appendFileSync(values.progress, l + "\n");
-    },
+    onRecord: output.onRecord,
+    log: output.log,
   });
-  const json = JSON.stringify(r);
-  if (values.json) writeFileSync(values.json, json);
-  else console.log(`@@bench-json ${json}`);
+  output.result(r);
 }

@@ -42,7 +42,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { clockTicksPerSecond, cpuTicks, hostBasics, indent, readText, rotateContenders } from "./common.ts";
+import { clockTicksPerSecond, cpuTicks, driverOutput, hostBasics, indent, readText, rotateContenders } from "./common.ts";
 
 export const MARKER = "vmm-guest: ready";
 export const MEM_MIB = 512;
@@ -446,7 +446,6 @@ function memoryAtReady(pid: number | undefined): Partial<RunSample> {
 /** CLI: `bun scripts/bench/boot_driver.ts --kernel K --initrd I --cmdline C [--runs N] [--json FILE]`. */
 if (import.meta.main) {
   const { parseArgs } = await import("node:util");
-  const { writeFileSync, appendFileSync } = await import("node:fs");
   const { values } = parseArgs({
     args: process.argv.slice(2),
     options: {
@@ -467,6 +466,7 @@ if (import.meta.main) {
     console.error("usage: boot_driver.ts --kernel K --initrd I --cmdline C [--runs N] [--warmup N] [--idle-ms MS] [--json FILE] [--progress FILE] [--records FILE]");
     process.exit(2);
   }
+  const output = driverOutput(values);
   const repo = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
   const r = await runBench({
     kernel: values.kernel,
@@ -478,15 +478,8 @@ if (import.meta.main) {
     startupRuns: Number(values["startup-runs"]),
     idleMs: Number(values["idle-ms"]),
     repo,
-    onRecord: (r) => {
-      if (values.records) appendFileSync(values.records, JSON.stringify(r) + "\n");
-    },
-    log: (l) => {
-      console.log(l);
-      if (values.progress) appendFileSync(values.progress, l + "\n");
-    },
+    onRecord: output.onRecord,
+    log: output.log,
   });
-  const json = JSON.stringify(r);
-  if (values.json) writeFileSync(values.json, json);
-  else console.log(`@@bench-json ${json}`);
+  output.result(r);
 }

@@ -6,7 +6,7 @@
  * driver in the nested host.
  */
 import { execFileSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { appendFileSync, readFileSync, writeFileSync } from "node:fs";
 import process from "node:process";
 
 /** A contender's measured runs and failures, as a driver reports them. */
@@ -124,4 +124,68 @@ export function hostBasics(): HostBasics {
 /** A failed command's output, indented under the line that names it. */
 export function indent(s: string): string {
   return s.replace(/\r/g, "").split("\n").map((l) => "  | " + l).join("\n");
+}
+
+/**
+ * Where a driver's output goes, from its `--records`, `--progress` and
+ * `--json` options: each record a JSON line in the records file, each
+ * progress line printed and appended to the progress file (both read by
+ * scripts/bench/nested.ts as they grow), and the whole result in the JSON
+ * file, or printed after `@@bench-json`.
+ */
+export function driverOutput(o: { records?: string; progress?: string; json?: string }): {
+  onRecord: (r: unknown) => void;
+  log: (line: string) => void;
+  result: (r: unknown) => void;
+} {
+  return {
+    onRecord: (r) => {
+      if (o.records) appendFileSync(o.records, JSON.stringify(r) + "\n");
+    },
+    log: (l) => {
+      console.log(l);
+      if (o.progress) appendFileSync(o.progress, l + "\n");
+    },
+    result: (r) => {
+      const json = JSON.stringify(r);
+      if (o.json) writeFileSync(o.json, json);
+      else console.log(`@@bench-json ${json}`);
+    },
+  };
+}
+
+/**
+ * A markdown table, its cells padded so that it reads as text too: the
+ * first column left-aligned, the others right-aligned. A pipe inside a cell
+ * (a shell pipeline) is escaped, as GitHub's tables want.
+ */
+export function markdownTable(header: readonly string[], rows: readonly (readonly string[])[]): string[] {
+  const esc = (r: readonly string[]) => r.map((c) => c.replaceAll("|", "\\|"));
+  const body = rows.map(esc);
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((r) => r[i].length)));
+  const line = (r: readonly string[]) => "| " + r.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(" | ") + " |";
+  const rule = "|" + widths.map((w, i) => (i === 0 ? "-".repeat(w + 2) : "-".repeat(w + 1) + ":")).join("|") + "|";
+  return [line(esc(header)), rule, ...body.map(line)];
+}
+
+/**
+ * A front end's last lines: PARTIAL when L1 cut the run short, each failed
+ * run of each contender; then the report is printed, the JSON written, and
+ * the process exits 1 if anything failed (or `failed` says so), else 0.
+ */
+export function finishReport(
+  out: string[],
+  o: { partial: boolean; contenders: readonly { name: string; failures: readonly string[] }[]; json?: string; payload: unknown; failed?: boolean },
+): never {
+  let failed = o.partial || !!o.failed;
+  if (o.partial) out.push("PARTIAL: L1 failed or stalled before the end (see above); these are the runs finished before that.");
+  for (const c of o.contenders) {
+    for (const f of c.failures) {
+      failed = true;
+      out.push(`FAILED ${c.name} ${f}`);
+    }
+  }
+  console.log(out.join("\n"));
+  if (o.json) writeFileSync(o.json, JSON.stringify(o.payload, null, 2));
+  process.exit(failed ? 1 : 0);
 }

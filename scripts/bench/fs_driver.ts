@@ -40,7 +40,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, sta
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { hostBasics, indent, readText } from "./common.ts";
+import { driverOutput, hostBasics, indent, readText } from "./common.ts";
 import { exitOf } from "../../test/support/vmm_cli.ts";
 
 /** Files in the synthetic metadata tree: TREE_DIRS directories of TREE_FILES_PER_DIR files. */
@@ -389,7 +389,6 @@ export function q(s: string): string {
 /** CLI: `bun scripts/bench/fs_driver.ts --big FILE --tree DIR [--runs N] [--records FILE] [--progress FILE]`. */
 if (import.meta.main) {
   const { parseArgs } = await import("node:util");
-  const { appendFileSync, writeFileSync } = await import("node:fs");
   const { values } = parseArgs({
     args: process.argv.slice(2),
     options: {
@@ -409,6 +408,7 @@ if (import.meta.main) {
     console.error("usage: fs_driver.ts --big FILE --tree DIR [--runs N] [--stdout-mib N] [--serial-kib N] [--warm FILE]... [--json FILE] [--progress FILE] [--records FILE]");
     process.exit(2);
   }
+  const output = driverOutput(values);
   const repo = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
   const r = await runFsBench({
     repo,
@@ -419,15 +419,8 @@ if (import.meta.main) {
     serialKiB: Number(values["serial-kib"]),
     timeoutMs: Number(values["timeout-ms"]),
     warm: values.warm ?? [],
-    onRecord: (rec) => {
-      if (values.records) appendFileSync(values.records, JSON.stringify(rec) + "\n");
-    },
-    log: (l) => {
-      console.log(l);
-      if (values.progress) appendFileSync(values.progress, l + "\n");
-    },
+    onRecord: output.onRecord,
+    log: output.log,
   });
-  const json = JSON.stringify(r);
-  if (values.json) writeFileSync(values.json, json);
-  else console.log(`@@bench-json ${json}`);
+  output.result(r);
 }

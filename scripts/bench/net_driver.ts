@@ -29,7 +29,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, wri
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { clockTicksPerSecond, cpuTicks, hostBasics, type HostBasics, indent, rotateContenders } from "./common.ts";
+import { clockTicksPerSecond, cpuTicks, driverOutput, hostBasics, type HostBasics, indent, rotateContenders } from "./common.ts";
 import { concatInitrd, runArchive } from "../../mod.ts";
 
 export const MEM_MIB = 512;
@@ -265,7 +265,6 @@ async function runOnce(c: Contender, o: { repo: string; tmp: string; sizeMiB: nu
 /** CLI: `bun scripts/bench/net_driver.ts --kernel K --initrd I --cmdline C [--runs N] ...`. */
 if (import.meta.main) {
   const { parseArgs } = await import("node:util");
-  const { appendFileSync } = await import("node:fs");
   const { values } = parseArgs({
     args: process.argv.slice(2),
     options: {
@@ -286,6 +285,7 @@ if (import.meta.main) {
     console.error("usage: net_driver.ts --kernel K --initrd I --cmdline C [--runs N] [--warmup N] [--size MiB] [--timeout-ms MS] [--dir DIR] [--json FILE] [--progress FILE] [--records FILE]");
     process.exit(2);
   }
+  const output = driverOutput(values);
   const repo = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
   const r = await runNetBench({
     kernel: values.kernel,
@@ -297,15 +297,8 @@ if (import.meta.main) {
     sizeMiB: Number(values.size),
     dir: values.dir,
     repo,
-    onRecord: (rec) => {
-      if (values.records) appendFileSync(values.records, JSON.stringify(rec) + "\n");
-    },
-    log: (l) => {
-      console.log(l);
-      if (values.progress) appendFileSync(values.progress, l + "\n");
-    },
+    onRecord: output.onRecord,
+    log: output.log,
   });
-  const json = JSON.stringify(r);
-  if (values.json) writeFileSync(values.json, json);
-  else console.log(`@@bench-json ${json}`);
+  output.result(r);
 }
