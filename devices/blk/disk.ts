@@ -46,6 +46,13 @@ export interface DriveSpec {
 
 /** The most request queues one drive may ask for: as many as a device's shared block has room for. */
 export const DRIVE_MAX_QUEUES = VIRTIO_MAX_QUEUES;
+/** What a queue count out of range is told, from `queues=N` or a DriveSpec object alike. */
+export const QUEUES_RANGE = `queues takes a whole number from 1 to ${DRIVE_MAX_QUEUES} (queues=N)`;
+
+/** Whether `n` can be a drive's queue count: a whole number from 1 to DRIVE_MAX_QUEUES. */
+export function validQueues(n: number): boolean {
+  return Number.isInteger(n) && n >= 1 && n <= DRIVE_MAX_QUEUES;
+}
 
 /** An open disk image, locked for this VM. Plain data: a queue Worker receives it as is. */
 export interface Disk {
@@ -82,9 +89,7 @@ export function parseDriveSpec(s: string): DriveSpec {
       spec.readOnly = true;
     } else if (name === "queues") {
       const v = opt.slice(eq + 1);
-      if (eq < 0 || !/^[0-9]+$/.test(v) || Number(v) < 1 || Number(v) > DRIVE_MAX_QUEUES) {
-        throw fail(`queues takes a whole number from 1 to ${DRIVE_MAX_QUEUES} (queues=N)`);
-      }
+      if (eq < 0 || !/^[0-9]+$/.test(v) || !validQueues(Number(v))) throw fail(QUEUES_RANGE);
       spec.queues = Number(v);
     } else {
       if (eq < 0) throw fail(`option "id" needs a value (id=NAME)`);

@@ -16,7 +16,7 @@
 import type { DeviceKind } from "../virtio/kind.ts";
 import { type QueueHandler, serveAll } from "../virtio/queue_handler.ts";
 import { blkConfig, blkFeatures, BlkQueue, VIRTIO_ID_BLOCK } from "./blk.ts";
-import { closeDisk, type Disk, DRIVE_MAX_QUEUES, type DriveSpec, openDisk, parseDriveSpec } from "./disk.ts";
+import { closeDisk, type Disk, type DriveSpec, openDisk, parseDriveSpec, QUEUES_RANGE, validQueues } from "./disk.ts";
 import { ConfigError } from "../../vm/vm.ts";
 
 export const BLK_QUEUE_SIZE = 256;
@@ -46,9 +46,7 @@ export interface BlkOptions {
  */
 export function blkQueues(d: Pick<DriveSpec, "path" | "queues">, cpus: number): number {
   const q = d.queues ?? BLK_DEFAULT_QUEUES;
-  if (!Number.isInteger(q) || q < 1 || q > DRIVE_MAX_QUEUES) {
-    throw new ConfigError(`--drive ${d.path}: queues takes a whole number from 1 to ${DRIVE_MAX_QUEUES} (queues=N)`);
-  }
+  if (!validQueues(q)) throw new ConfigError(`--drive ${d.path}: ${QUEUES_RANGE}`);
   const vcpus = Number.isInteger(cpus) && cpus >= 1 ? cpus : 1;
   return Math.min(q, vcpus);
 }
