@@ -112,6 +112,8 @@ export const CAP = {
   XCRS: 56,
   TSC_CONTROL: 60,
   KVMCLOCK_CTRL: 76,
+  /** KVM emulates the LAPIC timer's TSC-deadline mode (vm/cpuid.ts sets the CPUID bit). */
+  TSC_DEADLINE_TIMER: 72,
   /** Returns the size of struct kvm_xsave KVM_GET_XSAVE2 fills (>= 4096); ask the VM fd. */
   XSAVE2: 208,
 } as const;

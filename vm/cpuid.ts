@@ -8,6 +8,15 @@
 import type { CpuidEntry } from "../ffi/structs.ts";
 
 const LEAF1_ECX_HYPERVISOR = 1 << 31;
+/**
+ * The LAPIC timer's TSC-deadline mode. KVM emulates it whenever it says
+ * KVM_CAP_TSC_DEADLINE_TIMER, but leaves the bit out of its supported list
+ * for the VMM to set, as QEMU, Firecracker and Cloud Hypervisor do. Linux
+ * then arms its timer with one MSR write and, above all, skips
+ * calibrate_APIC_clock(): without the bit, every boot of every guest spins
+ * 100 ms on the TSC (LAPIC_CAL_LOOPS ticks) to learn the LAPIC timer's rate.
+ */
+const LEAF1_ECX_TSC_DEADLINE = 1 << 24;
 const LEAF1_EDX_HTT = 1 << 28;
 const AMD_80000001_ECX_CMP_LEGACY = 1 << 1;
 
@@ -18,12 +27,18 @@ function bitsFor(n: number): number {
   return b;
 }
 
+/** What the VMM knows about its KVM beyond the supported CPUID list. */
+export interface CpuidHost {
+  /** KVM_CAP_TSC_DEADLINE_TIMER: KVM emulates the LAPIC timer's TSC-deadline mode. */
+  tscDeadline?: boolean;
+}
+
 /**
  * CPUID entries for vCPU `id` of `cpus`, all cores of one socket with one
  * thread each. APIC ids equal vCPU ids, as KVM assigns them and as the ACPI
  * MADT lists them.
  */
-export function vcpuCpuid(supported: CpuidEntry[], id: number, cpus: number): CpuidEntry[] {
+export function vcpuCpuid(supported: CpuidEntry[], id: number, cpus: number, host: CpuidHost = {}): CpuidEntry[] {
   const coreBits = bitsFor(cpus);
   const out: CpuidEntry[] = [];
   for (const src of supported) {
@@ -33,6 +48,7 @@ export function vcpuCpuid(supported: CpuidEntry[], id: number, cpus: number): Cp
         // EBX[31:24] initial APIC id, [23:16] logical processors per package.
         e.ebx = (e.ebx & 0x0000ffff) | (id << 24) | (Math.min(cpus, 255) << 16);
         e.ecx |= LEAF1_ECX_HYPERVISOR;
+        if (host.tscDeadline) e.ecx |= LEAF1_ECX_TSC_DEADLINE;
         e.edx = cpus > 1 ? e.edx | LEAF1_EDX_HTT : e.edx & ~LEAF1_EDX_HTT;
         break;
       case 0x4: {

@@ -96,3 +96,13 @@ test("vcpuCpuid() passes other leaves through and leaves its input alone", () =>
   assert.deepEqual(input, before);
   assert.deepEqual(leaf(out, 0), before[0]);
 });
+
+test("vcpuCpuid() offers the TSC-deadline timer (leaf 1 ECX[24]) only when KVM says it emulates it", () => {
+  // KVM's own list leaves the bit clear (the fixture's made-up ECX has it).
+  const kvmList = supported().map((e) => (e.function === 1 ? { ...e, ecx: e.ecx & ~(1 << 24) } : e));
+  const without = leaf(vcpuCpuid(kvmList, 0, 1), 1);
+  const withCap = leaf(vcpuCpuid(kvmList, 0, 1, { tscDeadline: true }), 1);
+  assert.equal((without.ecx >>> 24) & 1, 0, "no KVM_CAP_TSC_DEADLINE_TIMER: the bit stays clear");
+  assert.equal((withCap.ecx >>> 24) & 1, 1, "KVM_CAP_TSC_DEADLINE_TIMER: the bit is set");
+  assert.equal(u32(withCap.ecx & ~(1 << 24)), u32(without.ecx), "no other ECX bit changes");
+});

@@ -108,10 +108,11 @@ export class Vm {
     this.regions.forEach((r, slot) => this.vm.setUserMemoryRegion(slot, r.gpa, r.size, this.memAddr + BigInt(r.offset)));
     self.mem = new GuestMemory(hostView(this.memAddr, this.memSize), this.regions, this.memAddr);
 
+    const host = { tscDeadline: this.kvm.checkExtension(CAP.TSC_DEADLINE_TIMER) > 0 };
     for (let id = 0; id < o.cpus; id++) {
       const fd = this.vm.createVcpu(id);
       this.vcpuFds.push(fd);
-      new VcpuFd(fd).setCpuid(vcpuCpuid(this.supportedCpuid, id, o.cpus));
+      new VcpuFd(fd).setCpuid(vcpuCpuid(this.supportedCpuid, id, o.cpus, host));
     }
   }
 
