@@ -48,6 +48,8 @@ export interface VirtioDeviceInit {
   ackFd: number;
   /** Writing it raises the device's interrupt (KVM_IRQFD). */
   irqFd: number;
+  /** The ioeventfd that swallows the driver's InterruptACK writes in KVM; never read (loop/virtio.ts). */
+  intAckFd: number;
 }
 
 /** A queue Worker's init. */

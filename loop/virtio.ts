@@ -6,7 +6,10 @@
  * (`wireVirtio`), and puts the device's reset-time configuration space into
  * its shared block. From then on a guest kick is a write KVM turns into an
  * eventfd signal, and an interrupt is an eventfd write KVM turns into an
- * IOAPIC pulse: neither passes through user space on the vCPU.
+ * IOAPIC pulse: neither passes through user space on the vCPU. Nor does the
+ * driver's InterruptACK: a read of InterruptStatus already took the bits
+ * (devices/virtio/mmio.ts), so KVM swallows the ACK write into an eventfd
+ * nobody reads, and an interrupt costs the vCPU one exit, the status read.
  *
  * `startQueues`, `stopQueues`, `pauseQueues` and `resumeQueues` move the
  * queue Workers' state words (loop/shared.ts Q). A vCPU starts and resets
@@ -18,7 +21,7 @@
 import { close, EFD_CLOEXEC, EFD_NONBLOCK, eventfd, eventfdRead, eventfdSignal, Poller } from "../ffi/libc.ts";
 import { ioeventfd, irqfd } from "../ffi/kvm.ts";
 import { deviceNames, describe, initConfig, virtioSlot } from "../devices/virtio/device.ts";
-import { VIRTIO_MMIO_QUEUE_NOTIFY } from "../devices/virtio/mmio.ts";
+import { VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_QUEUE_NOTIFY } from "../devices/virtio/mmio.ts";
 import type { VirtioSpec } from "../devices/registry.ts";
 import { Q, queueRunWord, VIRTIO_MAX_DEVICES, virtioBlock } from "./shared.ts";
 import type { VirtioDeviceInit } from "./messages.ts";
@@ -45,6 +48,9 @@ export function wireVirtio(vmFd: number, specs: readonly VirtioSpec[], shared: U
       initConfig(spec, shared.subarray(block));
       const irqFd = fd();
       irqfd(vmFd, irqFd, irq);
+      // Any 32-bit write: the driver writes back the bits it read.
+      const intAckFd = fd();
+      ioeventfd(vmFd, { fd: intAckFd, addr: base + VIRTIO_MMIO_INTERRUPT_ACK, len: 4 });
       const ioFds: number[] = [], wakeFds: number[] = [];
       for (let q = 0; q < queues; q++) {
         const io = fd();
@@ -54,7 +60,7 @@ export function wireVirtio(vmFd: number, specs: readonly VirtioSpec[], shared: U
         ioFds.push(io);
         wakeFds.push(fd());
       }
-      return { spec, name: names[index], base, block, ioFds, wakeFds, ackFd: fd(), irqFd };
+      return { spec, name: names[index], base, block, ioFds, wakeFds, ackFd: fd(), irqFd, intAckFd };
     });
   } catch (e) {
     made.forEach(close);
@@ -64,7 +70,7 @@ export function wireVirtio(vmFd: number, specs: readonly VirtioSpec[], shared: U
 
 /** Close every eventfd of `devs` (KVM drops its irqfds and ioeventfds with the VM fd). */
 export function unwireVirtio(devs: readonly VirtioDeviceInit[]): void {
-  for (const d of devs) [d.irqFd, d.ackFd, ...d.ioFds, ...d.wakeFds].forEach(close);
+  for (const d of devs) [d.irqFd, d.intAckFd, d.ackFd, ...d.ioFds, ...d.wakeFds].forEach(close);
 }
 
 function stateWord(dev: VirtioDeviceInit, q: number): number {

@@ -12,8 +12,10 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { close, eventfdSignal, hostView, libc, mmapAnon, NativeBuf, O_CLOEXEC, O_NONBLOCK, pipe, writeAll } from "../ffi/libc.ts";
+import { close, EFD_CLOEXEC, eventfd, eventfdSignal, hostView, libc, mmapAnon, NativeBuf, O_CLOEXEC, O_NONBLOCK, pipe, writeAll } from "../ffi/libc.ts";
 import { Vm } from "../vm/vm.ts";
+import { ioeventfd } from "../ffi/kvm.ts";
+import { SysError } from "../ffi/errno.ts";
 import { closeDisk, openDisk } from "../devices/blk/disk.ts";
 import { transportFor } from "../devices/virtio/device.ts";
 import { kindOf, type VirtioSpec } from "../devices/registry.ts";
@@ -31,6 +33,7 @@ import {
   VIRTIO_MMIO_INT_CONFIG,
   VIRTIO_MMIO_INT_VRING,
   VIRTIO_MMIO_INTERRUPT_ACK,
+  VIRTIO_MMIO_INTERRUPT_STATUS,
   VIRTIO_MMIO_QUEUE_DESC_LOW,
   VIRTIO_MMIO_QUEUE_DEVICE_LOW,
   VIRTIO_MMIO_QUEUE_DRIVER_LOW,
@@ -160,8 +163,30 @@ test("virtio-rng queue Worker fills a buffer the guest posted and raises VRING",
     assert.deepEqual(dq.popUsed()?.len, 64);
     assert.ok(r.vm.mem.slice(BUFS, 64).some((b) => b !== 0), "random bytes arrived");
     await until(() => (t.interruptStatus & VIRTIO_MMIO_INT_VRING) !== 0, "InterruptStatus VRING");
-    t.write(VIRTIO_MMIO_INTERRUPT_ACK, 4, VIRTIO_MMIO_INT_VRING);
-    assert.equal(t.interruptStatus, 0);
+    assert.equal(t.read(VIRTIO_MMIO_INTERRUPT_STATUS, 4), VIRTIO_MMIO_INT_VRING, "the driver's read finds VRING");
+    assert.equal(t.interruptStatus, 0, "and takes it");
+  } finally {
+    assert.deepEqual(await r.close(), []);
+    r.free();
+  }
+});
+
+test("KVM swallows every device's InterruptACK write: wireVirtio registered an ioeventfd on it", async () => {
+  const r = await rig([{ kind: "rng" }, { kind: "rng" }]);
+  try {
+    for (const d of r.devs) {
+      const efd = eventfd(EFD_CLOEXEC);
+      try {
+        // KVM refuses a second ioeventfd of the same address, length and match (EEXIST).
+        assert.throws(() => ioeventfd(r.vm.vm.fd, { fd: efd, addr: d.base + VIRTIO_MMIO_INTERRUPT_ACK, len: 4 }), (e: unknown) => {
+          assert.ok(e instanceof SysError);
+          assert.equal(e.code, "EEXIST");
+          return true;
+        });
+      } finally {
+        close(efd);
+      }
+    }
   } finally {
     assert.deepEqual(await r.close(), []);
     r.free();
