@@ -21,6 +21,8 @@
  * A transfer that comes short or meets its bound fails the run, and the
  * failure says why: the VM still ran (the transfer stalled), or its process
  * had ended, with the last of what it printed (a triple fault, a panic).
+ * Each step watches the VM while it runs: a VM that dies mid-transfer fails
+ * the run at once, not when the transfer's bound runs out.
  *
  * It works on Bun and on Deno (node: built-ins only).
  */
@@ -165,10 +167,43 @@ export async function runNetBench(o: NetBenchOptions): Promise<NetResult> {
   }
 }
 
-/** `sh -c SCRIPT`, its stdout and status; `stdin` an fd or "ignore". */
-function sh(script: string, stdin: number | "ignore" = "ignore"): { out: string; status: number } {
-  const r = spawnSync("sh", ["-c", script], { stdio: [stdin, "pipe", "ignore"], encoding: "utf8", maxBuffer: 1 << 20 });
-  return { out: r.stdout ?? "", status: r.status ?? -1 };
+/** What one host-side step printed and how it ended; `vmEnded` when the VM's exit cut it short. */
+interface StepResult {
+  out: string;
+  status: number;
+  vmEnded: boolean;
+}
+
+/** How long a step may still finish after the VM's exit: a guest can power off before the host's side of a transfer has returned. */
+const STEP_GRACE_MS = 5000;
+
+/**
+ * `sh -c SCRIPT` in a process group of its own, its stdout and status, while
+ * the VM runs: if `vmExit` settles first and the step does not end within
+ * STEP_GRACE_MS, the step's group is killed and the result says `vmEnded`.
+ * `stdin` is an fd or "ignore". The scripts bound their commands with
+ * `timeout --foreground`, which keeps them in that group (plain `timeout`
+ * makes a group of its own, which the kill would miss).
+ */
+async function step(script: string, vmExit: Promise<void>, stdin: number | "ignore" = "ignore"): Promise<StepResult> {
+  const child = spawn("sh", ["-c", script], { stdio: [stdin, "pipe", "ignore"], detached: true });
+  let out = "";
+  child.stdout?.setEncoding("utf8");
+  child.stdout?.on("data", (d: string) => {
+    if (out.length < 1 << 20) out += d;
+  });
+  const done = new Promise<number>((res) => {
+    child.on("close", (code, signal) => res(code ?? (signal ? 128 : -1)));
+    child.on("error", () => res(-1));
+  });
+  const first = await Promise.race([done.then(() => "step" as const), vmExit.then(() => "vm" as const)]);
+  if (first === "vm" && await Promise.race([done.then(() => false), sleep(STEP_GRACE_MS).then(() => true)])) {
+    try {
+      if (child.pid) process.kill(-child.pid, "SIGKILL");
+    } catch { /* already gone */ }
+    return { out, status: await done, vmEnded: true };
+  }
+  return { out, status: await done, vmEnded: false };
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -189,6 +224,8 @@ async function runOnce(c: Contender, o: { repo: string; tmp: string; sizeMiB: nu
   let outFd = -1, holdFd = -1;
   let pid = 0;
   let ended: string | null = null;
+  /** performance.now() when the VM's exit was heard. */
+  let endedAt = 0;
   let exited: Promise<void> = Promise.resolve();
   const consoleTail = () => {
     try {
@@ -199,8 +236,8 @@ async function runOnce(c: Contender, o: { repo: string; tmp: string; sizeMiB: nu
   };
   /**
    * Why a step failed: whether the VM is still there, and what it printed
-   * last. The transfers block this thread (spawnSync), so an exit that
-   * happened meanwhile is heard only now: give it a second to arrive.
+   * last. An exit that came with the failure may take a moment to be heard:
+   * give it a second to arrive.
    */
   const why = async (step: string) => {
     await Promise.race([exited, sleep(1000)]);
@@ -223,10 +260,12 @@ async function runOnce(c: Contender, o: { repo: string; tmp: string; sizeMiB: nu
     exited = new Promise<void>((res) => {
       child.on("exit", (code, signal) => {
         ended = `status ${code ?? signal}`;
+        endedAt = performance.now();
         res();
       });
       child.on("error", (e) => {
         ended = `could not start: ${e.message}`;
+        endedAt = performance.now();
         res();
       });
     });
@@ -237,7 +276,8 @@ async function runOnce(c: Contender, o: { repo: string; tmp: string; sizeMiB: nu
       await sleep(200);
     }
     const inNs = `ip netns exec ${ns}`;
-    const ping = sh(`timeout ${PING_S} ${inNs} busybox ping -c 20 -i 0.2 -q ${GUEST_IP} 2>&1`);
+    const ping = await step(`timeout --foreground ${PING_S} ${inNs} busybox ping -c 20 -i 0.2 -q ${GUEST_IP} 2>&1`, exited);
+    if (ping.vmEnded) throw await why("the VM ended during the pings");
     const rtt = /= [\d.]+\/([\d.]+)\//.exec(ping.out);
     if (!rtt) throw await why(`ping gave no round trip: ${ping.out.trim().split("\n").pop()}`);
     const cpu = () => {
@@ -245,11 +285,16 @@ async function runOnce(c: Contender, o: { repo: string; tmp: string; sizeMiB: nu
       return (t.utime - t.gtime + t.stime) / o.tck;
     };
     const c0 = cpu(), w0 = performance.now();
-    const got = Number(sh(`timeout ${TRANSFER_S} ${inNs} busybox nc ${GUEST_IP} 5000 | head -c ${size} | wc -c`, holdFd).out.trim());
-    const c1 = cpu(), w1 = performance.now();
+    const g2h = await step(`timeout --foreground ${TRANSFER_S} ${inNs} busybox nc ${GUEST_IP} 5000 | head -c ${size} | wc -c`, exited, holdFd);
+    const w1 = performance.now();
+    if (g2h.vmEnded) throw await why(`the VM ended ${((endedAt - w0) / 1000).toFixed(0)} s into guest → host`);
+    const c1 = cpu();
+    const got = Number(g2h.out.trim());
     if (got !== size) throw await why(`guest → host moved ${got} of ${size} bytes in ${((w1 - w0) / 1000).toFixed(0)} s`);
-    const sent = sh(`head -c ${size} /dev/zero | timeout ${TRANSFER_S} ${inNs} busybox nc ${GUEST_IP} 5001 >/dev/null 2>&1`);
-    const c2 = cpu(), w2 = performance.now();
+    const sent = await step(`head -c ${size} /dev/zero | timeout --foreground ${TRANSFER_S} ${inNs} busybox nc ${GUEST_IP} 5001 >/dev/null 2>&1`, exited);
+    const w2 = performance.now();
+    if (sent.vmEnded) throw await why(`the VM ended ${((endedAt - w1) / 1000).toFixed(0)} s into host → guest`);
+    const c2 = cpu();
     if (sent.status !== 0) throw await why(`host → guest ended with status ${sent.status}${sent.status === 124 ? ` (its ${TRANSFER_S} s bound)` : ""}`);
     return { rttMs: Number(rtt[1]), g2hSec: (w1 - w0) / 1000, g2hCpuSec: c1 - c0, h2gSec: (w2 - w1) / 1000, h2gCpuSec: c2 - c1 };
   } finally {
