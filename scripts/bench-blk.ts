@@ -27,7 +27,7 @@ import process from "node:process";
 import { finishReport, markdownTable, median } from "./bench/common.ts";
 import { driverFiles, requireNested, runDriverNested } from "./bench/nested.ts";
 import { kvmKind } from "../vm/host.ts";
-import { DEFAULT_CMDLINE } from "../mod.ts";
+import { DEFAULT_CMDLINE, shellQuote as q } from "../mod.ts";
 import { ensureDefaultGuest } from "../guest/build.ts";
 import { type BlkRecord, type BlkResult, CPUS, fromRecords, MEM_MIB, type Phase, type PhaseSample, PAR_PHASE, phasesFor, qemuArgv, runBlkBench } from "./bench/blk_driver.ts";
 
@@ -79,7 +79,6 @@ if (kind === "hardware") {
   requireNested(kind, say);
   where = `nested: L1 = QEMU TCG -cpu max (AMD SVM), 2 vCPUs, 4 GiB; real KVM (kvm-amd) inside L1; image on L1's tmpfs; this host's /dev/kvm is ${kind}`;
   const files = driverFiles("vmm-bench-blk-");
-  const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
   const script = [
     "bun scripts/bench/blk_driver.ts",
     `--kernel ${q(img.kernel)} --initrd ${q(img.initrd)} --cmdline ${q(DEFAULT_CMDLINE)}`,

@@ -37,7 +37,8 @@ import { markdownTable, median } from "./bench/common.ts";
 import { driverFiles, requireNested, runDriverNested } from "./bench/nested.ts";
 import { kvmKind } from "../vm/host.ts";
 import { ensureDefaultGuest } from "../guest/build.ts";
-import { type FsRecord, type FsResult, type FsSample, fromRecords, hostInfo, q, runFsBench, type Side, TREE_DIRS, TREE_FILES_PER_DIR, workloadSteps } from "./bench/fs_driver.ts";
+import { shellQuote as q } from "../guest/command.ts";
+import { type FsRecord, type FsResult, type FsSample, fromRecords, hostInfo, runFsBench, type Side, TREE_DIRS, TREE_FILES_PER_DIR, workloadSteps } from "./bench/fs_driver.ts";
 
 const REPO = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "");
 

@@ -30,7 +30,7 @@ import process from "node:process";
 import { finishReport, markdownTable, median, stats } from "./bench/common.ts";
 import { driverFiles, requireNested, runDriverNested } from "./bench/nested.ts";
 import { kvmKind } from "../vm/host.ts";
-import { DEFAULT_CMDLINE } from "../mod.ts";
+import { DEFAULT_CMDLINE, shellQuote as q } from "../mod.ts";
 import { ensureDefaultGuest } from "../guest/build.ts";
 import { fromRecords, MEM_MIB, type NetRecord, type NetResult, type NetSample, qemuArgv, runNetBench } from "./bench/net_driver.ts";
 
@@ -78,7 +78,6 @@ if (kind === "hardware") {
   requireNested(kind, say);
   where = `nested: L1 = QEMU TCG -cpu max (AMD SVM), 2 vCPUs, 4 GiB; real KVM (kvm-amd) inside L1; this host's /dev/kvm is ${kind}`;
   const files = driverFiles("vmm-bench-net-");
-  const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
   const script = [
     "bun scripts/bench/net_driver.ts",
     `--kernel ${q(img.kernel)} --initrd ${q(img.initrd)} --cmdline ${q(DEFAULT_CMDLINE)}`,

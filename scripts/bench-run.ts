@@ -39,7 +39,7 @@ import { requireNested } from "./bench/nested.ts";
 import { qemuArgv } from "./bench/boot_driver.ts";
 import { runNested } from "../test/support/nested.ts";
 import { kvmKind } from "../vm/host.ts";
-import { DEFAULT_CMDLINE } from "../mod.ts";
+import { DEFAULT_CMDLINE, shellQuote as q } from "../mod.ts";
 import { defaultCacheDir, ensureDefaultGuest } from "../guest/build.ts";
 import { concatInitrd, runArchive } from "../guest/command.ts";
 
@@ -55,7 +55,6 @@ if (!Number.isInteger(rounds) || rounds < 1) {
   process.exit(2);
 }
 const say = (s: string) => console.error(`bench-run: ${s}`);
-const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
 
 const img = await ensureDefaultGuest({ log: say });
 const kind = kvmKind();

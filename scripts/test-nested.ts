@@ -7,13 +7,13 @@
  */
 import process from "node:process";
 import { runNested } from "../test/support/nested.ts";
+import { shellQuote as q } from "../guest/command.ts";
 
 const [runtime, ...files] = process.argv.slice(2);
 if ((runtime !== "deno" && runtime !== "bun") || files.length === 0) {
   console.error("usage: bun scripts/test-nested.ts deno|bun FILE...");
   process.exit(2);
 }
-const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
 const cmd = runtime === "deno"
   ? `deno test -A --no-check ${files.map(q).join(" ")}`
   : `bun test --timeout 1200000 ${files.map((f) => q(f.startsWith(".") || f.startsWith("/") ? f : `./${f}`)).join(" ")}`;

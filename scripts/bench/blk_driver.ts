@@ -39,7 +39,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, wri
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { clockTicksPerSecond, cpuTicks, driverOutput, hostBasics, indent, rotateContenders } from "./common.ts";
+import { clockTicksPerSecond, cpuTicks, GUEST_DRIVER_OPTIONS, guestDriverArgs, hostBasics, indent, rotateContenders } from "./common.ts";
 import { concatInitrd, runArchive } from "../../mod.ts";
 import { S_IFDIR, S_IFREG, writeCpio } from "../../guest/cpio.ts";
 import { randreadElf } from "./randread_elf.ts";
@@ -412,11 +412,8 @@ if (import.meta.main) {
   const { values } = parseArgs({
     args: process.argv.slice(2),
     options: {
-      kernel: { type: "string" },
-      initrd: { type: "string" },
-      cmdline: { type: "string" },
+      ...GUEST_DRIVER_OPTIONS,
       runs: { type: "string", default: "3" },
-      warmup: { type: "string", default: "1" },
       "timeout-ms": { type: "string", default: "300000" },
       size: { type: "string", default: "256" },
       "rand-ops": { type: "string", default: "20000" },
@@ -433,26 +430,12 @@ if (import.meta.main) {
     writeFileSync(values["randread-elf"], randreadElf(), { mode: 0o755 });
     process.exit(0);
   }
-  if (!values.kernel || !values.initrd || values.cmdline === undefined) {
-    console.error("usage: blk_driver.ts --kernel K --initrd I --cmdline C [--runs N] [--warmup N] [--size MiB] [--rand-ops N] [--cpus N] [--dir DIR] [--json FILE] [--progress FILE] [--records FILE]");
-    process.exit(2);
-  }
-  const output = driverOutput(values);
-  const repo = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
-  const r = await runBlkBench({
-    kernel: values.kernel,
-    initrd: values.initrd,
-    cmdline: values.cmdline,
-    runs: Number(values.runs),
-    warmup: Number(values.warmup),
-    timeoutMs: Number(values["timeout-ms"]),
+  const { result, ...args } = guestDriverArgs(values, "usage: blk_driver.ts --kernel K --initrd I --cmdline C [--runs N] [--warmup N] [--size MiB] [--rand-ops N] [--cpus N] [--dir DIR] [--json FILE] [--progress FILE] [--records FILE]");
+  result(await runBlkBench({
+    ...args,
     sizeMiB: Number(values.size),
     randOps: Number(values["rand-ops"]),
     cpus: Number(values.cpus),
     dir: values.dir,
-    repo,
-    onRecord: output.onRecord,
-    log: output.log,
-  });
-  output.result(r);
+  }));
 }

@@ -42,7 +42,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { clockTicksPerSecond, cpuTicks, driverOutput, hostBasics, indent, readText, rotateContenders } from "./common.ts";
+import { clockTicksPerSecond, cpuTicks, GUEST_DRIVER_OPTIONS, guestDriverArgs, hostBasics, indent, readText, rotateContenders } from "./common.ts";
 
 export const MARKER = "vmm-guest: ready";
 export const MEM_MIB = 512;
@@ -449,37 +449,13 @@ if (import.meta.main) {
   const { values } = parseArgs({
     args: process.argv.slice(2),
     options: {
-      kernel: { type: "string" },
-      initrd: { type: "string" },
-      cmdline: { type: "string" },
+      ...GUEST_DRIVER_OPTIONS,
       runs: { type: "string", default: "5" },
-      warmup: { type: "string", default: "1" },
       "timeout-ms": { type: "string", default: "120000" },
       "startup-runs": { type: "string", default: "0" },
       "idle-ms": { type: "string", default: "0" },
-      json: { type: "string" },
-      progress: { type: "string" },
-      records: { type: "string" },
     },
   });
-  if (!values.kernel || !values.initrd || values.cmdline === undefined) {
-    console.error("usage: boot_driver.ts --kernel K --initrd I --cmdline C [--runs N] [--warmup N] [--idle-ms MS] [--json FILE] [--progress FILE] [--records FILE]");
-    process.exit(2);
-  }
-  const output = driverOutput(values);
-  const repo = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
-  const r = await runBench({
-    kernel: values.kernel,
-    initrd: values.initrd,
-    cmdline: values.cmdline,
-    runs: Number(values.runs),
-    warmup: Number(values.warmup),
-    timeoutMs: Number(values["timeout-ms"]),
-    startupRuns: Number(values["startup-runs"]),
-    idleMs: Number(values["idle-ms"]),
-    repo,
-    onRecord: output.onRecord,
-    log: output.log,
-  });
-  output.result(r);
+  const { result, ...args } = guestDriverArgs(values, "usage: boot_driver.ts --kernel K --initrd I --cmdline C [--runs N] [--warmup N] [--idle-ms MS] [--json FILE] [--progress FILE] [--records FILE]");
+  result(await runBench({ ...args, startupRuns: Number(values["startup-runs"]), idleMs: Number(values["idle-ms"]) }));
 }

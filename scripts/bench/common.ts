@@ -8,6 +8,10 @@
 import { execFileSync } from "node:child_process";
 import { appendFileSync, readFileSync, writeFileSync } from "node:fs";
 import process from "node:process";
+import { fileURLToPath } from "node:url";
+
+/** The repository, two levels above this file. */
+const REPO = fileURLToPath(new URL("../..", import.meta.url)).replace(/\/$/, "");
 
 /** A contender's measured runs and failures, as a driver reports them. */
 export interface Tally<S> {
@@ -151,6 +155,53 @@ export function driverOutput(o: { records?: string; progress?: string; json?: st
       if (o.json) writeFileSync(o.json, json);
       else console.log(`@@bench-json ${json}`);
     },
+  };
+}
+
+/**
+ * The command-line options every guest-booting driver (boot, blk, net)
+ * takes, for its `parseArgs` beside its own: the guest, the warm-up, and the
+ * sinks `driverOutput` writes. `runs` and `timeout-ms` differ in their
+ * defaults, so each driver names them itself.
+ */
+export const GUEST_DRIVER_OPTIONS = {
+  kernel: { type: "string" },
+  initrd: { type: "string" },
+  cmdline: { type: "string" },
+  warmup: { type: "string", default: "1" },
+  json: { type: "string" },
+  progress: { type: "string" },
+  records: { type: "string" },
+} as const;
+
+/**
+ * What every guest-booting driver passes its bench from its parsed
+ * options, and its outputs (`driverOutput`). Without --kernel, --initrd or
+ * --cmdline it prints `usage` and exits with status 2.
+ */
+export function guestDriverArgs(
+  values: { kernel?: string; initrd?: string; cmdline?: string; runs?: string; warmup?: string; "timeout-ms"?: string; json?: string; progress?: string; records?: string },
+  usage: string,
+): {
+  kernel: string; initrd: string; cmdline: string; runs: number; warmup: number; timeoutMs: number; repo: string;
+  onRecord: (r: unknown) => void; log: (line: string) => void; result: (r: unknown) => void;
+} {
+  if (!values.kernel || !values.initrd || values.cmdline === undefined) {
+    console.error(usage);
+    process.exit(2);
+  }
+  const { onRecord, log, result } = driverOutput(values);
+  return {
+    kernel: values.kernel,
+    initrd: values.initrd,
+    cmdline: values.cmdline,
+    runs: Number(values.runs),
+    warmup: Number(values.warmup),
+    timeoutMs: Number(values["timeout-ms"]),
+    repo: REPO,
+    onRecord,
+    log,
+    result,
   };
 }
 

@@ -41,6 +41,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
 import { driverOutput, hostBasics, indent, readText } from "./common.ts";
+import { shellQuote as q } from "../../guest/command.ts";
 import { exitOf } from "../../test/support/vmm_cli.ts";
 
 /** Files in the synthetic metadata tree: TREE_DIRS directories of TREE_FILES_PER_DIR files. */
@@ -381,10 +382,6 @@ export function hostInfo(repo: string, big: string): FsHost {
   };
 }
 
-/** Single-quotes a string for sh. */
-export function q(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`;
-}
 
 /** CLI: `bun scripts/bench/fs_driver.ts --big FILE --tree DIR [--runs N] [--records FILE] [--progress FILE]`. */
 if (import.meta.main) {

@@ -31,7 +31,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, wri
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { clockTicksPerSecond, cpuTicks, driverOutput, hostBasics, type HostBasics, indent, rotateContenders } from "./common.ts";
+import { clockTicksPerSecond, cpuTicks, GUEST_DRIVER_OPTIONS, guestDriverArgs, hostBasics, type HostBasics, indent, rotateContenders } from "./common.ts";
 import { concatInitrd, runArchive } from "../../mod.ts";
 
 export const MEM_MIB = 512;
@@ -313,37 +313,13 @@ if (import.meta.main) {
   const { values } = parseArgs({
     args: process.argv.slice(2),
     options: {
-      kernel: { type: "string" },
-      initrd: { type: "string" },
-      cmdline: { type: "string" },
+      ...GUEST_DRIVER_OPTIONS,
       runs: { type: "string", default: "3" },
-      warmup: { type: "string", default: "1" },
       "timeout-ms": { type: "string", default: "300000" },
       size: { type: "string", default: "64" },
       dir: { type: "string" },
-      json: { type: "string" },
-      progress: { type: "string" },
-      records: { type: "string" },
     },
   });
-  if (!values.kernel || !values.initrd || values.cmdline === undefined) {
-    console.error("usage: net_driver.ts --kernel K --initrd I --cmdline C [--runs N] [--warmup N] [--size MiB] [--timeout-ms MS] [--dir DIR] [--json FILE] [--progress FILE] [--records FILE]");
-    process.exit(2);
-  }
-  const output = driverOutput(values);
-  const repo = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
-  const r = await runNetBench({
-    kernel: values.kernel,
-    initrd: values.initrd,
-    cmdline: values.cmdline,
-    runs: Number(values.runs),
-    warmup: Number(values.warmup),
-    timeoutMs: Number(values["timeout-ms"]),
-    sizeMiB: Number(values.size),
-    dir: values.dir,
-    repo,
-    onRecord: output.onRecord,
-    log: output.log,
-  });
-  output.result(r);
+  const { result, ...args } = guestDriverArgs(values, "usage: net_driver.ts --kernel K --initrd I --cmdline C [--runs N] [--warmup N] [--size MiB] [--timeout-ms MS] [--dir DIR] [--json FILE] [--progress FILE] [--records FILE]");
+  result(await runNetBench({ ...args, sizeMiB: Number(values.size), dir: values.dir }));
 }
