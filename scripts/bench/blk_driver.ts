@@ -39,7 +39,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, wri
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { clockTicksPerSecond, cpuTicks, GUEST_DRIVER_OPTIONS, guestDriverArgs, hostBasics, indent, rotateContenders } from "./common.ts";
+import { clockTicksPerSecond, cpuTicks, GUEST_DRIVER_OPTIONS, type GuestBenchOptions, guestDriverArgs, hostBasics, indent, rotateContenders } from "./common.ts";
 import { concatInitrd, runArchive } from "../../mod.ts";
 import { S_IFDIR, S_IFREG, writeCpio } from "../../guest/cpio.ts";
 import { randreadElf } from "./randread_elf.ts";
@@ -62,18 +62,7 @@ export function phasesFor(cpus: number): Phase[] {
   return cpus > 1 ? [...PHASES, PAR_PHASE] : [...PHASES];
 }
 
-export interface BlkBenchOptions {
-  kernel: string;
-  /** The default guest's initramfs (its init runs /vmm/run.sh). */
-  initrd: string;
-  /** Kernel command line given to QEMU; vmm is left on its default, which must be the same. */
-  cmdline: string;
-  /** Measured runs per contender. */
-  runs: number;
-  /** Unmeasured runs per contender first. */
-  warmup?: number;
-  /** Per-run limit, ms. */
-  timeoutMs?: number;
+export interface BlkBenchOptions extends GuestBenchOptions<BlkRecord> {
   /** MiB written and read sequentially; also the image's size. */
   sizeMiB?: number;
   /** 4 KiB random reads per run (per reader in parread). */
@@ -82,10 +71,6 @@ export interface BlkBenchOptions {
   cpus?: number;
   /** Where the image and initramfs go; default a new directory under the OS temp dir. */
   dir?: string;
-  /** Repository root (cwd of the vmm contenders). */
-  repo: string;
-  log?: (line: string) => void;
-  onRecord?: (r: BlkRecord) => void;
 }
 
 /** One phase of one run. */

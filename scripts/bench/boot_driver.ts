@@ -42,33 +42,17 @@ import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { clockTicksPerSecond, cpuTicks, GUEST_DRIVER_OPTIONS, guestDriverArgs, hostBasics, indent, readText, rotateContenders } from "./common.ts";
+import { clockTicksPerSecond, cpuTicks, GUEST_DRIVER_OPTIONS, type GuestBenchOptions, guestDriverArgs, hostBasics, indent, readText, rotateContenders } from "./common.ts";
 
 export const MARKER = "vmm-guest: ready";
 export const MEM_MIB = 512;
 export const CPUS = 1;
 
-export interface BenchOptions {
-  kernel: string;
-  initrd: string;
-  /** Kernel command line given to QEMU; vmm is left on its default, which must be the same. */
-  cmdline: string;
-  /** Measured runs per contender. */
-  runs: number;
-  /** Unmeasured runs per contender first (page cache, Deno's and Bun's caches). */
-  warmup?: number;
-  /** Per-run limit, ms. */
-  timeoutMs?: number;
-  /** Repository root (cwd of the vmm contenders). */
-  repo: string;
-  /** Progress lines. */
-  log?: (line: string) => void;
+export interface BenchOptions extends GuestBenchOptions<BenchRecord> {
   /** Also time `vmm --version` on each runtime (start-up and module loading alone). */
   startupRuns?: number;
   /** Also measure host CPU over this long with the guest idle at its shell, ms (0: not). */
   idleMs?: number;
-  /** Each result as it comes (so a run cut short still leaves its numbers). */
-  onRecord?: (r: BenchRecord) => void;
 }
 
 /** One result of a benchmark, as streamed by `onRecord`; `fromRecords` rebuilds a BenchResult. */

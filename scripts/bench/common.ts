@@ -158,6 +158,27 @@ export function driverOutput(o: { records?: string; progress?: string; json?: st
   };
 }
 
+/** What every guest-booting bench (boot, blk, net) is given; each driver's options add their own. */
+export interface GuestBenchOptions<R> {
+  kernel: string;
+  /** The default guest's initramfs (its init runs /vmm/run.sh). */
+  initrd: string;
+  /** Kernel command line given to QEMU; vmm is left on its default, which must be the same. */
+  cmdline: string;
+  /** Measured runs per contender. */
+  runs: number;
+  /** Unmeasured runs per contender first (page cache, Deno's and Bun's caches). */
+  warmup?: number;
+  /** Per-run limit, ms. */
+  timeoutMs?: number;
+  /** Repository root (cwd of the vmm contenders). */
+  repo: string;
+  /** Progress lines. */
+  log?: (line: string) => void;
+  /** Each result as it comes (so a run cut short still leaves its numbers). */
+  onRecord?: (r: R) => void;
+}
+
 /**
  * The command-line options every guest-booting driver (boot, blk, net)
  * takes, for its `parseArgs` beside its own: the guest, the warm-up, and the

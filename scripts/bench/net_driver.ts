@@ -31,7 +31,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, wri
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { clockTicksPerSecond, cpuTicks, GUEST_DRIVER_OPTIONS, guestDriverArgs, hostBasics, type HostBasics, indent, rotateContenders } from "./common.ts";
+import { clockTicksPerSecond, cpuTicks, GUEST_DRIVER_OPTIONS, type GuestBenchOptions, guestDriverArgs, hostBasics, type HostBasics, indent, rotateContenders } from "./common.ts";
 import { concatInitrd, runArchive } from "../../mod.ts";
 
 export const MEM_MIB = 512;
@@ -52,24 +52,13 @@ export const GUEST = [
   "sleep 100000",
 ].join("\n");
 
-export interface NetBenchOptions {
-  kernel: string;
-  /** The default guest's initramfs (its init runs /vmm/run.sh). */
-  initrd: string;
-  /** Kernel command line given to QEMU; vmm is left on its default, which must be the same. */
-  cmdline: string;
-  runs: number;
-  warmup?: number;
+export interface NetBenchOptions extends GuestBenchOptions<NetRecord> {
   /** Per-run limit, ms (boot to ready; each transfer has its own 300 s bound). */
   timeoutMs?: number;
   /** MiB each way. */
   sizeMiB: number;
   /** Where the initramfs and the console logs go; default a new directory under the OS temp dir. */
   dir?: string;
-  /** Repository root (cwd of the vmm contenders). */
-  repo: string;
-  log?: (line: string) => void;
-  onRecord?: (r: NetRecord) => void;
 }
 
 /** One run: the round trip, and each transfer's wall seconds and the VMM's own CPU seconds. */
