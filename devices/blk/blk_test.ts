@@ -14,7 +14,7 @@ import { HIGH_GPA as HIGH, hostGuestMemory } from "../../test/support/host_memor
 import { close, libc, O_RDONLY, open } from "../../ffi/libc.ts";
 import { SysError } from "../../ffi/errno.ts";
 import { closeDisk, type Disk, openDisk } from "./disk.ts";
-import { BLK_DEFAULT_QUEUES, blkQueues } from "./mod.ts";
+import { BLK_DEFAULT_QUEUES, BLK_QUEUE_SIZE, blkKind, blkQueues } from "./mod.ts";
 import { ConfigError } from "../../vm/vm.ts";
 import { GuestError, Virtqueue } from "../virtio/ring.ts";
 import { type DriverBuffer, DriverQueue } from "../../test/support/driver_queue.ts";
@@ -201,6 +201,15 @@ test("several queues: VIRTIO_BLK_F_MQ (bit 12) and num_queues at offset 34; one 
   assert.equal(v(1).getUint16(BLK_CFG_NUM_QUEUES, true), 0);
   assert.equal(v(3).getUint16(BLK_CFG_NUM_QUEUES, true), 3);
   assert.equal(v(3).getUint32(12, true), 254, "seg_max is per queue, the same");
+});
+
+test("a drive's queues leave seg_max room for Linux's largest default request, 1280 KiB of 4 KiB pages", () => {
+  const disk = { fd: -1, path: "d.img", sizeBytes: 1 << 20, readOnly: false, id: "d" };
+  const m = blkKind.model({ kind: "blk", disk, queues: 2 });
+  assert.deepEqual(m.queueSizes, [BLK_QUEUE_SIZE, BLK_QUEUE_SIZE]);
+  const segMax = new DataView(m.config.buffer).getUint32(BLK_CFG_SEG_MAX, true);
+  assert.equal(segMax, BLK_QUEUE_SIZE - 2);
+  assert.ok(segMax >= (1280 * 1024) / 4096, `seg_max ${segMax} splits a 1280 KiB request of scattered pages`);
 });
 
 test("blkQueues(): one queue per vCPU up to the default, queues=N up to the vCPUs", () => {

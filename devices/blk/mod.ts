@@ -19,7 +19,17 @@ import { blkConfig, blkFeatures, BlkQueue, VIRTIO_ID_BLOCK } from "./blk.ts";
 import { closeDisk, type Disk, type DriveSpec, openDisk, parseDriveSpec, QUEUES_RANGE, validQueues } from "./disk.ts";
 import { ConfigError } from "../../vm/vm.ts";
 
-export const BLK_QUEUE_SIZE = 256;
+/**
+ * Entries per request queue. seg_max is two less (blkConfig), and Linux
+ * builds requests of up to max_sectors_kb (1280 KiB by default,
+ * BLK_DEF_MAX_SECTORS) from at most seg_max buffers: with 4 KiB pages that
+ * is 320 buffers, and 2 for the header and status. At 256 entries (QEMU's
+ * and Firecracker's size) a 1 MiB O_DIRECT transfer whose pages are not
+ * contiguous needs 256 buffers, more than seg_max 254, so the guest splits
+ * it into a request of 1016 KiB and one of 8 KiB: two requests, two
+ * interrupts and two exits for one transfer. 512 keeps it whole.
+ */
+export const BLK_QUEUE_SIZE = 512;
 /** Request queues a drive gets without `queues=N`: one per vCPU up to this many (each is a Worker). */
 export const BLK_DEFAULT_QUEUES = 4;
 

@@ -36,6 +36,7 @@ import { field, type Outcome, parseScenarios, shaOf, showOutcome } from "../supp
 import { runNested } from "../support/nested.ts";
 import { defaultCacheDir, ensureDefaultGuest } from "../../guest/build.ts";
 import { isDeno } from "../../ffi/runtime.ts";
+import { BLK_QUEUE_SIZE } from "../../devices/blk/mod.ts";
 
 const REPO = fileURLToPath(new URL("../..", import.meta.url)).replace(/\/$/, "");
 const RUNTIME = isDeno ? "deno" : "bun";
@@ -85,11 +86,12 @@ rc=$?
 { dump $D/write.img /f; echo "host-sha=$(hsha $E/dump)"; e2fsck -fn $D/write.img >/dev/null 2>&1; echo "fsck=$?"; } >$E/write.host 2>&1
 say write $rc
 
-# read: the host puts a file into a fresh image; the guest reads the whole device, then the file.
+# read: the host puts a file into a fresh image; the guest reads 1 MiB with O_DIRECT, counting the
+# requests it took (/sys/block/vda/stat's first field), then the whole device, then the file.
 begin
 mkimg $D/read.img ${IMG_MIB}M $E/src
 { echo "host-sha=$(hsha $E/src/g)"; echo "host-img=$(hsha $D/read.img)"; } >$E/read.host 2>&1
-timeout -k 30 300 $VMM run --busybox --drive $D/read.img -- sh -c 'echo "dev=$(sha256sum </dev/vda | cut -c1-64)"; mount -o ro /dev/vda /mnt && sha256sum /mnt/g && umount /mnt' >$E/read.out 2>$E/read.err
+timeout -k 30 300 $VMM run --busybox --drive $D/read.img -- sh -c 'echo "maxseg=$(cat /sys/block/vda/queue/max_segments)"; n() { read r _ </sys/block/vda/stat; echo $r; }; r0=$(n); dd if=/dev/vda of=/dev/null bs=1M count=1 iflag=direct 2>/dev/null; echo "reqs1m=$(($(n) - r0))"; echo "dev=$(sha256sum </dev/vda | cut -c1-64)"; mount -o ro /dev/vda /mnt && sha256sum /mnt/g && umount /mnt' >$E/read.out 2>$E/read.err
 say read $?
 
 # readonly: the guest sees a read-only disk it can mount and read, but not write; the image is unchanged.
@@ -230,6 +232,13 @@ describe(`end to end on ${RUNTIME}: virtio block, rng and console under vmm`, ()
     assert.match(hostSha ?? "", SHA, show(o));
     assert.equal(shaOf(o.out, "/mnt/g"), hostSha, `the guest read other bytes than the host put in /g\n${show(o)}`);
     assert.equal(field(o.out, "dev"), field(o.host, "host-img"), `sha256 of /dev/vda in the guest differs from the image's\n${show(o)}`);
+  });
+
+  test("a 1 MiB O_DIRECT read is one request: seg_max leaves room for every page of it", () => {
+    const o = outcome("read");
+    // BLK_QUEUE_SIZE 512 less header and status; with 254 (a queue of 256) Linux splits 1 MiB of scattered pages in two.
+    assert.equal(field(o.out, "maxseg"), String(BLK_QUEUE_SIZE - 2), `the guest's max_segments is not the seg_max vmm offered\n${show(o)}`);
+    assert.equal(field(o.out, "reqs1m"), "1", `a 1 MiB read reached the device as more than one request\n${show(o)}`);
   });
 
   test("a readonly drive mounts and reads, refuses writes, and leaves the image unchanged", () => {
