@@ -8,12 +8,17 @@
  * image as its only drive, and runs the same guest script, which is the
  * default guest's "run" command (`/vmm/run.sh`): vmm gets it as
  * `vmm run -- sh -c SCRIPT`, QEMU as the same archive vmm would append. The
- * script runs three phases on /dev/vda, each bracketed by console lines:
+ * script runs these phases on /dev/vda, each bracketed by console lines:
  *
  *   seqwrite  dd if=/dev/zero of=/dev/vda bs=1M count=N oflag=direct
  *   seqread   dd if=/dev/vda of=/dev/null bs=1M count=N iflag=direct
  *   randread  /bench/randread /dev/vda OPS: OPS reads of 4 KiB at random
  *             4 KiB-aligned offsets, O_DIRECT, one at a time (queue depth 1)
+ *   seqwrite2, seqread2
+ *             seqwrite and seqread again, in the same VM: the first pass
+ *             also pays whatever each VMM does once (vmm's JIT compiling its
+ *             data path in every Worker, first touches of pages), the second
+ *             is the steady state, the part that grows with the bytes
  *   parread   with `cpus` > 1 only: one randread per vCPU at once, each
  *             pinned to its vCPU (taskset): as many requests in flight as
  *             vCPUs, which vmm serves on one queue per vCPU (VIRTIO_BLK_F_MQ)
@@ -47,7 +52,7 @@ import { randreadElf } from "./randread_elf.ts";
 export const MEM_MIB = 512;
 /** vCPUs unless `cpus` says otherwise. */
 export const CPUS = 1;
-export const PHASES = ["seqwrite", "seqread", "randread"] as const;
+export const PHASES = ["seqwrite", "seqread", "randread", "seqwrite2", "seqread2"] as const;
 /** The phase that runs only with more than one vCPU. */
 export const PAR_PHASE = "parread";
 export type Phase = (typeof PHASES)[number] | typeof PAR_PHASE;
@@ -137,7 +142,7 @@ export function fromRecords(records: BlkRecord[]): BlkResult {
 }
 
 /**
- * The guest's part: three phases on /dev/vda, each announced, timed and
+ * The guest's part: its phases on /dev/vda, each announced, timed and
  * closed on the console. Output is a few short lines: console bytes are slow
  * under nested KVM and would be counted in the phase.
  */
@@ -153,9 +158,13 @@ export function guestScript(sizeMiB: number, randOps: number, cpus = CPUS): stri
     // The driver samples the contender's CPU, then answers; 10 s without an answer and the phase starts anyway.
     'go() { echo "@@go $1"; read -t 10 _ack || echo "@@noack $1"; t0=$(up); }',
     'done_() { t1=$(up); echo "@@done $1 $t0 $t1"; }',
-    `go seqwrite; dd if=/dev/zero of=/dev/vda bs=1M count=${sizeMiB} oflag=direct 2>/dev/null || echo "@@fail seqwrite"; done_ seqwrite`,
-    `go seqread; dd if=/dev/vda of=/dev/null bs=1M count=${sizeMiB} iflag=direct 2>/dev/null || echo "@@fail seqread"; done_ seqread`,
+    'seqwrite() { go $1; dd if=/dev/zero of=/dev/vda bs=1M count=' + sizeMiB + ' oflag=direct 2>/dev/null || echo "@@fail $1"; done_ $1; }',
+    'seqread() { go $1; dd if=/dev/vda of=/dev/null bs=1M count=' + sizeMiB + ' iflag=direct 2>/dev/null || echo "@@fail $1"; done_ $1; }',
+    "seqwrite seqwrite",
+    "seqread seqread",
     `go randread; /bench/randread /dev/vda ${randOps} || echo "@@fail randread"; done_ randread`,
+    "seqwrite seqwrite2",
+    "seqread seqread2",
     ...par,
     'echo "@@end"',
   ].join("\n");
