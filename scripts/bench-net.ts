@@ -98,7 +98,8 @@ const GiB = 2 ** 30;
 const metrics: { label: string; unit: string; get: (s: NetSample) => number; digits: number }[] = [
   { label: "guest → host TCP", unit: "MiB/s", get: (s) => result.sizeMiB / s.g2hSec, digits: 1 },
   { label: "host → guest TCP", unit: "MiB/s", get: (s) => result.sizeMiB / s.h2gSec, digits: 1 },
-  { label: "ping round trip", unit: "ms", get: (s) => s.rttMs, digits: 2 },
+  { label: "ping round trip, mean", unit: "ms", get: (s) => s.rttMs, digits: 2 },
+  { label: "ping round trip, median of 20", unit: "ms", get: (s) => s.rttMedianMs ?? NaN, digits: 2 },
   { label: "VMM host CPU per GiB moved", unit: "s", get: (s) => (s.g2hCpuSec + s.h2gCpuSec) / ((2 * result.sizeMiB * 2 ** 20) / GiB), digits: 1 },
 ];
 const names = ["vmm-bun", "vmm-deno", "qemu"];

@@ -10,7 +10,9 @@
  * it as `vmm run --busybox -- sh -c GUEST`, QEMU as the archive vmm would
  * append. Once the marker is on the console the host, inside the namespace:
  *
- *   ping   20 busybox pings of the guest, 0.2 s apart: the mean round trip
+ *   ping   20 busybox pings of the guest, 0.2 s apart: the mean round trip,
+ *          and the median of the 20 (the mean of so few moves with one slow
+ *          reply: a JIT compile or another thread on the host's CPU)
  *   g2h    reads SIZE bytes of zeros the guest sends (busybox nc)
  *   h2g    sends SIZE bytes the guest discards
  *
@@ -31,7 +33,7 @@ import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, wri
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
-import { clockTicksPerSecond, cpuTicks, GUEST_DRIVER_OPTIONS, type GuestBenchOptions, guestDriverArgs, hostBasics, type HostBasics, indent, rotateContenders } from "./common.ts";
+import { clockTicksPerSecond, cpuTicks, GUEST_DRIVER_OPTIONS, type GuestBenchOptions, guestDriverArgs, hostBasics, type HostBasics, indent, median, rotateContenders } from "./common.ts";
 import { concatInitrd, runArchive } from "../../mod.ts";
 
 export const MEM_MIB = 512;
@@ -63,7 +65,10 @@ export interface NetBenchOptions extends GuestBenchOptions<NetRecord> {
 
 /** One run: the round trip, and each transfer's wall seconds and the VMM's own CPU seconds. */
 export interface NetSample {
+  /** The mean round trip, as ping reports it. */
   rttMs: number;
+  /** The median of the replies' round trips (absent in records from before it was measured). */
+  rttMedianMs?: number;
   g2hSec: number;
   g2hCpuSec: number;
   h2gSec: number;
@@ -145,7 +150,7 @@ export async function runNetBench(o: NetBenchOptions): Promise<NetResult> {
       log,
       run: (c) => runOnce(c, { repo: o.repo, tmp, sizeMiB: o.sizeMiB, timeoutMs: o.timeoutMs ?? 300_000, tck: host.clkTck }),
       describe: (s) =>
-        `ping ${s.rttMs.toFixed(2)} ms; g2h ${(o.sizeMiB / s.g2hSec).toFixed(1)} MiB/s, cpu ${s.g2hCpuSec.toFixed(2)} s; ` +
+        `ping ${s.rttMs.toFixed(2)} ms (median ${s.rttMedianMs?.toFixed(2)}); g2h ${(o.sizeMiB / s.g2hSec).toFixed(1)} MiB/s, cpu ${s.g2hCpuSec.toFixed(2)} s; ` +
         `h2g ${(o.sizeMiB / s.h2gSec).toFixed(1)} MiB/s, cpu ${s.h2gCpuSec.toFixed(2)} s`,
       onSample: (c, s) => emit({ type: "sample", name: c.name, sample: s }),
       onFailure: (c, msg) => emit({ type: "failure", name: c.name, msg }),
@@ -265,10 +270,11 @@ async function runOnce(c: Contender, o: { repo: string; tmp: string; sizeMiB: nu
       await sleep(200);
     }
     const inNs = `ip netns exec ${ns}`;
-    const ping = await step(`timeout --foreground ${PING_S} ${inNs} busybox ping -c 20 -i 0.2 -q ${GUEST_IP} 2>&1`, exited);
+    const ping = await step(`timeout --foreground ${PING_S} ${inNs} busybox ping -c 20 -i 0.2 ${GUEST_IP} 2>&1`, exited);
     if (ping.vmEnded) throw await why("the VM ended during the pings");
     const rtt = /= [\d.]+\/([\d.]+)\//.exec(ping.out);
     if (!rtt) throw await why(`ping gave no round trip: ${ping.out.trim().split("\n").pop()}`);
+    const replies = [...ping.out.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
     const cpu = () => {
       const t = cpuTicks(pid);
       return (t.utime - t.gtime + t.stime) / o.tck;
@@ -285,7 +291,7 @@ async function runOnce(c: Contender, o: { repo: string; tmp: string; sizeMiB: nu
     if (sent.vmEnded) throw await why(`the VM ended ${((endedAt - w1) / 1000).toFixed(0)} s into host → guest`);
     const c2 = cpu();
     if (sent.status !== 0) throw await why(`host → guest ended with status ${sent.status}${sent.status === 124 ? ` (its ${TRANSFER_S} s bound)` : ""}`);
-    return { rttMs: Number(rtt[1]), g2hSec: (w1 - w0) / 1000, g2hCpuSec: c1 - c0, h2gSec: (w2 - w1) / 1000, h2gCpuSec: c2 - c1 };
+    return { rttMs: Number(rtt[1]), rttMedianMs: median(replies), g2hSec: (w1 - w0) / 1000, g2hCpuSec: c1 - c0, h2gSec: (w2 - w1) / 1000, h2gCpuSec: c2 - c1 };
   } finally {
     try {
       if (pid) process.kill(-pid, "SIGKILL");
