@@ -382,7 +382,6 @@ export function hostInfo(repo: string, big: string): FsHost {
   };
 }
 
-
 /** CLI: `bun scripts/bench/fs_driver.ts --big FILE --tree DIR [--runs N] [--records FILE] [--progress FILE]`. */
 if (import.meta.main) {
   const { parseArgs } = await import("node:util");
