@@ -116,6 +116,8 @@ export const CAP = {
   TSC_DEADLINE_TIMER: 72,
   /** Returns the size of struct kvm_xsave KVM_GET_XSAVE2 fills (>= 4096); ask the VM fd. */
   XSAVE2: 208,
+  /** Memory slots may be KVM_MEM_READONLY: reads are memory, writes exit as MMIO. */
+  READONLY_MEM: 81,
 } as const;
 
 /** What vmm cannot run without. */
@@ -134,6 +136,8 @@ export const KVM_EXIT_IO_IN = 0, KVM_EXIT_IO_OUT = 1;
 export const KVM_API_VERSION = 12;
 export const KVM_IOEVENTFD_FLAG_DATAMATCH = 1, KVM_IOEVENTFD_FLAG_PIO = 2, KVM_IOEVENTFD_FLAG_DEASSIGN = 4;
 export const KVM_PIT_SPEAKER_DUMMY = 1;
+/** kvm_userspace_memory_region.flags: the guest reads the slot, its writes exit as MMIO (KVM_CAP_READONLY_MEM). */
+export const KVM_MEM_READONLY = 2;
 
 const ioctlScratch = NativeBuf.alloc(4096);
 
@@ -227,9 +231,9 @@ export class Kvm {
 /** Operations on a VM fd. */
 export class VmFd {
   constructor(readonly fd: number) {}
-  setUserMemoryRegion(slot: number, gpa: number, size: number, hostAddr: bigint): void {
+  setUserMemoryRegion(slot: number, gpa: number, size: number, hostAddr: bigint, flags = 0): void {
     const b = ioctlScratch;
-    encodeMemoryRegion(b.view, { slot, gpa: BigInt(gpa), size: BigInt(size), hostAddr });
+    encodeMemoryRegion(b.view, { slot, flags, gpa: BigInt(gpa), size: BigInt(size), hostAddr });
     ioctl(this.fd, KVM.SET_USER_MEMORY_REGION, b.addr, "SET_USER_MEMORY_REGION");
   }
   setTssAddr(addr: number): void {

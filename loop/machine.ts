@@ -20,6 +20,7 @@ import {
 } from "../ffi/libc.ts";
 import { acquireKickSignal, releaseKickSignal, signalPipe } from "../ffi/signals.ts";
 import { RawTerminal } from "../ffi/termios.ts";
+import { CAP } from "../ffi/kvm.ts";
 import { buildMachine } from "../vm/machine.ts";
 import { ConfigError, type Vm } from "../vm/vm.ts";
 import type { ImageSource } from "../boot/image.ts";
@@ -31,7 +32,7 @@ import { CMD, CTL, EXIT_KIND, recordExit, SHARED_BYTES, sharedViews, type Shared
 import { Controller, type RunResult, runResult } from "./control.ts";
 import { Lifecycle, type MachineState, StateError } from "./lifecycle.ts";
 import { joinWorkers, SpareWorkers, startWorker, type WorkerHandle } from "./workers.ts";
-import { unwireVirtio, wireVirtio } from "./virtio.ts";
+import { syncPages, unwireVirtio, wireVirtio } from "./virtio.ts";
 import type { ControlEvent, ControlInit, QueueInit, StdinInit, VcpuInit, VirtioDeviceInit } from "./messages.ts";
 import { type RestoreOptions, SnapshotSource, writeSnapshot } from "./snapshot.ts";
 
@@ -562,9 +563,12 @@ async function build(o: MachineOptions, own: Owner, from?: SnapshotSource): Prom
   };
   const ctlFd = fd(), cmdFd = fd(), stdinWakeFd = fd();
   const vcpuWakeFds = vm.vcpuFds.map(() => fd());
-  const virtio = wireVirtio(vm.vm.fd, specs, shared.bytes);
+  // Register pages where KVM maps memory read-only (loop/virtio.ts); the slots after RAM's.
+  const pages = vm.vm.checkExtension(CAP.READONLY_MEM) > 0 ? { sharedAddr, firstSlot: vm.regions.length } : undefined;
+  const virtio = wireVirtio(vm.vm.fd, specs, shared.bytes, pages);
   own.add(() => unwireVirtio(virtio));
-  from?.apply({ vm, specs, shared }); // last: it starts the guest's clock
+  from?.apply({ vm, specs, shared }); // it starts the guest's clock
+  syncPages(virtio, shared.bytes); // the registers as they are now, fresh or restored
   return {
     vm, console: console_, specs, virtio, sharedAddr, shared, runAddrs, ctlFd, cmdFd, vcpuWakeFds, stdinWakeFd, spares, signals: o.signals ?? false,
     snapshotDir: o.snapshotDir, atReady: o.atReady, resumeFirst: false, restored: from !== undefined,

@@ -40,6 +40,8 @@ export interface VirtioDeviceInit {
   base: number;
   /** Byte offset of its block in the shared block (loop/shared.ts). */
   block: number;
+  /** Byte offset of its register page in the shared block, mapped read-only over its window; -1: none (loop/virtio.ts). */
+  page: number;
   /** Per queue: the ioeventfd KVM signals on a QueueNotify write of that index. */
   ioFds: number[];
   /** Per queue: the eventfd that wakes the queue's Worker to look at its state word. */
@@ -48,7 +50,7 @@ export interface VirtioDeviceInit {
   ackFd: number;
   /** Writing it raises the device's interrupt (KVM_IRQFD). */
   irqFd: number;
-  /** The ioeventfd that swallows the driver's InterruptACK writes in KVM; never read (loop/virtio.ts). */
+  /** The ioeventfd that swallows the driver's InterruptACK writes in KVM (all, or of VRING alone); never read (loop/virtio.ts). */
   intAckFd: number;
 }
 

@@ -27,7 +27,7 @@
  */
 import { eventfdRead, eventfdSignal, hostView, Poller } from "../ffi/libc.ts";
 import { GuestMemory } from "../vm/memory.ts";
-import { transportFor } from "../devices/virtio/device.ts";
+import { deviceTransport } from "../devices/virtio/device.ts";
 import { DEV, DEVICE_STATE_WORDS, Q, queuePosWord, queueRunWord, recordExit, SHARED_BYTES, sharedViews, VIRTIO_BLOCK_BYTES } from "./shared.ts";
 import { deviceHandler, QueueService } from "./queue_service.ts";
 import { workerMain } from "./workers.ts";
@@ -118,7 +118,7 @@ class QueueThread {
     this.#idle = [device.wakeFds[queue]];
     this.#running = [device.wakeFds[queue], device.ioFds[queue]];
     const mem = new GuestMemory(hostView(init.memAddr, init.memSize), init.regions, init.memAddr);
-    const transport = transportFor(device.spec, block);
+    const transport = deviceTransport(device, this.sharedBytes);
     const state = new Int32Array(block.buffer, block.byteOffset + DEV.STATE, DEVICE_STATE_WORDS);
     const config = block.subarray(DEV.CONFIG, DEV.CONFIG + transport.device.config.length);
     const pos = queuePosWord(device.block, queue);

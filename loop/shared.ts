@@ -11,12 +11,12 @@
  * checks that no two regions overlap and that everything fits.
  *
  * ```
- * CTL words | vCPU states | ready time | vCPU thread ids | exit reason | UART | virtio device blocks…
+ * CTL words | vCPU states | ready time | vCPU thread ids | exit reason | UART | virtio device blocks… | register pages…
  * device block: MMIO registers | queue run states | queue positions | config space | device words
  * ```
  */
 import { SERIAL_STATE_BYTES } from "../devices/serial.ts";
-import { mmioStateWords } from "../devices/virtio/mmio.ts";
+import { mmioStateWords, VIRTIO_MMIO_PAGE_SIZE } from "../devices/virtio/mmio.ts";
 
 /** Carves consecutive regions out of a block; offsets are in bytes. */
 export class Layout {
@@ -129,6 +129,13 @@ export const DEV = {
 export const DEVICE_LAYOUT = device.regions;
 export const VIRTIO_BLOCK_BYTES = Math.ceil(device.size / 64) * 64;
 export const VIRTIO_OFFSET = block.region("virtio devices", VIRTIO_MAX_DEVICES * VIRTIO_BLOCK_BYTES, 64);
+/**
+ * One register page per virtio device (devices/virtio/mmio.ts
+ * MmioOptions.page), page-aligned and alone in their pages: KVM maps each
+ * read-only into the guest at the device's window, and the guest must see
+ * nothing else of this block.
+ */
+export const MMIO_PAGES = block.region("mmio register pages", VIRTIO_MAX_DEVICES * VIRTIO_MMIO_PAGE_SIZE, VIRTIO_MMIO_PAGE_SIZE);
 export const SHARED_LAYOUT = block.regions;
 /** The whole block, in pages (it is one mmap). */
 export const SHARED_BYTES = Math.ceil(block.size / 4096) * 4096;
@@ -137,6 +144,12 @@ export const SHARED_BYTES = Math.ceil(block.size / 4096) * 4096;
 export function virtioBlock(index: number): number {
   if (!Number.isInteger(index) || index < 0 || index >= VIRTIO_MAX_DEVICES) throw new RangeError(`No virtio device ${index}`);
   return VIRTIO_OFFSET + index * VIRTIO_BLOCK_BYTES;
+}
+
+/** Byte offset of device `index`'s register page. */
+export function mmioPage(index: number): number {
+  virtioBlock(index); // the same range check
+  return MMIO_PAGES + index * VIRTIO_MMIO_PAGE_SIZE;
 }
 
 /** Int32 word index of queue `q`'s Q state in the device block at byte `block`. */

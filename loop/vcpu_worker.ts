@@ -22,13 +22,13 @@ import { I8042_COMMAND, I8042_DATA, I8042 } from "../devices/i8042.ts";
 import { GuestPorts } from "../devices/guest_ports.ts";
 import { PanicWatch } from "../devices/panic_watch.ts";
 import { ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_SLEEP_PORT, decodeSleepWrite } from "../boot/acpi.ts";
-import { transportFor } from "../devices/virtio/device.ts";
+import { deviceTransport } from "../devices/virtio/device.ts";
 import { type MmioTransport, VIRTIO_MMIO_STATUS } from "../devices/virtio/mmio.ts";
 import { VIRTIO_MMIO_SIZE } from "../boot/layout.ts";
 import { startQueues, stopQueues } from "./virtio.ts";
 import {
   CTL, CTL_READY_TIME, CTL_TIDS, EXIT_KIND, recordExit, RUN as RUN_STATE, SERIAL_BYTES, SERIAL_OFFSET, SHARED_BYTES, sharedViews,
-  VCPU, VCPU_STATE_WORD, VIRTIO_BLOCK_BYTES,
+  VCPU, VCPU_STATE_WORD,
 } from "./shared.ts";
 import { workerMain } from "./workers.ts";
 import type { VcpuInit, VirtioDeviceInit } from "./messages.ts";
@@ -111,7 +111,7 @@ class VcpuThread {
    * ioeventfd did not match (a 1- or 2-byte write), passed on by hand.
    */
   #addVirtio(dev: VirtioDeviceInit): void {
-    const t: MmioTransport = transportFor(dev.spec, this.sharedBytes.subarray(dev.block, dev.block + VIRTIO_BLOCK_BYTES));
+    const t: MmioTransport = deviceTransport(dev, this.sharedBytes);
     this.mmio.add(dev.base, VIRTIO_MMIO_SIZE, {
       read: (o, size) => t.read(o, size),
       write: (o, size, v) => {

@@ -6,10 +6,21 @@
  * (`wireVirtio`), and puts the device's reset-time configuration space into
  * its shared block. From then on a guest kick is a write KVM turns into an
  * eventfd signal, and an interrupt is an eventfd write KVM turns into an
- * IOAPIC pulse: neither passes through user space on the vCPU. Nor does the
- * driver's InterruptACK: a read of InterruptStatus already took the bits
- * (devices/virtio/mmio.ts), so KVM swallows the ACK write into an eventfd
- * nobody reads, and an interrupt costs the vCPU one exit, the status read.
+ * IOAPIC pulse: neither passes through user space on the vCPU.
+ *
+ * Nor, where KVM can map memory read-only (KVM_CAP_READONLY_MEM; every x86
+ * KVM since Linux 3.16), do the driver's register reads: each device's
+ * window is its register page (loop/shared.ts MMIO_PAGES), which the
+ * transports keep equal to the registers (devices/virtio/mmio.ts
+ * MmioOptions.page). KVM maps it into the guest read-only, so a read is a
+ * plain memory load and only writes exit. Its InterruptStatus keeps VRING
+ * set, so the driver's ACK of it clears nothing, and KVM swallows an ACK of
+ * exactly VRING into an eventfd nobody reads: an interrupt, status read and
+ * ACK included, costs the vCPU no exit to user space, as on QEMU's
+ * virtio-pci with MSI-X. Without read-only memory, every register read is
+ * an exit; a read of InterruptStatus then takes the bits, so KVM swallows
+ * every ACK, and an interrupt costs the vCPU one exit, the status read.
+ * QEMU's virtio-mmio (and kvmtool's, and Firecracker's) take two.
  *
  * `startQueues`, `stopQueues`, `pauseQueues` and `resumeQueues` move the
  * queue Workers' state words (loop/shared.ts Q). A vCPU starts and resets
@@ -19,19 +30,32 @@
  * mapped through FFI.
  */
 import { close, EFD_CLOEXEC, EFD_NONBLOCK, eventfd, eventfdRead, eventfdSignal, Poller } from "../ffi/libc.ts";
-import { ioeventfd, irqfd } from "../ffi/kvm.ts";
-import { deviceNames, describe, initConfig, virtioSlot } from "../devices/virtio/device.ts";
-import { VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_QUEUE_NOTIFY } from "../devices/virtio/mmio.ts";
+import { ioeventfd, irqfd, KVM_MEM_READONLY, VmFd } from "../ffi/kvm.ts";
+import { deviceNames, describe, deviceTransport, initConfig, virtioSlot } from "../devices/virtio/device.ts";
+import {
+  VIRTIO_MMIO_INT_VRING,
+  VIRTIO_MMIO_INTERRUPT_ACK,
+  VIRTIO_MMIO_PAGE_SIZE,
+  VIRTIO_MMIO_QUEUE_NOTIFY,
+} from "../devices/virtio/mmio.ts";
 import type { VirtioSpec } from "../devices/registry.ts";
-import { Q, queueRunWord, VIRTIO_MAX_DEVICES, virtioBlock } from "./shared.ts";
+import { mmioPage, Q, queueRunWord, VIRTIO_MAX_DEVICES, virtioBlock } from "./shared.ts";
 import type { VirtioDeviceInit } from "./messages.ts";
+
+/** Where the register pages are: the shared block's host address, and the first free KVM memory slot. */
+export interface RegisterPages {
+  sharedAddr: bigint;
+  firstSlot: number;
+}
 
 /**
  * Create the eventfds of every device, register them with KVM, and write
  * each device's configuration space into `shared` (the whole shared block).
- * On failure, closes what it made.
+ * With `pages`, also map each device's register page read-only over its
+ * window (memory slots `firstSlot`, `firstSlot + 1`, …); then call
+ * `syncPages` before the guest runs. On failure, closes what it made.
  */
-export function wireVirtio(vmFd: number, specs: readonly VirtioSpec[], shared: Uint8Array): VirtioDeviceInit[] {
+export function wireVirtio(vmFd: number, specs: readonly VirtioSpec[], shared: Uint8Array, pages?: RegisterPages): VirtioDeviceInit[] {
   if (specs.length > VIRTIO_MAX_DEVICES) throw new RangeError(`vmm supports at most ${VIRTIO_MAX_DEVICES} virtio devices`);
   const names = deviceNames(specs);
   const made: number[] = [];
@@ -48,9 +72,18 @@ export function wireVirtio(vmFd: number, specs: readonly VirtioSpec[], shared: U
       initConfig(spec, shared.subarray(block));
       const irqFd = fd();
       irqfd(vmFd, irqFd, irq);
-      // Any 32-bit write: the driver writes back the bits it read.
+      const page = pages ? mmioPage(index) : -1;
+      if (pages) {
+        new VmFd(vmFd).setUserMemoryRegion(
+          pages.firstSlot + index, base, VIRTIO_MMIO_PAGE_SIZE, pages.sharedAddr + BigInt(page), KVM_MEM_READONLY,
+        );
+      }
+      // The driver writes back the bits it read: any of them without a
+      // register page, where reading took them; with one, VRING alone has
+      // nothing to clear, and an ACK with CONFIG goes on to the vCPU.
       const intAckFd = fd();
-      ioeventfd(vmFd, { fd: intAckFd, addr: base + VIRTIO_MMIO_INTERRUPT_ACK, len: 4 });
+      const match = pages ? { datamatch: VIRTIO_MMIO_INT_VRING } : {};
+      ioeventfd(vmFd, { fd: intAckFd, addr: base + VIRTIO_MMIO_INTERRUPT_ACK, len: 4, ...match });
       const ioFds: number[] = [], wakeFds: number[] = [];
       for (let q = 0; q < queues; q++) {
         const io = fd();
@@ -60,12 +93,20 @@ export function wireVirtio(vmFd: number, specs: readonly VirtioSpec[], shared: U
         ioFds.push(io);
         wakeFds.push(fd());
       }
-      return { spec, name: names[index], base, block, ioFds, wakeFds, ackFd: fd(), irqFd, intAckFd };
+      return { spec, name: names[index], base, block, page, ioFds, wakeFds, ackFd: fd(), irqFd, intAckFd };
     });
   } catch (e) {
     made.forEach(close);
     throw e;
   }
+}
+
+/**
+ * Fill each device's register page from its registers: once the state is
+ * final before the guest runs (after a snapshot's state went back in).
+ */
+export function syncPages(devs: readonly VirtioDeviceInit[], shared: Uint8Array): void {
+  for (const dev of devs) deviceTransport(dev, shared).syncPage();
 }
 
 /** Close every eventfd of `devs` (KVM drops its irqfds and ioeventfds with the VM fd). */

@@ -17,7 +17,7 @@ import { Vm } from "../vm/vm.ts";
 import { ioeventfd } from "../ffi/kvm.ts";
 import { SysError } from "../ffi/errno.ts";
 import { closeDisk, openDisk } from "../devices/blk/disk.ts";
-import { transportFor } from "../devices/virtio/device.ts";
+import { deviceTransport } from "../devices/virtio/device.ts";
 import { kindOf, type VirtioSpec } from "../devices/registry.ts";
 import {
   type MmioTransport,
@@ -34,6 +34,10 @@ import {
   VIRTIO_MMIO_INT_VRING,
   VIRTIO_MMIO_INTERRUPT_ACK,
   VIRTIO_MMIO_INTERRUPT_STATUS,
+  VIRTIO_MMIO_MAGIC,
+  VIRTIO_MMIO_MAGIC_VALUE,
+  VIRTIO_MMIO_DEVICE_ID,
+  VIRTIO_MMIO_PAGE_SIZE,
   VIRTIO_MMIO_QUEUE_DESC_LOW,
   VIRTIO_MMIO_QUEUE_DEVICE_LOW,
   VIRTIO_MMIO_QUEUE_DRIVER_LOW,
@@ -64,8 +68,8 @@ import {
 } from "../devices/fs/fuse.ts";
 import { requireKvm } from "../test/support/require_kvm.ts";
 import { joinWorkers, startWorker, type WorkerHandle } from "./workers.ts";
-import { pauseQueues, resumeQueues, startQueues, stopQueues, unwireVirtio, wireVirtio } from "./virtio.ts";
-import { EXIT_KIND, Q, QPOS, queuePosWord, queueRunWord, SHARED_BYTES, VIRTIO_BLOCK_BYTES } from "./shared.ts";
+import { pauseQueues, resumeQueues, startQueues, stopQueues, syncPages, unwireVirtio, wireVirtio } from "./virtio.ts";
+import { EXIT_KIND, mmioPage, Q, QPOS, queuePosWord, queueRunWord, SHARED_BYTES } from "./shared.ts";
 import type { QueueInit, VirtioDeviceInit } from "./messages.ts";
 
 const QSIZE = 16;
@@ -78,13 +82,14 @@ const BUFS = 0x40_0000;
  * queue, or one per device where its kind says `oneWorker` (as
  * loop/machine.ts starts them) or `together` lists the device's index.
  */
-async function rig(specs: VirtioSpec[], together: number[] = []) {
+async function rig(specs: VirtioSpec[], together: number[] = [], withPages = false) {
   requireKvm();
   const vm = new Vm({ memMiB: 16, cpus: 1 });
   const shared = mmapAnon(SHARED_BYTES);
   const bytes = hostView(shared, SHARED_BYTES);
   const ctl = new Int32Array(bytes.buffer, bytes.byteOffset, SHARED_BYTES / 4);
-  const devs = wireVirtio(vm.vm.fd, specs, bytes);
+  const devs = wireVirtio(vm.vm.fd, specs, bytes, withPages ? { sharedAddr: shared, firstSlot: vm.regions.length } : undefined);
+  if (withPages) syncPages(devs, bytes);
   const workers: WorkerHandle[] = [];
   for (const [i, device] of devs.entries()) {
     const queues = device.ioFds.map((_, q) => q);
@@ -96,7 +101,7 @@ async function rig(specs: VirtioSpec[], together: number[] = []) {
       workers.push(await startWorker("queue", init));
     }
   }
-  const transport = (i: number) => transportFor(specs[i], bytes.subarray(devs[i].block, devs[i].block + VIRTIO_BLOCK_BYTES));
+  const transport = (i: number) => deviceTransport(devs[i], bytes);
   const qstate = (i: number, q: number) => Atomics.load(ctl, queueRunWord(devs[i].block, q));
   /** Stop the Workers (drained) and wait for them to end; returns the queues that were late. */
   const close = async () => {
@@ -187,6 +192,44 @@ test("KVM swallows every device's InterruptACK write: wireVirtio registered an i
         close(efd);
       }
     }
+  } finally {
+    assert.deepEqual(await r.close(), []);
+    r.free();
+  }
+});
+
+test("with register pages, KVM maps each window read-only, a Worker's interrupt shows in the page, and KVM swallows an ACK of VRING alone", async () => {
+  const r = await rig([{ kind: "rng" }, { kind: "rng" }], [], true);
+  try {
+    for (const [i, d] of r.devs.entries()) {
+      assert.equal(d.page, mmioPage(i));
+      const page = new DataView(r.bytes.buffer, r.bytes.byteOffset + d.page, VIRTIO_MMIO_PAGE_SIZE);
+      assert.equal(page.getUint32(VIRTIO_MMIO_MAGIC_VALUE, true), VIRTIO_MMIO_MAGIC, "syncPages filled it");
+      assert.equal(page.getUint32(VIRTIO_MMIO_DEVICE_ID, true), 4);
+      // KVM refuses a second slot over the same guest addresses (EEXIST): the window is mapped.
+      assert.throws(() => r.vm.vm.setUserMemoryRegion(100 + i, d.base, VIRTIO_MMIO_PAGE_SIZE, r.vm.memAddr), (e: unknown) => {
+        assert.ok(e instanceof SysError);
+        assert.equal(e.code, "EEXIST");
+        return true;
+      });
+      const efd = eventfd(EFD_CLOEXEC);
+      try {
+        const ack = { fd: efd, addr: d.base + VIRTIO_MMIO_INTERRUPT_ACK, len: 4 };
+        assert.throws(() => ioeventfd(r.vm.vm.fd, { ...ack, datamatch: VIRTIO_MMIO_INT_VRING }), /EEXIST/, "an ACK of 1 is taken");
+        ioeventfd(r.vm.vm.fd, { ...ack, datamatch: VIRTIO_MMIO_INT_CONFIG }); // but not one of 2: that reaches the vCPU
+        ioeventfd(r.vm.vm.fd, { ...ack, datamatch: VIRTIO_MMIO_INT_CONFIG, deassign: true });
+      } finally {
+        close(efd);
+      }
+    }
+    const t = r.transport(0);
+    const [dq] = probe(t, r.devs[0], r.ctl, r.vm, RINGS);
+    await until(() => r.qstate(0, 0) === Q.RUNNING, "the Worker to run");
+    dq.add([{ gpa: BUFS, len: 64, write: true }]);
+    eventfdSignal(r.devs[0].ioFds[0]);
+    await until(() => dq.usedIdx === 1, "the used ring");
+    const status = () => new DataView(r.bytes.buffer, r.bytes.byteOffset + r.devs[0].page).getUint32(VIRTIO_MMIO_INTERRUPT_STATUS, true);
+    await until(() => status() === VIRTIO_MMIO_INT_VRING, "VRING in the page the guest reads");
   } finally {
     assert.deepEqual(await r.close(), []);
     r.free();

@@ -11,10 +11,11 @@
  * order, so `--drive a --drive b` is vda then vdb, as with QEMU and kvmtool.
  */
 import { VIRTIO_IRQ_START, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START } from "../../boot/layout.ts";
-import { DEV, VIRTIO_CONFIG_MAX, VIRTIO_MAX_QUEUES } from "../../loop/shared.ts";
+import { DEV, VIRTIO_BLOCK_BYTES, VIRTIO_CONFIG_MAX, VIRTIO_MAX_QUEUES } from "../../loop/shared.ts";
+import type { VirtioDeviceInit } from "../../loop/messages.ts";
 import { kindOf } from "../registry.ts";
 import type { DeviceModel, DeviceSpec } from "./kind.ts";
-import { MmioTransport, mmioStateWords } from "./mmio.ts";
+import { MmioTransport, mmioStateWords, VIRTIO_MMIO_PAGE_SIZE } from "./mmio.ts";
 
 /** The last GSI of the IOAPIC's 24 pins: virtio devices take 5…23. */
 const LAST_GSI = 23;
@@ -60,14 +61,25 @@ export function deviceNames(specs: readonly DeviceSpec[]): string[] {
 
 /**
  * This thread's view of a device's block (`block`: the bytes at its DEV
- * offset 0): registers and configuration space in shared memory. Every
- * thread passes its own view of the same block.
+ * offset 0): registers and configuration space in shared memory, and of
+ * its register page if it has one (loop/virtio.ts). Every thread passes its
+ * own view of the same block and page.
  */
-export function transportFor(spec: DeviceSpec, block: Uint8Array): MmioTransport {
+export function transportFor(spec: DeviceSpec, block: Uint8Array, page?: Uint8Array): MmioTransport {
   const model = describe(spec);
   const state = new Int32Array(block.buffer, block.byteOffset + DEV.MMIO, (DEV.QUEUE_RUN - DEV.MMIO) / 4);
   const config = block.subarray(DEV.CONFIG, DEV.CONFIG + model.config.length);
-  return new MmioTransport({ ...model, config }, { eventIdx: true, indirectDesc: true, state });
+  return new MmioTransport({ ...model, config }, { eventIdx: true, indirectDesc: true, state, page });
+}
+
+/**
+ * This thread's transport of a wired device (loop/virtio.ts wireVirtio),
+ * over its block and register page in `shared`, this thread's view of the
+ * whole shared block.
+ */
+export function deviceTransport(dev: VirtioDeviceInit, shared: Uint8Array): MmioTransport {
+  const block = shared.subarray(dev.block, dev.block + VIRTIO_BLOCK_BYTES);
+  return transportFor(dev.spec, block, dev.page < 0 ? undefined : shared.subarray(dev.page, dev.page + VIRTIO_MMIO_PAGE_SIZE));
 }
 
 /** Put a device's reset-time configuration space into its shared block (the main thread, once). */

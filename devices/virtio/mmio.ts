@@ -110,6 +110,19 @@ export const VIRTIO_F_VERSION_1 = 1n << 32n;
 export const VIRTIO_MMIO_INT_VRING = 1;
 export const VIRTIO_MMIO_INT_CONFIG = 2;
 
+/**
+ * Bytes of a register page (`MmioOptions.page`): the whole window, one host
+ * page, which KVM maps read-only at the window's guest address.
+ */
+export const VIRTIO_MMIO_PAGE_SIZE = 0x1000;
+
+/** The registers a driver reads, each mirrored into the register page. */
+const READABLE = [
+  VIRTIO_MMIO_MAGIC_VALUE, VIRTIO_MMIO_VERSION, VIRTIO_MMIO_DEVICE_ID, VIRTIO_MMIO_VENDOR_ID,
+  VIRTIO_MMIO_DEVICE_FEATURES, VIRTIO_MMIO_QUEUE_NUM_MAX, VIRTIO_MMIO_QUEUE_READY, VIRTIO_MMIO_STATUS,
+  VIRTIO_MMIO_SHM_LEN_LOW, VIRTIO_MMIO_SHM_LEN_HIGH,
+] as const;
+
 /** What the transport needs to know of a device (STYLE rule 6: devices are values). */
 export interface MmioDevice {
   /** Virtio device ID (virtio 1.2 §5: 1 net, 2 block, 3 console, 4 entropy). */
@@ -137,6 +150,27 @@ export interface MmioOptions {
    * transport allocates a private one.
    */
   state?: Int32Array;
+  /**
+   * The register page: `VIRTIO_MMIO_PAGE_SIZE` bytes that KVM maps read-only
+   * at the device's window (loop/virtio.ts), so the driver's reads never
+   * leave the guest, not even to the kernel. Every thread passes its view of
+   * the same page. With it, the transport keeps the page equal to what
+   * `read()` would answer after each change (see #syncPage), and
+   * InterruptStatus works as the page needs, not read-to-clear (a read the
+   * device never sees cannot take bits):
+   * - VIRTIO_MMIO_INT_VRING, once raised, stays set until the device resets.
+   *   Linux's vm_interrupt then asks every queue of the device whether it
+   *   used a buffer, as it does for any VRING interrupt, and an interrupt
+   *   KVM raised for a used buffer always finds one. So the driver's ACK of
+   *   a plain VRING (the value 1) has nothing to clear, and KVM swallows it
+   *   in an ioeventfd that matches 1: the interrupt costs the vCPU no exit
+   *   to user space at all.
+   * - VIRTIO_MMIO_INT_CONFIG stays set until an InterruptACK with that bit,
+   *   which matches no ioeventfd and reaches `write()`.
+   * Clearing VRING on ACK instead would race: a Worker raising it again
+   * between the driver's read and its ACK would lose its interrupt's reason.
+   */
+  page?: Uint8Array;
 }
 
 /** What the caller must do after a register write. */
@@ -210,6 +244,10 @@ export class MmioTransport {
   /** Feature bits offered to the driver. */
   readonly offered: bigint;
   readonly #s: Int32Array;
+  /** The register page as words, or null without one (MmioOptions.page). */
+  readonly #page: Int32Array | null;
+  /** The register page's configuration space, past the registers. */
+  readonly #pageConfig: Uint8Array | null;
   readonly #queueCount: number;
   /**
    * Why this thread called `markBroken`, and the reset count then. A string
@@ -229,6 +267,24 @@ export class MmioTransport {
     if (this.#s.length < words) {
       throw new RangeError(`MMIO state has ${this.#s.length} words, ${this.#queueCount} queues need ${words}`);
     }
+    const page = options.page;
+    if (page && (page.length < VIRTIO_MMIO_PAGE_SIZE || page.byteOffset % 4 !== 0)) {
+      throw new RangeError(`MMIO register page: ${page.length} bytes at offset ${page.byteOffset}, needs ${VIRTIO_MMIO_PAGE_SIZE} aligned to 4`);
+    }
+    if (page && device.config.length > VIRTIO_MMIO_PAGE_SIZE - VIRTIO_MMIO_CONFIG) {
+      throw new RangeError(`MMIO register page: a config space of ${device.config.length} bytes does not fit`);
+    }
+    this.#page = page ? new Int32Array(page.buffer, page.byteOffset, VIRTIO_MMIO_PAGE_SIZE / 4) : null;
+    this.#pageConfig = page ? page.subarray(VIRTIO_MMIO_CONFIG, VIRTIO_MMIO_CONFIG + device.config.length) : null;
+  }
+
+  /**
+   * Write every register and the configuration space into the register page,
+   * from the state: once before the guest first runs, and after a snapshot
+   * put the state back. Without a page, nothing to do.
+   */
+  syncPage(): void {
+    if (this.#page) this.#locked(() => this.#syncPage());
   }
 
   /** The device status register (virtio 1.2 §2.1). */
@@ -259,7 +315,8 @@ export class MmioTransport {
    */
   raiseInterrupt(bits: number): void {
     this.#locked(() => {
-      Atomics.or(this.#s, S.INTERRUPT_STATUS, bits);
+      const now = Atomics.or(this.#s, S.INTERRUPT_STATUS, bits) | bits;
+      if (this.#page) this.#page[VIRTIO_MMIO_INTERRUPT_STATUS / 4] = now;
     });
   }
 
@@ -288,6 +345,9 @@ export class MmioTransport {
   /** A guest read of `size` bytes at `offset` in the window. */
   read(offset: number, size: number): number {
     if (!Number.isInteger(offset) || offset < 0) return 0;
+    // With a register page, KVM answers reads from it; one that comes here
+    // anyway (a caller or a test) gets the same answer, the page's bytes.
+    if (this.#page) return this.#readPage(offset, size);
     // The config space is not under the lock: ConfigGeneration guards it (see #readConfig).
     if (offset >= VIRTIO_MMIO_CONFIG) return this.#readConfig(offset - VIRTIO_MMIO_CONFIG, size);
     // §4.2.2.2: the driver MUST use 32-bit wide, aligned accesses to registers.
@@ -302,10 +362,15 @@ export class MmioTransport {
     if (offset >= VIRTIO_MMIO_CONFIG) {
       // Outside the lock: the device's configWrite may well call configChanged().
       this.#writeConfig(offset - VIRTIO_MMIO_CONFIG, size, value);
+      if (this.#page) this.#locked(() => this.#syncPage());
       return null;
     }
     if (size !== 4 || offset % 4 !== 0) return null;
-    return this.#locked(() => this.#writeReg(offset, value));
+    return this.#locked(() => {
+      const ev = this.#writeReg(offset, value);
+      if (this.#page) this.#syncPage();
+      return ev;
+    });
   }
 
   /**
@@ -320,9 +385,10 @@ export class MmioTransport {
       // The first reason since the last reset wins: later errors are often its echoes.
       if (this.#broken?.resets !== s[S.RESETS]) this.#broken = { reason, resets: s[S.RESETS] };
       s[S.STATUS] |= STATUS_DEVICE_NEEDS_RESET;
-      if (!(s[S.STATUS] & STATUS_DRIVER_OK)) return false;
-      Atomics.or(s, S.INTERRUPT_STATUS, VIRTIO_MMIO_INT_CONFIG);
-      return true;
+      const raise = (s[S.STATUS] & STATUS_DRIVER_OK) !== 0;
+      if (raise) Atomics.or(s, S.INTERRUPT_STATUS, VIRTIO_MMIO_INT_CONFIG);
+      if (this.#page) this.#syncPage();
+      return raise;
     });
   }
 
@@ -336,9 +402,10 @@ export class MmioTransport {
     return this.#locked(() => {
       const s = this.#s;
       s[S.CONFIG_GENERATION]++; // Int32 wraps like the u32 register, read back with >>> 0
-      if (!(s[S.STATUS] & STATUS_DRIVER_OK)) return false;
-      Atomics.or(s, S.INTERRUPT_STATUS, VIRTIO_MMIO_INT_CONFIG);
-      return true;
+      const raise = (s[S.STATUS] & STATUS_DRIVER_OK) !== 0;
+      if (raise) Atomics.or(s, S.INTERRUPT_STATUS, VIRTIO_MMIO_INT_CONFIG);
+      if (this.#page) this.#syncPage();
+      return raise;
     });
   }
 
@@ -401,7 +468,8 @@ export class MmioTransport {
         // Reported whatever the status: a caller with no running Worker drops it.
         return value < this.#queueCount ? { kind: "notify", queue: value } : null;
       case VIRTIO_MMIO_INTERRUPT_ACK:
-        Atomics.and(s, S.INTERRUPT_STATUS, ~value);
+        // With a register page VRING stays set (MmioOptions.page).
+        Atomics.and(s, S.INTERRUPT_STATUS, ~(this.#page ? value & ~VIRTIO_MMIO_INT_VRING : value));
         return null;
       case VIRTIO_MMIO_STATUS:
         return this.#writeStatus(value);
@@ -505,6 +573,32 @@ export class MmioTransport {
     const s = this.#s;
     s[S.RESETS]++; // forgets every thread's brokenReason
     s.fill(0, S.INTERRUPT_STATUS, S.QUEUES + this.#queueCount * QUEUE_WORDS);
+  }
+
+  /**
+   * Make the register page answer what `read()` would now. The driver reads
+   * it without the lock, one aligned word at a time; each word here is one
+   * store, so a read sees the old or the new value of a register, never a
+   * mix. The configuration space goes first and ConfigGeneration last, so a
+   * driver that read the old generation before a torn field reads the new
+   * one after it and reads the field again (virtio 1.2 §2.5.1).
+   */
+  #syncPage(): void {
+    const p = this.#page!, s = this.#s;
+    for (const off of READABLE) p[off / 4] = this.#readReg(off);
+    p[VIRTIO_MMIO_INTERRUPT_STATUS / 4] = Atomics.load(s, S.INTERRUPT_STATUS);
+    this.#pageConfig!.set(this.device.config);
+    p[VIRTIO_MMIO_CONFIG_GENERATION / 4] = s[S.CONFIG_GENERATION];
+  }
+
+  /** A read of the register page, as KVM answers it: little-endian bytes, any size. */
+  #readPage(offset: number, size: number): number {
+    const p = this.#page!;
+    if (!(size === 1 || size === 2 || size === 4) || offset + size > VIRTIO_MMIO_PAGE_SIZE) return 0;
+    const bytes = new Uint8Array(p.buffer, p.byteOffset + offset, size);
+    let v = 0;
+    for (let i = size - 1; i >= 0; i--) v = v * 256 + bytes[i];
+    return v;
   }
 
   /** Run `f` holding the spinlock in word 0 (devices/spinlock.ts). */
