@@ -52,6 +52,16 @@ function device(over: Partial<MmioDevice> = {}): MmioDevice {
   return { deviceId: 2, features: RO, queueSizes: [256, 128], config: Uint8Array.of(1, 2, 3, 4, 5, 6, 7, 8), ...over };
 }
 
+/** A seeded xorshift32: the same garbage every run. */
+function xorshift(seed: number): () => number {
+  return () => {
+    seed ^= seed << 13;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    return seed >>> 0;
+  };
+}
+
 function writeFeatures(t: MmioTransport, f: bigint): void {
   t.write(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 4, 1);
   t.write(VIRTIO_MMIO_DRIVER_FEATURES, 4, Number(f >> 32n));
@@ -329,13 +339,7 @@ test("MmioTransport reads registers with the wrong size or alignment as 0", () =
 });
 
 test("MmioTransport never throws on garbage accesses", () => {
-  let seed = 0x9e3779b9;
-  const rand = () => {
-    seed ^= seed << 13;
-    seed ^= seed >>> 17;
-    seed ^= seed << 5;
-    return seed >>> 0;
-  };
+  const rand = xorshift(0x9e3779b9);
   const t = new MmioTransport(device({ configWrite: () => {} }), { eventIdx: true, indirectDesc: true });
   const sizes = [0, 1, 2, 3, 4, 8];
   for (let i = 0; i < 50_000; i++) {
@@ -512,13 +516,7 @@ function paged(over: Partial<MmioDevice> = {}, state = new Int32Array(new Shared
 }
 
 test("a register page answers every register as the exit path would, through a random walk of driver writes", () => {
-  let seed = 0x2545f491;
-  const rand = () => {
-    seed ^= seed << 13;
-    seed ^= seed >>> 17;
-    seed ^= seed << 5;
-    return seed >>> 0;
-  };
+  const rand = xorshift(0x2545f491);
   const plain = new MmioTransport(device({ configWrite: () => {} }), { eventIdx: true, indirectDesc: true });
   const { t, page, word } = paged({ configWrite: () => {} });
   // A driver's writes, mostly the registers it uses with values it uses, some garbage.
