@@ -8,8 +8,8 @@
  * eventfd signal, and an interrupt is an eventfd write KVM turns into an
  * IOAPIC pulse: neither passes through user space on the vCPU.
  *
- * Nor, where KVM can map memory read-only (KVM_CAP_READONLY_MEM; every x86
- * KVM since Linux 3.16), do the driver's register reads: each device's
+ * Nor, where KVM can map memory read-only (KVM_CAP_READONLY_MEM, which
+ * x86 KVM has had for over a decade), do the driver's register reads: each device's
  * window is its register page (loop/shared.ts MMIO_PAGES), which the
  * transports keep equal to the registers (devices/virtio/mmio.ts
  * MmioOptions.page). KVM maps it into the guest read-only, so a read is a
