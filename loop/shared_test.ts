@@ -1,10 +1,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  CTL, DEV, DEVICE_LAYOUT, Layout, queuePosWord, queueRunWord, SHARED_BYTES, SHARED_LAYOUT, VIRTIO_BLOCK_BYTES, VIRTIO_MAX_DEVICES,
-  VIRTIO_MAX_QUEUES, virtioBlock,
+  CTL, DEV, DEVICE_LAYOUT, Layout, MMIO_PAGES, mmioPage, queuePosWord, queueRunWord, SHARED_BYTES, SHARED_LAYOUT, VIRTIO_BLOCK_BYTES,
+  VIRTIO_MAX_DEVICES, VIRTIO_MAX_QUEUES, virtioBlock,
 } from "./shared.ts";
-import { mmioStateWords } from "../devices/virtio/mmio.ts";
+import { mmioStateWords, VIRTIO_MMIO_PAGE_SIZE } from "../devices/virtio/mmio.ts";
+import { VIRTIO_MMIO_SIZE } from "../boot/layout.ts";
 
 function noOverlap(regions: readonly { name: string; at: number; bytes: number }[], size: number): void {
   const sorted = [...regions].sort((a, b) => a.at - b.at);
@@ -40,4 +41,17 @@ test("a device block holds the MMIO registers of its largest device, queue words
   const b = virtioBlock(3);
   assert.equal(queueRunWord(b, 0) * 4, b + DEV.QUEUE_RUN);
   assert.ok(queuePosWord(b, VIRTIO_MAX_QUEUES - 1) * 4 < b + DEV.CONFIG);
+});
+
+test("each device's register page is a whole page of its own, as large as its MMIO window, and nothing else shares it", () => {
+  assert.equal(VIRTIO_MMIO_SIZE, VIRTIO_MMIO_PAGE_SIZE, "KVM maps the page over the whole window");
+  assert.equal(MMIO_PAGES % 4096, 0);
+  const pages = SHARED_LAYOUT.find((r) => r.at === MMIO_PAGES)!;
+  assert.equal(pages.bytes, VIRTIO_MAX_DEVICES * VIRTIO_MMIO_PAGE_SIZE);
+  // The guest may read these pages: no other region may start or end inside them.
+  for (const r of SHARED_LAYOUT.filter((r) => r !== pages)) {
+    assert.ok(r.at + r.bytes <= MMIO_PAGES || r.at >= MMIO_PAGES + pages.bytes, `${r.name} overlaps the register pages`);
+  }
+  assert.equal(mmioPage(VIRTIO_MAX_DEVICES - 1) + VIRTIO_MMIO_PAGE_SIZE <= SHARED_BYTES, true);
+  assert.throws(() => mmioPage(VIRTIO_MAX_DEVICES), RangeError);
 });
