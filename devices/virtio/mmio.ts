@@ -123,6 +123,17 @@ const READABLE = [
   VIRTIO_MMIO_SHM_LEN_LOW, VIRTIO_MMIO_SHM_LEN_HIGH,
 ] as const;
 
+/**
+ * `size` bytes (1, 2 or 4) at `off` in `bytes` as a little-endian number,
+ * or 0 when the size is another or the read runs past the end.
+ */
+function readLE(bytes: Uint8Array, off: number, size: number): number {
+  if (!(size === 1 || size === 2 || size === 4) || off + size > bytes.length) return 0;
+  let v = 0;
+  for (let i = size - 1; i >= 0; i--) v = v * 256 + bytes[off + i];
+  return v;
+}
+
 /** What the transport needs to know of a device (STYLE rule 6: devices are values). */
 export interface MmioDevice {
   /** Virtio device ID (virtio 1.2 §5: 1 net, 2 block, 3 console, 4 entropy). */
@@ -246,6 +257,8 @@ export class MmioTransport {
   readonly #s: Int32Array;
   /** The register page as words, or null without one (MmioOptions.page). */
   readonly #page: Int32Array | null;
+  /** The same page as bytes, which is how a guest's loads of any size see it. */
+  readonly #pageBytes: Uint8Array | null;
   /** The register page's configuration space, past the registers. */
   readonly #pageConfig: Uint8Array | null;
   readonly #queueCount: number;
@@ -275,6 +288,7 @@ export class MmioTransport {
       throw new RangeError(`MMIO register page: a config space of ${device.config.length} bytes does not fit`);
     }
     this.#page = page ? new Int32Array(page.buffer, page.byteOffset, VIRTIO_MMIO_PAGE_SIZE / 4) : null;
+    this.#pageBytes = page ? page.subarray(0, VIRTIO_MMIO_PAGE_SIZE) : null;
     this.#pageConfig = page ? page.subarray(VIRTIO_MMIO_CONFIG, VIRTIO_MMIO_CONFIG + device.config.length) : null;
   }
 
@@ -347,7 +361,7 @@ export class MmioTransport {
     if (!Number.isInteger(offset) || offset < 0) return 0;
     // With a register page, KVM answers reads from it; one that comes here
     // anyway (a caller or a test) gets the same answer, the page's bytes.
-    if (this.#page) return this.#readPage(offset, size);
+    if (this.#pageBytes) return readLE(this.#pageBytes, offset, size);
     // The config space is not under the lock: ConfigGeneration guards it (see #readConfig).
     if (offset >= VIRTIO_MMIO_CONFIG) return this.#readConfig(offset - VIRTIO_MMIO_CONFIG, size);
     // §4.2.2.2: the driver MUST use 32-bit wide, aligned accesses to registers.
@@ -591,16 +605,6 @@ export class MmioTransport {
     p[VIRTIO_MMIO_CONFIG_GENERATION / 4] = s[S.CONFIG_GENERATION];
   }
 
-  /** A read of the register page, as KVM answers it: little-endian bytes, any size. */
-  #readPage(offset: number, size: number): number {
-    const p = this.#page!;
-    if (!(size === 1 || size === 2 || size === 4) || offset + size > VIRTIO_MMIO_PAGE_SIZE) return 0;
-    const bytes = new Uint8Array(p.buffer, p.byteOffset + offset, size);
-    let v = 0;
-    for (let i = size - 1; i >= 0; i--) v = v * 256 + bytes[i];
-    return v;
-  }
-
   /** Run `f` holding the spinlock in word 0 (devices/spinlock.ts). */
   #locked<T>(f: () => T): T {
     return withSpinLock(this.#s, S.LOCK, f);
@@ -612,11 +616,7 @@ export class MmioTransport {
   // (configChanged), and the driver re-reads a field that changed under it.
 
   #readConfig(off: number, size: number): number {
-    const cfg = this.device.config;
-    if (!(size === 1 || size === 2 || size === 4) || off + size > cfg.length) return 0;
-    let v = 0;
-    for (let i = size - 1; i >= 0; i--) v = v * 256 + cfg[off + i]; // little-endian (§4.2.2: config is LE)
-    return v;
+    return readLE(this.device.config, off, size); // §4.2.2: the config space is little-endian
   }
 
   #writeConfig(off: number, size: number, value: number): void {
