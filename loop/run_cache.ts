@@ -33,12 +33,13 @@
  * number of runs may restore one snapshot while another replaces it.
  */
 import { createHash } from "node:crypto";
-import { accessSync, constants, existsSync, mkdirSync, readdirSync, renameSync, rmSync, statSync, utimesSync } from "node:fs";
+import { accessSync, constants, existsSync, mkdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { defaultCacheDir } from "../guest/build.ts";
 import { SNAPSHOT_FORMAT, VMM_VERSION } from "../vm/snapshot_file.ts";
 import { SHARED_FINGERPRINT, STATE_FILE } from "./snapshot.ts";
+import { touchEntry, trimCache } from "./cache_entries.ts";
 import { DEFAULT_CMDLINE, type MachineOptions } from "./machine.ts";
 
 /** How many snapshots the cache keeps: the ones used last. */
@@ -74,6 +75,7 @@ export function runCacheKey(o: MachineOptions): string | null {
     format: SNAPSHOT_FORMAT,
     layout: SHARED_FINGERPRINT,
     kernel: fileId(o.kernel),
+    kernelAsIs: o.kernelAsIs ?? false, // the bzImage as it is, or the vmlinux inside it (loop/kernel_cache.ts)
     initrd: fileId(o.initrd),
     cmdline: o.cmdline ?? DEFAULT_CMDLINE, // a new default is a new guest
     append: o.append ?? null,
@@ -104,13 +106,6 @@ export function cachedRun(key: string, cache = runCacheDir()): { dir: string; pr
   return { dir, present: existsSync(join(dir, STATE_FILE)) };
 }
 
-/** Mark a snapshot used now (the cache keeps the ones used last). */
-export function touchRun(dir: string): void {
-  try {
-    const now = new Date();
-    utimesSync(dir, now, now);
-  } catch { /* a cache we cannot write to still restores */ }
-}
 
 /**
  * Write a run's snapshot into `dir` through `snapshot` (Machine's ready
@@ -148,23 +143,10 @@ export function saveRun(dir: string, snapshot: (dir: string) => void, replace = 
     rmSync(tmp, { recursive: true, force: true });
     throw e;
   }
-  trimCache(join(dir, ".."), dir);
+  trimCache(join(dir, ".."), dir, KEEP_SNAPSHOTS);
   return true;
 }
 
-/** Remove all but the KEEP_SNAPSHOTS snapshots used last (never `keep`), and temporary directories a killed run left a day ago. */
-export function trimCache(cache: string, keep: string): void {
-  let entries: { path: string; used: number; tmp: boolean }[];
-  try {
-    entries = readdirSync(cache).map((name) => {
-      const path = join(cache, name);
-      return { path, used: statSync(path).mtimeMs, tmp: name.includes(".tmp-") || name.includes(".old-") };
-    });
-  } catch {
-    return;
-  }
-  const old = Date.now() - 24 * 3600_000;
-  for (const e of entries) if (e.tmp && e.used < old) rmSync(e.path, { recursive: true, force: true });
-  const done = entries.filter((e) => !e.tmp && e.path !== keep).sort((a, b) => b.used - a.used);
-  for (const e of done.slice(KEEP_SNAPSHOTS - 1)) rmSync(e.path, { recursive: true, force: true });
-}
+/** Mark a snapshot used now (the cache keeps the ones used last). */
+export const touchRun: (dir: string) => void = touchEntry;
+export { trimCache };

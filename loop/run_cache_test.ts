@@ -140,7 +140,7 @@ test("trimCache(): keeps the snapshots used last, and old leftovers of killed ru
     const dayAgo = new Date(Date.now() - 25 * 3600_000);
     utimesSync(join(cache, "s9.tmp-123"), dayAgo, dayAgo);
     mkdirSync(join(cache, "s8.tmp-456")); // a run writing now
-    trimCache(cache, join(cache, "s0")); // s0 was just written: never trimmed
+    trimCache(cache, join(cache, "s0"), KEEP_SNAPSHOTS); // s0 was just written: never trimmed
     assert.deepEqual(readdirSync(cache).sort(), ["s0", "s3", "s4", "s5", "s8.tmp-456"]);
   });
 });
