@@ -46,6 +46,9 @@ stderr are vmm's own; kernel messages are not shown (-v shows them on stderr).
 
 Options:
   --kernel PATH     bzImage or ELF vmlinux to boot (default: the default guest's Debian kernel)
+  --kernel-as-is    boot --kernel's bzImage as it is (its own decompressor, KASLR);
+                    by default vmm boots the ELF kernel inside it, unpacked once
+                    into $VMM_KERNEL_CACHE (default ~/.cache/vmm/kernels)
   --initrd PATH     initramfs (default: the default guest's, when --kernel is not given)
   --cmdline TEXT    kernel command line (replaces the default)
   --append TEXT     added to the kernel command line
@@ -94,6 +97,7 @@ async function main(argv: string[]): Promise<number> {
     allowPositionals: true,
     options: {
       kernel: { type: "string" },
+      "kernel-as-is": { type: "boolean" },
       initrd: { type: "string" },
       cmdline: { type: "string" },
       append: { type: "string" },
@@ -129,7 +133,7 @@ async function main(argv: string[]): Promise<number> {
   if (cmd === "restore" && rest.length !== 1) throw new UsageError("vmm restore takes one argument, the snapshot's directory: vmm restore DIR");
   if (values["snapshot-dir"] !== undefined && cmd === "run") throw new UsageError("--snapshot-dir is an option of vmm boot and vmm restore");
   if (cmd === "restore") {
-    for (const o of ["kernel", "initrd", "cmdline", "append", "virtio-cmdline", "busybox", "root", "rw", "cold", "console-log"] as const) {
+    for (const o of ["kernel", "kernel-as-is", "initrd", "cmdline", "append", "virtio-cmdline", "busybox", "root", "rw", "cold", "console-log"] as const) {
       if (values[o] !== undefined) throw new UsageError(`--${o} is not an option of vmm restore: the guest it goes on with has its own`);
     }
   }
@@ -167,6 +171,8 @@ async function main(argv: string[]): Promise<number> {
 
   const opts: MachineOptions = {
     kernel: values.kernel ?? "",
+    kernelAsIs: values["kernel-as-is"],
+    log: values.verbose ? printNote : undefined,
     initrd: values.initrd,
     cmdline: values.cmdline,
     append: values.append,

@@ -9,7 +9,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import process from "node:process";
 import { dirname, join } from "node:path";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { gzipSync } from "node:zlib";
 import { tmpdir } from "node:os";
 import { asm, makeBzImage, makeVmlinux, printAndExit } from "../test/support/tiny_kernel.ts";
 import { requireKvm } from "../test/support/tiny_run.ts";
@@ -212,6 +213,36 @@ test("vmm boot --kernel VMLINUX loads the ELF kernel from its file and starts it
   assert.equal(r.stdout, "hi from an ELF kernel\n");
   assert.equal(r.stderr, "");
   assert.equal(r.status, 9);
+});
+
+test("vmm boot --kernel BZIMAGE boots the ELF kernel inside it, unpacked once into the cache; --kernel-as-is boots the bzImage", async () => {
+  requireKvm();
+  // The bzImage's own code stands for its decompressor: booted as it is, it says so.
+  const elf = makeVmlinux(new Uint8Array([...asm.print("the ELF kernel inside\n"), ...asm.outb(0xf4, 4), ...asm.halt]));
+  const bz = makeBzImage(new Uint8Array([...asm.print("the bzImage as it is\n"), ...asm.outb(0xf4, 3), ...asm.halt]), { payload: gzipSync(elf) });
+  const cache = mkdtempSync(join(tmpdir(), "vmm-kernels-"));
+  const saved = process.env.VMM_KERNEL_CACHE;
+  process.env.VMM_KERNEL_CACHE = cache;
+  try {
+    await withFile(bz, (k) => {
+      const first = vmmSync(["boot", "-v", "--kernel", k]);
+      assert.equal(first.stdout, "the ELF kernel inside\n", described(first));
+      assert.equal(first.status, 4);
+      const [entry] = readdirSync(cache);
+      assert.ok(first.stderr.split("\n").includes(`vmm: unpacked the ELF kernel inside ${k} into ${join(cache, entry, "vmlinux")}`), described(first));
+      const again = vmmSync(["boot", "-v", "--kernel", k]);
+      assert.equal(again.stdout, "the ELF kernel inside\n", described(again));
+      assert.ok(again.stderr.split("\n").includes(`vmm: booting the ELF kernel inside ${k} from ${join(cache, entry, "vmlinux")}`), described(again));
+      const asIs = vmmSync(["boot", "--kernel-as-is", "--kernel", k]);
+      assert.equal(asIs.stdout, "the bzImage as it is\n", described(asIs));
+      assert.equal(asIs.stderr, "");
+      assert.equal(asIs.status, 3);
+    });
+  } finally {
+    if (saved === undefined) delete process.env.VMM_KERNEL_CACHE;
+    else process.env.VMM_KERNEL_CACHE = saved;
+    rmSync(cache, { recursive: true, force: true });
+  }
 });
 
 test("vmm boot -v says why the VM ended", async () => {

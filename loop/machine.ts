@@ -35,6 +35,7 @@ import { joinWorkers, SpareWorkers, startWorker, type WorkerHandle } from "./wor
 import { syncPages, unwireVirtio, wireVirtio } from "./virtio.ts";
 import type { ControlEvent, ControlInit, QueueInit, StdinInit, VcpuInit, VirtioDeviceInit } from "./messages.ts";
 import { type RestoreOptions, SnapshotSource, writeSnapshot } from "./snapshot.ts";
+import { unpackedKernel } from "./kernel_cache.ts";
 
 /** The command line vmm gives a kernel unless told otherwise. */
 export const DEFAULT_CMDLINE = [
@@ -60,8 +61,17 @@ export const DEFAULT_CMDLINE = [
 ].join(" ");
 
 export interface MachineOptions extends DeviceOptions {
-  /** Kernel path or bytes: a bzImage, or an ELF vmlinux (boot/vmlinux.ts), which boots without decompressing itself. */
+  /**
+   * Kernel path or bytes: a bzImage, or an ELF vmlinux (boot/vmlinux.ts),
+   * which boots without decompressing itself. A bzImage given by path boots
+   * as the vmlinux inside it, unpacked once into vmm's cache
+   * (loop/kernel_cache.ts), unless `kernelAsIs`.
+   */
   kernel: string | Uint8Array;
+  /** Boot a bzImage as it is: its own decompressor, KASLR and all (`--kernel-as-is`). */
+  kernelAsIs?: boolean;
+  /** vmm's own notes on what it did, one line each (`vmm -v` prints them): a kernel unpacked, say. */
+  log?: (line: string) => void;
   /** initramfs path or bytes. */
   initrd?: string | Uint8Array;
   /** Kernel command line; default DEFAULT_CMDLINE. */
@@ -511,7 +521,14 @@ function hasStdinWorker(c: ConsoleOptions): c is ConsoleOptions & { inFd: number
 
 /** Everything create() makes, each piece recorded in `own` as it is made. */
 async function build(o: MachineOptions, own: Owner, from?: SnapshotSource): Promise<Parts> {
-  const kernel = load("--kernel", o.kernel);
+  let kernel = load("--kernel", o.kernel);
+  if (typeof o.kernel === "string" && !o.kernelAsIs && !from) {
+    const unpacked = unpackedKernel(o.kernel);
+    if (unpacked) {
+      o.log?.(`${unpacked.fresh ? "unpacked" : "booting"} the ELF kernel inside ${o.kernel}${unpacked.fresh ? " into" : " from"} ${unpacked.path}`);
+      kernel = load("--kernel", unpacked.path);
+    }
+  }
   const initrd = o.initrd !== undefined ? load("--initrd", o.initrd) : undefined;
   let initrdExtra: Uint8Array | undefined;
   if (o.command || o.hostRun) {

@@ -62,11 +62,11 @@ const MiB = 1024 * 1024;
  * console's fds). What the guest already holds (kernel, initrd, command
  * line) comes from the snapshot; `cpus` and `memMiB`, if given, must match it.
  */
-export type RestoreOptions = Omit<Partial<MachineOptions>, "kernel" | "initrd" | "cmdline" | "append" | "command" | "virtioCmdline">;
+export type RestoreOptions = Omit<Partial<MachineOptions>, "kernel" | "kernelAsIs" | "initrd" | "cmdline" | "append" | "command" | "virtioCmdline">;
 
 /** The options of `Machine.create()` a restore takes: those that do not say what to boot. */
 export function restoreOptionsOf(o: MachineOptions): RestoreOptions {
-  const { kernel: _k, initrd: _i, cmdline: _c, append: _a, command: _cmd, virtioCmdline: _v, ...devices } = o;
+  const { kernel: _k, kernelAsIs: _ka, initrd: _i, cmdline: _c, append: _a, command: _cmd, virtioCmdline: _v, ...devices } = o;
   return devices;
 }
 

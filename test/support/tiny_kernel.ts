@@ -6,11 +6,20 @@
  */
 
 /** Header fields of a minimal bzImage, each commented with its boot.rst name. */
-export function makeBzImage(code64: Uint8Array, o: { version?: number; xloadflags?: number; setupSects?: number } = {}): Uint8Array {
+/**
+ * With `payload`, the image carries it as its compressed kernel, after the
+ * code (payload_offset, payload_length: what loop/kernel_cache.ts unpacks);
+ * the code itself stands for the decompressor.
+ */
+export function makeBzImage(
+  code64: Uint8Array,
+  o: { version?: number; xloadflags?: number; setupSects?: number; payload?: Uint8Array } = {},
+): Uint8Array {
   const setupSects = o.setupSects ?? 1;
   const kernelOffset = (setupSects + 1) * 512;
+  const payload = o.payload ?? new Uint8Array(0);
   // The 64-bit entry is 0x200 bytes into the protected-mode kernel.
-  const img = new Uint8Array(kernelOffset + 0x200 + code64.length);
+  const img = new Uint8Array(kernelOffset + 0x200 + code64.length + payload.length);
   const v = new DataView(img.buffer);
   v.setUint8(0x1f1, setupSects); // setup_sects
   v.setUint16(0x1fe, 0xaa55, true); // boot_flag
@@ -23,6 +32,11 @@ export function makeBzImage(code64: Uint8Array, o: { version?: number; xloadflag
   v.setUint32(0x238, 2047, true); // cmdline_size
   v.setUint32(0x260, 0x10000, true); // init_size
   img.set(code64, kernelOffset + 0x200);
+  if (payload.length) {
+    v.setUint32(0x248, 0x200 + code64.length, true); // payload_offset, from the protected-mode kernel
+    v.setUint32(0x24c, payload.length, true); // payload_length
+    img.set(payload, kernelOffset + 0x200 + code64.length);
+  }
   return img;
 }
 

@@ -1,0 +1,138 @@
+/**
+ * A bzImage given with `--kernel` boots as the ELF kernel inside it, unpacked
+ * once on the host and kept in vmm's cache: the guest skips its decompressor
+ * on every boot after the first.
+ *
+ * Why: a bzImage's first act is to decompress the real kernel, some 45 MB,
+ * with the guest's CPU alone (boot/vmlinux.ts). That is tens of milliseconds
+ * on hardware, and seconds where the guest's instructions are emulated one
+ * level down, as in this project's nested test host. The default guest has
+ * long booted its vmlinux for that reason (guest/build.ts); this gives a
+ * kernel of the user's own the same start. Firecracker asks its users for
+ * the vmlinux instead; vmm takes either and does the unpacking itself.
+ *
+ * What changes for the guest: the vmlinux runs at its link address, so the
+ * decompressor's KASLR does not happen (as with `nokaslr`), and the kernel
+ * starts in 4-level paging where the decompressor might have turned on 5-level
+ * paging. `--kernel-as-is` (MachineOptions.kernelAsIs) boots the bzImage as
+ * it is, for a test of either.
+ *
+ * **What is unpacked:** payloads this process decodes alone, gzip and LZ4
+ * (guest/build.ts vmlinuxInProcess; Debian's kernels are LZ4). A bzImage
+ * compressed otherwise (xz, zstd), or one whose payload does not decode to
+ * an x86-64 ELF kernel, boots as it is. The first boot of a bzImage pays for
+ * the decoding (about 0.3 s for Debian's 14 MB kernel on the machines
+ * measured), and its vmlinux takes some 50 MB of disk.
+ *
+ * **The key** is the bzImage's identity without reading it: device, inode,
+ * size and modification time, as the run cache keys its files
+ * (loop/run_cache.ts). A rebuilt kernel is a new file and gets a new entry.
+ *
+ * **Concurrency:** an entry is written into a temporary directory and
+ * renamed into place whole; a run that loses the race throws its copy away.
+ * The cache keeps the KEEP_KERNELS entries used last, and never removes one
+ * used in the last EVICT_GRACE_MS: the loader opens the file again for each
+ * piece it reads, so another vmm may still be reading it.
+ */
+import { createHash } from "node:crypto";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import process from "node:process";
+import { defaultCacheDir, vmlinuxInProcess } from "../guest/build.ts";
+import { KERNEL_START } from "../boot/layout.ts";
+import { isElf, parseVmlinux } from "../boot/vmlinux.ts";
+import { touchEntry, trimCache } from "./cache_entries.ts";
+
+/** How many unpacked kernels the cache keeps: the ones used last. */
+export const KEEP_KERNELS = 4;
+/** An entry used this recently is never removed. */
+export const EVICT_GRACE_MS = 10 * 60_000;
+/** Bumped when what an entry holds changes: older entries are then not used. */
+const FORMAT = 1;
+const VMLINUX = "vmlinux";
+
+/** Where unpacked kernels live: $VMM_KERNEL_CACHE, else `kernels/` in vmm's cache. */
+export function kernelCacheDir(env: Record<string, string | undefined> = process.env): string {
+  return env.VMM_KERNEL_CACHE || join(defaultCacheDir(), "kernels");
+}
+
+/** What unpackedKernel found: the file to boot, and whether it was unpacked by this call. */
+export interface Unpacked {
+  path: string;
+  fresh: boolean;
+}
+
+/**
+ * The cached vmlinux of the bzImage at `path`, unpacked now if it is not
+ * cached yet; undefined when `path` is not a bzImage vmm can unpack, or the
+ * cache cannot be written (the caller then boots `path` as it is).
+ *
+ * @example
+ * ```ts
+ * import { unpackedKernel } from "./kernel_cache.ts";
+ * const k = unpackedKernel("/boot/vmlinuz-6.1.0-57-cloud-amd64");
+ * console.log(k?.path); // ~/.cache/vmm/kernels/3f1c…/vmlinux
+ * ```
+ */
+export function unpackedKernel(path: string, cache = kernelCacheDir()): Unpacked | undefined {
+  let id: string;
+  try {
+    const st = statSync(path);
+    if (!st.isFile() || !looksLikeBzImage(path)) return undefined;
+    // Whole milliseconds: Deno gives no more, Bun gives fractions, and both runtimes should find one entry.
+    id = `${st.dev}:${st.ino} ${st.size} ${Math.trunc(st.mtimeMs)}`;
+  } catch {
+    return undefined; // the loader names what is wrong with the file
+  }
+  const key = createHash("sha256").update(JSON.stringify({ format: FORMAT, id })).digest("hex").slice(0, 32);
+  const dir = join(cache, key), file = join(dir, VMLINUX);
+  if (existsSync(file)) {
+    touchEntry(dir);
+    return { path: file, fresh: false };
+  }
+  const elf = decode(path);
+  if (!elf) return undefined;
+  const tmp = join(cache, `.${key}.tmp-${process.pid}`);
+  try {
+    mkdirSync(tmp, { recursive: true });
+    writeFileSync(join(tmp, VMLINUX), elf);
+    try {
+      renameSync(tmp, dir);
+    } catch (e) {
+      if (!existsSync(file)) throw e; // else another vmm published the same bytes first
+    }
+  } catch {
+    return undefined; // a cache we cannot write to: boot the bzImage
+  } finally {
+    try {
+      rmSync(tmp, { recursive: true, force: true });
+    } catch { /* Bun's rmSync throws even with force where the path cannot exist (ENOTDIR, EROFS) */ }
+  }
+  trimCache(cache, dir, KEEP_KERNELS, EVICT_GRACE_MS);
+  return { path: file, fresh: true };
+}
+
+/** Whether the file starts with a bzImage's setup header ("HdrS" at 0x202). */
+function looksLikeBzImage(path: string): boolean {
+  const head = new Uint8Array(0x210);
+  const fd = openSync(path, "r");
+  try {
+    if (readSync(fd, head, 0, head.length, 0) < head.length) return false;
+  } finally {
+    closeSync(fd);
+  }
+  return new DataView(head.buffer).getUint32(0x202, true) === 0x53726448;
+}
+
+/** The bzImage's ELF kernel, or undefined when its payload is not one this process decodes to an x86-64 vmlinux. */
+function decode(path: string): Uint8Array | undefined {
+  try {
+    const elf = vmlinuxInProcess(readFileSync(path));
+    if (!elf || !isElf(elf)) return undefined;
+    // What the loader checks of an ELF kernel: one it would refuse boots as the bzImage instead.
+    return parseVmlinux(elf.subarray(0, 4096), elf.length).start >= KERNEL_START ? elf : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
