@@ -57,6 +57,7 @@ test("runCacheKey(): another key for anything the waiting guest would differ in"
       runCacheKey(options(dir, { cmdline: "console=ttyS0" })),
       runCacheKey(options(dir, { console: { outFd: 1, inFd: null, device: "hvc" } })),
       runCacheKey(options(dir, { rng: true })),
+      runCacheKey(options(dir, { kernelAsIs: true })), // the bzImage itself, not the vmlinux inside it
       runCacheKey(options(dir, { hostRun: run(dir, { mounts: [...run(dir).mounts, { tag: "vmm.rw0", path: "/x", at: "/x" }] }) })),
     ];
     for (const [i, k] of keys.entries()) assert.notEqual(k, base, `variant ${i}`);
