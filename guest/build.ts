@@ -27,7 +27,7 @@ import {
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { gunzipSync } from "node:zlib";
+import { gunzipSync, zstdDecompressSync } from "node:zlib";
 import { type CpioEntry, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio } from "./cpio.ts";
 import { staticElf64 } from "./elf.ts";
 import { LZ4_LEGACY_MAGIC, lz4LegacyDecode } from "./lz4.ts";
@@ -299,18 +299,25 @@ export function bzImagePayload(bzImage: Uint8Array): { payload: Uint8Array; len:
 
 /**
  * The ELF kernel inside a bzImage, where this process can decompress it
- * alone (gzip with node:zlib, LZ4 with guest/lz4.ts), else undefined: what a
- * packaged guest, which may not find the `lz4` program, does on unpacking.
+ * alone (gzip and zstd with node:zlib, LZ4 with guest/lz4.ts), else
+ * undefined: what a packaged guest, which may not find the `lz4` program,
+ * does on unpacking, and what loop/kernel_cache.ts unpacks. zstd is what
+ * Ubuntu's, Fedora's and Arch's kernels use; Debian's use LZ4.
  */
 export function vmlinuxInProcess(bzImage: Uint8Array): Uint8Array | undefined {
   const { payload, len } = bzImagePayload(bzImage);
+  const v = new DataView(payload.buffer, payload.byteOffset, len);
+  const magic = v.getUint32(0, true), size = v.getUint32(len - 4, true); // size_append (see extractVmlinux)
   let elf: Uint8Array;
   if (payload[0] === 0x1f && payload[1] === 0x8b) elf = gunzipSync(payload);
-  else if (new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0, true) === LZ4_LEGACY_MAGIC) {
-    elf = lz4LegacyDecode(payload.subarray(0, len - 4), new DataView(payload.buffer, payload.byteOffset + len - 4, 4).getUint32(0, true));
+  else if (magic === LZ4_LEGACY_MAGIC) elf = lz4LegacyDecode(payload.subarray(0, len - 4), size);
+  else if (magic === ZSTD_MAGIC) {
+    elf = zstdDecompressSync(payload.subarray(0, len - 4), { maxOutputLength: size });
+    if (elf.length !== size) throw new RangeError(`zstd gave ${elf.length} bytes, the bzImage says ${size}`);
   } else return undefined;
   return checkedElf(elf);
 }
+const ZSTD_MAGIC = 0xfd2fb528;
 
 /** `elf` when it starts with the ELF magic; a bzImage whose payload does not is refused. */
 function checkedElf(elf: Uint8Array): Uint8Array {

@@ -8,8 +8,9 @@ import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync }
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { gzipSync } from "node:zlib";
-import { ensureDefaultGuest, extractVmlinux, moduleName, outbElf, resolveModules } from "./build.ts";
+import { gzipSync, zstdCompressSync } from "node:zlib";
+import { ensureDefaultGuest, extractVmlinux, moduleName, outbElf, resolveModules, vmlinuxInProcess } from "./build.ts";
+import { makeVmlinux } from "../test/support/tiny_kernel.ts";
 import { S_IFCHR, S_IFLNK, S_IFMT, S_IFREG } from "./cpio.ts";
 
 const dec = new TextDecoder();
@@ -89,6 +90,29 @@ test("extractVmlinux() finds the ELF payload through the setup header", () => {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("vmlinuxInProcess() decodes a zstd payload (the kernel's size appended) in this process, to the bytes the zstd program gives", () => {
+  const elf = makeVmlinux(new Uint8Array([0xf4]), { bssBytes: 256 * 1024 });
+  const sized = (z: Uint8Array, n: number) => {
+    const p = new Uint8Array(z.length + 4);
+    p.set(z);
+    new DataView(p.buffer).setUint32(z.length, n, true); // the kernel Makefile's size_append
+    return p;
+  };
+  const bz = fakeBzImage(sized(zstdCompressSync(elf), elf.length));
+  assert.deepEqual(new Uint8Array(vmlinuxInProcess(bz)!), elf);
+  if (spawnSync("zstd", ["--version"]).status === 0) {
+    const dir = mkdtempSync(join(tmpdir(), "vmm-vmlinux-"));
+    try {
+      assert.deepEqual(new Uint8Array(extractVmlinux(bz, dir)), elf, "the zstd program agrees");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  // A size that does not match what the payload holds is refused, either way round.
+  assert.throws(() => vmlinuxInProcess(fakeBzImage(sized(zstdCompressSync(elf), elf.length - 1))));
+  assert.throws(() => vmlinuxInProcess(fakeBzImage(sized(zstdCompressSync(elf), elf.length + 1))), /zstd gave/);
 });
 
 test("guest/init.sh parses under busybox sh", () => {

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { gzipSync } from "node:zlib";
+import { gzipSync, zstdCompressSync } from "node:zlib";
 import { makeBzImage, makeVmlinux } from "../test/support/tiny_kernel.ts";
 import { EVICT_GRACE_MS, KEEP_KERNELS, kernelCacheDir, unpackedKernel } from "./kernel_cache.ts";
 
@@ -43,6 +43,16 @@ test("unpackedKernel(): a bzImage's gzip'd ELF kernel is unpacked once, then use
     assert.deepEqual(again, { path: first.path, fresh: false });
     assert.equal(statSync(again.path).ino, ino, "not written again");
     assert.deepEqual(readdirSync(cache), [readdirSync(cache)[0]], "one entry, no temporary directory left");
+  });
+});
+
+test("unpackedKernel(): a zstd payload (Ubuntu's, Fedora's kernels) is unpacked too", () => {
+  withDir((dir) => {
+    const z = zstdCompressSync(ELF), payload = new Uint8Array(z.length + 4);
+    payload.set(z);
+    new DataView(payload.buffer).setUint32(z.length, ELF.length, true); // the kernel Makefile's size_append
+    const u = unpackedKernel(bzImage(dir, "vmlinuz", payload), join(dir, "cache"));
+    assert.deepEqual(new Uint8Array(readFileSync(u!.path)), ELF);
   });
 });
 
