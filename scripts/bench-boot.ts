@@ -148,7 +148,7 @@ out.push(`runs: ${n} measured (after ${warmup} warm-up each), contenders interle
 out.push(`vmm-bun:  bun bin/vmm.ts boot -v --kernel K --initrd I --cpus ${CPUS} --memory ${MEM_MIB}M`);
 out.push(`vmm-deno: deno run -A --no-check bin/vmm.ts boot -v --kernel K --initrd I --cpus ${CPUS} --memory ${MEM_MIB}M`);
 out.push(`qemu:     ${qemuArgv({ kernel: "K", initrd: "I", cmdline: "<cmdline>" }).join(" ")}`);
-out.push("vmm boots the ELF kernel inside the bzImage K, unpacked into its cache once, on each runtime's first run");
+out.push("vmm boots the ELF kernel inside the bzImage K, unpacked into its cache once, on vmm's first run");
 out.push("(a warm-up run unless --warmup 0; loop/kernel_cache.ts); QEMU's guest decompresses K itself on every boot.");
 out.push("");
 out.push(line(header));
