@@ -29,6 +29,10 @@ const quiet: Partial<MachineOptions> = { memMiB: 16, console: { outFd: 2, inFd: 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const count = (m: Machine) => m.vm.mem.readU32(COUNTER);
 const openFds = () => readdirSync("/proc/self/fd").length;
+/** fds the runtime itself may hold open or not from one moment to the next. */
+const RUNTIME_FD_SLACK = 4;
+/** The open fds that are KVM's: /dev/kvm, VMs and vCPUs (`anon_inode:kvm-vm`, `anon_inode:kvm-vcpu:0`). */
+const kvmFds = () => fdTargets().filter((t) => t === "/dev/kvm" || t.startsWith("anon_inode:kvm")).sort();
 /** What each open fd is (`anon_inode:[eventfd]`, a path…), to name what leaked. */
 const fdTargets = () =>
   readdirSync("/proc/self/fd").map((fd) => {
@@ -151,12 +155,20 @@ test("a create() that fails after the VM exists releases every fd it made", asyn
     if (now === before) break;
     before = now;
   }
+  const kvmBefore = kvmFds();
   for (let i = 0; i < 5; i++) await assert.rejects(Machine.create({ kernel: garbage, ...quiet }));
   // The Workers create() had started loading (loop/workers.ts SpareWorkers)
   // are terminated when it fails; the runtime closes a terminated Worker's
   // own fds a moment later. A leak never settles.
   for (let t = 0; t < 50 && openFds() > before; t++) await sleep(100);
-  assert.equal(openFds(), before);
+  // /dev/kvm and the VM and vCPU fds are vmm's alone: exactly as many as before.
+  assert.deepEqual(kvmFds(), kvmBefore);
+  // The rest within the runtime's own few. Deno keeps a terminated Worker's
+  // event loop (an eventfd and an epoll fd, sometimes more) open until later,
+  // and which Worker's are open at a given moment varies: the nested host saw
+  // 202 against 201 once. A leak of vmm's own would be one per create() or
+  // more, 5 or more here.
+  assert.ok(openFds() - before <= RUNTIME_FD_SLACK, `open fds grew from ${before} to ${openFds()}: ${fdTargets().join(", ")}`);
 });
 
 /**
@@ -166,8 +178,6 @@ test("a create() that fails after the VM exists releases every fd it made", asyn
  * heap, which never give every page back).
  */
 const SOAK_VMS = Number(process.env.VMM_SOAK_VMS ?? 200);
-/** fds the runtime itself may hold open or not from one moment to the next. */
-const RUNTIME_FD_SLACK = 4;
 test(`soak: ${SOAK_VMS} machines created, run and closed leave the fd count and RSS where the first left them`, async () => {
   requireKvm();
   const kernel = printAndExit("", 0);
