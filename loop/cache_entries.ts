@@ -3,7 +3,7 @@
  * kernels, loop/kernel_cache.ts): one directory each, published by a rename,
  * marked used by its modification time, and trimmed to the ones used last.
  */
-import { readdirSync, rmSync, statSync, utimesSync } from "node:fs";
+import { accessSync, constants, mkdirSync, readdirSync, rmSync, statSync, utimesSync } from "node:fs";
 import { join } from "node:path";
 
 /** Mark an entry used now: its directory's modification time says when (trimCache keeps the ones used last). */
@@ -34,4 +34,15 @@ export function trimCache(cache: string, keep: string, count: number, graceMs = 
   for (const e of entries) if (e.tmp && e.used < old) rmSync(e.path, { recursive: true, force: true });
   const done = entries.filter((e) => !e.tmp && e.path !== keep).sort((a, b) => b.used - a.used);
   for (const e of done.slice(count - 1)) if (now - e.used >= graceMs) rmSync(e.path, { recursive: true, force: true });
+}
+
+/** Whether entries can be written to `cache` (made if missing): a read-only home, a container's read-only root, cannot. */
+export function cacheDirWritable(cache: string): boolean {
+  try {
+    mkdirSync(cache, { recursive: true });
+    accessSync(cache, constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
 }

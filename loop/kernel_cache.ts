@@ -1,7 +1,7 @@
 /**
  * A bzImage given with `--kernel` boots as the ELF kernel inside it, unpacked
- * once on the host and kept in vmm's cache: the guest skips its decompressor
- * on every boot after the first.
+ * once on the host and kept in vmm's cache (kernelCacheDir): the guest skips
+ * its decompressor on every boot after the first.
  *
  * Why: a bzImage's first act is to decompress the real kernel, some 45 MB,
  * with the guest's CPU alone (boot/vmlinux.ts). That is tens of milliseconds
@@ -38,10 +38,11 @@ import { createHash } from "node:crypto";
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
-import { defaultCacheDir, vmlinuxInProcess } from "../guest/build.ts";
+import { vmlinuxInProcess } from "../guest/build.ts";
+import { cacheRoots } from "../guest/packaged.ts";
 import { KERNEL_START } from "../boot/layout.ts";
 import { isElf, parseVmlinux } from "../boot/vmlinux.ts";
-import { touchEntry, trimCache } from "./cache_entries.ts";
+import { cacheDirWritable, touchEntry, trimCache } from "./cache_entries.ts";
 
 /** How many unpacked kernels the cache keeps: the ones used last. */
 export const KEEP_KERNELS = 4;
@@ -51,9 +52,16 @@ export const EVICT_GRACE_MS = 10 * 60_000;
 const FORMAT = 1;
 const VMLINUX = "vmlinux";
 
-/** Where unpacked kernels live: $VMM_KERNEL_CACHE, else `kernels/` in vmm's cache. */
-export function kernelCacheDir(env: Record<string, string | undefined> = process.env): string {
-  return env.VMM_KERNEL_CACHE || join(defaultCacheDir(), "kernels");
+/**
+ * Where unpacked kernels live: $VMM_KERNEL_CACHE, else `kernels/` in the
+ * first of vmm's cache roots that can be written (guest/packaged.ts
+ * cacheRoots: $VMM_CACHE, $XDG_CACHE_HOME/vmm, ~/.cache/vmm, then a
+ * directory of this user's in the temporary directory); null when none can. A read-only $VMM_CACHE (the benchmarks' nested host shares the
+ * host's) or home thus still gets a kernel cache.
+ */
+export function kernelCacheDir(env: Record<string, string | undefined> = process.env): string | null {
+  const dirs = env.VMM_KERNEL_CACHE ? [env.VMM_KERNEL_CACHE] : cacheRoots(env).map((r) => join(r, "kernels"));
+  return dirs.find(cacheDirWritable) ?? null;
 }
 
 /** What unpackedKernel found: the file to boot, and whether it was unpacked by this call. */
@@ -64,8 +72,9 @@ export interface Unpacked {
 
 /**
  * The cached vmlinux of the bzImage at `path`, unpacked now if it is not
- * cached yet; undefined when `path` is not a bzImage vmm can unpack, or the
- * cache cannot be written (the caller then boots `path` as it is).
+ * cached yet, in `cacheDir` (default kernelCacheDir(); null: none);
+ * undefined when `path` is not a bzImage vmm can unpack, or the cache cannot
+ * be written (the caller then boots `path` as it is).
  *
  * @example
  * ```ts
@@ -74,7 +83,7 @@ export interface Unpacked {
  * console.log(k?.path); // ~/.cache/vmm/kernels/3f1c…/vmlinux
  * ```
  */
-export function unpackedKernel(path: string, cache = kernelCacheDir()): Unpacked | undefined {
+export function unpackedKernel(path: string, cacheDir?: string | null): Unpacked | undefined {
   let id: string;
   try {
     const st = statSync(path);
@@ -84,12 +93,17 @@ export function unpackedKernel(path: string, cache = kernelCacheDir()): Unpacked
   } catch {
     return undefined; // the loader names what is wrong with the file
   }
+  // Looked for only now: an ELF kernel (the default guest's) makes no cache directory.
+  const cache = cacheDir === undefined ? kernelCacheDir() : cacheDir;
+  if (cache === null) return undefined;
   const key = createHash("sha256").update(JSON.stringify({ format: FORMAT, id })).digest("hex").slice(0, 32);
   const dir = join(cache, key), file = join(dir, VMLINUX);
   if (existsSync(file)) {
     touchEntry(dir);
     return { path: file, fresh: false };
   }
+  // Decoding costs a second or more where vmm runs emulated: not for a cache it cannot keep.
+  if (!cacheDirWritable(cache)) return undefined;
   const elf = decode(path);
   if (!elf) return undefined;
   const tmp = join(cache, `.${key}.tmp-${process.pid}`);

@@ -125,7 +125,18 @@ test("unpackedKernel(): the cache keeps the kernels used last, but not one used 
   });
 });
 
-test("kernelCacheDir(): $VMM_KERNEL_CACHE, else kernels/ in vmm's cache", () => {
-  assert.equal(kernelCacheDir({ VMM_KERNEL_CACHE: "/x/k" }), "/x/k");
-  assert.match(kernelCacheDir({}), /\/kernels$/);
+test("kernelCacheDir(): $VMM_KERNEL_CACHE, else kernels/ in the first cache root that can be written", () => {
+  withDir((dir) => {
+    writeFileSync(join(dir, "file"), "not a directory");
+    const ro = join(dir, "file", "cache"); // cannot be made: a path through a file
+    assert.equal(kernelCacheDir({ VMM_KERNEL_CACHE: join(dir, "k") }), join(dir, "k"));
+    assert.equal(kernelCacheDir({ VMM_KERNEL_CACHE: ro, HOME: dir }), null, "an explicit cache that cannot be written: none");
+    assert.equal(kernelCacheDir({ VMM_CACHE: join(dir, "v") }), join(dir, "v", "kernels"));
+    // The benchmarks' nested host: $VMM_CACHE is the host's, read-only there; HOME is writable.
+    assert.equal(kernelCacheDir({ VMM_CACHE: ro, HOME: join(dir, "home") }), join(dir, "home", ".cache", "vmm", "kernels"));
+  });
+});
+
+test("unpackedKernel(): no cache to write to (kernelCacheDir found none), the bzImage as it is", () => {
+  withDir((dir) => assert.equal(unpackedKernel(bzImage(dir, "vmlinuz"), null), undefined));
 });

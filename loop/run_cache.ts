@@ -33,13 +33,13 @@
  * number of runs may restore one snapshot while another replaces it.
  */
 import { createHash } from "node:crypto";
-import { accessSync, constants, existsSync, mkdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { existsSync, renameSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { defaultCacheDir } from "../guest/build.ts";
 import { SNAPSHOT_FORMAT, VMM_VERSION } from "../vm/snapshot_file.ts";
 import { SHARED_FINGERPRINT, STATE_FILE } from "./snapshot.ts";
-import { touchEntry, trimCache } from "./cache_entries.ts";
+import { cacheDirWritable, touchEntry, trimCache } from "./cache_entries.ts";
 import { DEFAULT_CMDLINE, type MachineOptions } from "./machine.ts";
 
 /** How many snapshots the cache keeps: the ones used last. */
@@ -89,16 +89,6 @@ export function runCacheKey(o: MachineOptions): string | null {
   return createHash("sha256").update(JSON.stringify(what)).digest("hex").slice(0, 32);
 }
 
-/** Whether snapshots can be written to `cache` (made if missing): a read-only home, a container's read-only root, cannot. */
-export function cacheWritable(cache = runCacheDir()): boolean {
-  try {
-    mkdirSync(cache, { recursive: true });
-    accessSync(cache, constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** The snapshot directory of `key`, and whether a snapshot is there. */
 export function cachedRun(key: string, cache = runCacheDir()): { dir: string; present: boolean } {
@@ -150,3 +140,8 @@ export function saveRun(dir: string, snapshot: (dir: string) => void, replace = 
 /** Mark a snapshot used now (the cache keeps the ones used last). */
 export const touchRun: (dir: string) => void = touchEntry;
 export { trimCache };
+
+/** Whether snapshots can be written to `cache` (made if missing): a read-only home, a container's read-only root, cannot. */
+export function cacheWritable(cache = runCacheDir()): boolean {
+  return cacheDirWritable(cache);
+}
