@@ -56,7 +56,8 @@ const VMLINUX = "vmlinux";
  * Where unpacked kernels live: $VMM_KERNEL_CACHE, else `kernels/` in the
  * first of vmm's cache roots that can be written (guest/packaged.ts
  * cacheRoots: $VMM_CACHE, $XDG_CACHE_HOME/vmm, ~/.cache/vmm, then a
- * directory of this user's in the temporary directory); null when none can. A read-only $VMM_CACHE (the benchmarks' nested host shares the
+ * directory of this user's in the temporary directory); null when none
+ * can. A read-only $VMM_CACHE (the benchmarks' nested host shares the
  * host's) or home thus still gets a kernel cache.
  */
 export function kernelCacheDir(env: Record<string, string | undefined> = process.env): string | null {
