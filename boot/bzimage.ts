@@ -37,7 +37,7 @@ export const HDR = {
   PREF_ADDRESS: 0x258,
   INIT_SIZE: 0x260,
 } as const;
-const HDRS_MAGIC = 0x53726448; // "HdrS" little-endian
+export const HDRS_MAGIC = 0x53726448; // "HdrS" little-endian
 export const LOADED_HIGH = 0x01;
 export const XLF_KERNEL_64 = 0x01;
 const MIN_VERSION = 0x20c;

@@ -31,6 +31,7 @@ import { gunzipSync, zstdDecompressSync } from "node:zlib";
 import { type CpioEntry, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio } from "./cpio.ts";
 import { staticElf64 } from "./elf.ts";
 import { LZ4_LEGACY_MAGIC, lz4LegacyDecode } from "./lz4.ts";
+import { HDR, HDRS_MAGIC } from "../boot/bzimage.ts";
 
 /** A bootable kernel and initramfs. */
 export interface GuestImage {
@@ -287,7 +288,7 @@ function download(pkg: string, dir: string, log: (s: string) => void): string {
 /** Where a bzImage's compressed payload is (see extractVmlinux); throws RangeError when it has none. */
 export function bzImagePayload(bzImage: Uint8Array): { payload: Uint8Array; len: number; start: number; v: DataView } {
   const v = new DataView(bzImage.buffer, bzImage.byteOffset, bzImage.byteLength);
-  if (bzImage.length < 0x250 || v.getUint32(0x202, true) !== 0x53726448) { // "HdrS"
+  if (bzImage.length < 0x250 || v.getUint32(HDR.HEADER, true) !== HDRS_MAGIC) {
     throw new RangeError("Not a bzImage: no HdrS setup header");
   }
   if (v.getUint16(0x206, true) < 0x208) throw new RangeError("bzImage boot protocol is older than 2.08: no payload fields");
@@ -296,6 +297,9 @@ export function bzImagePayload(bzImage: Uint8Array): { payload: Uint8Array; len:
   if (len < 8 || start + len > bzImage.length) throw new RangeError("bzImage payload runs past the end of the file");
   return { payload: bzImage.subarray(start, start + len), len, start, v };
 }
+
+/** The first four bytes of an xz and a zstd stream, little-endian (LZ4's legacy frame: LZ4_LEGACY_MAGIC). */
+const XZ_MAGIC = 0x587a37fd, ZSTD_MAGIC = 0xfd2fb528;
 
 /**
  * The ELF kernel inside a bzImage, where this process can decompress it
@@ -317,7 +321,6 @@ export function vmlinuxInProcess(bzImage: Uint8Array): Uint8Array | undefined {
   } else return undefined;
   return checkedElf(elf);
 }
-const ZSTD_MAGIC = 0xfd2fb528;
 
 /** `elf` when it starts with the ELF magic; a bzImage whose payload does not is refused. */
 function checkedElf(elf: Uint8Array): Uint8Array {
@@ -339,7 +342,7 @@ export function extractVmlinux(bzImage: Uint8Array, tmpDir: string): Uint8Array 
   if (payload[0] === 0x1f && payload[1] === 0x8b) return checkedElf(gunzipSync(payload));
   // LZ4 too goes to its program here: guest/lz4_test.ts checks lz4LegacyDecode against what it gives.
   const magic = v.getUint32(start, true);
-  const tool = magic === 0x587a37fd ? "xz" : magic === 0xfd2fb528 ? "zstd" : magic === 0x184c2102 ? "lz4" : "";
+  const tool = magic === XZ_MAGIC ? "xz" : magic === ZSTD_MAGIC ? "zstd" : magic === LZ4_LEGACY_MAGIC ? "lz4" : "";
   if (!tool) throw new RangeError(`bzImage payload compression is not gzip, xz, zstd or lz4 (magic ${magic.toString(16)})`);
   // Files, not pipes: Deno's execFileSync stalls when input and output are both large.
   const inFile = join(tmpDir, "payload");

@@ -40,6 +40,7 @@ import { join } from "node:path";
 import process from "node:process";
 import { vmlinuxInProcess } from "../guest/build.ts";
 import { cacheRoots } from "../guest/packaged.ts";
+import { HDR, HDRS_MAGIC } from "../boot/bzimage.ts";
 import { KERNEL_START } from "../boot/layout.ts";
 import { isElf, parseVmlinux } from "../boot/vmlinux.ts";
 import { cacheDirWritable, touchEntry, trimCache } from "./cache_entries.ts";
@@ -136,7 +137,7 @@ function looksLikeBzImage(path: string): boolean {
   } finally {
     closeSync(fd);
   }
-  return new DataView(head.buffer).getUint32(0x202, true) === 0x53726448;
+  return new DataView(head.buffer).getUint32(HDR.HEADER, true) === HDRS_MAGIC;
 }
 
 /** The bzImage's ELF kernel, or undefined when its payload is not one this process decodes to an x86-64 vmlinux. */

@@ -525,7 +525,9 @@ async function build(o: MachineOptions, own: Owner, from?: SnapshotSource): Prom
   if (typeof o.kernel === "string" && !o.kernelAsIs && !from) {
     const unpacked = unpackedKernel(o.kernel);
     if (unpacked) {
-      o.log?.(`${unpacked.fresh ? "unpacked" : "booting"} the ELF kernel inside ${o.kernel}${unpacked.fresh ? " into" : " from"} ${unpacked.path}`);
+      o.log?.(unpacked.fresh
+        ? `unpacked the ELF kernel inside ${o.kernel} into ${unpacked.path}`
+        : `booting the ELF kernel inside ${o.kernel} from ${unpacked.path}`);
       kernel = load("--kernel", unpacked.path);
     }
   }
