@@ -2,7 +2,7 @@
  * The console escape: Ctrl-A then x ends the VM, as in QEMU's `-nographic`
  * console, since in raw mode Ctrl-C belongs to the guest. Ctrl-A Ctrl-A
  * sends one Ctrl-A; Ctrl-A and anything else sends both bytes.
- * Shared by the UART's stdin Worker and virtio-console's receive queue.
+ * Shared by the UART's input (loop/console_input.ts) and virtio-console's receive queue.
  */
 const CTRL_A = 0x01;
 const X = 0x78;

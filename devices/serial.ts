@@ -2,10 +2,11 @@
  * A 16550A UART at the PC's COM1 address (0x3f8, IRQ 4): the guest's
  * console until virtio-console takes over.
  *
- * Every vCPU can touch the UART, and a stdin Worker feeds received bytes, so
- * the register state lives in shared memory (an Int32Array over a block all
- * threads map) and every access holds a small spinlock. Contention is rare:
- * each access is already a 10 µs trip out of the guest.
+ * Every vCPU can touch the UART, and the control loop feeds it received
+ * bytes (loop/console_input.ts), so the register state lives in shared
+ * memory (an Int32Array over a block all threads map) and every access holds
+ * a small spinlock. Contention is rare: each access is already a 10 µs trip
+ * out of the guest.
  *
  * Register behaviour follows the 16550 data sheet as Linux's 8250 driver
  * probes it (drivers/tty/serial/8250/8250_port.c `autoconfig()`): the

@@ -161,7 +161,7 @@ test("Serial with DLAB set maps offsets 0 and 1 to the divisor latch", () => {
 
 test("Serial handles on the same shared state see one UART", () => {
   const { serial, state } = uart();
-  const other = new Serial(state, { output: () => {}, irq: () => {} }); // e.g. the stdin Worker's handle
+  const other = new Serial(state, { output: () => {}, irq: () => {} }); // e.g. the control loop's handle (loop/console_input.ts)
   other.receive(new Uint8Array([0x7a]));
   assert.equal(serial.read(RBR), 0x7a);
   serial.write(SCR, 9);

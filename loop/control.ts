@@ -2,11 +2,13 @@
  * The control loop: the one place that owns a running machine's lifecycle.
  *
  * It blocks in poll(2) on the signal pipe (when the machine takes signals),
- * the control eventfd the Workers write when something ended, and the
- * command eventfd behind the mailbox (loop/shared.ts CMD) through which
- * `Machine` asks for pause, resume and stop — the one door a future API
- * server will also come in by. It is never on a data path: the guest's
- * console, disks and network are served by Workers.
+ * the control eventfd the Workers write when something ended, the command
+ * eventfd behind the mailbox (loop/shared.ts CMD) through which `Machine`
+ * asks for pause, resume and stop — the one door a future API server will
+ * also come in by — and stdin when it feeds the serial console
+ * (loop/console_input.ts says why no Worker does). It is never on a guest's
+ * data path: a vCPU's exit or a queue kick never wakes it; disks, network
+ * and virtio-console are served by Workers.
  *
  * It is plain synchronous code over plain data (`ControlInit`), so the same
  * loop runs on the CLI's main thread and, for a library, on a control
@@ -26,6 +28,7 @@ import {
   VCPU_STATE_WORD,
 } from "./shared.ts";
 import type { ControlEvent, ControlInit } from "./messages.ts";
+import { ConsoleInput } from "./console_input.ts";
 import { pauseQueues, resumeQueues, stopQueues } from "./virtio.ts";
 
 /** One line on stderr from the control loop, which has no other channel on either thread. */
@@ -80,6 +83,9 @@ export class Controller {
   readonly #s: SharedViews;
   readonly #runs: Uint8Array[];
   readonly #poller: Poller;
+  /** #poller's fds and the console's input, polled while it listens; its revents for stdin come last. */
+  readonly #inputPoller?: Poller;
+  readonly #input?: ConsoleInput;
   readonly #kickPoller: Poller;
   readonly #sigBuf = NativeBuf.alloc(16);
   #signalled = 0;
@@ -90,13 +96,20 @@ export class Controller {
     this.#hooks = hooks;
     this.#s = sharedViews(hostView(init.shared, SHARED_BYTES));
     this.#runs = init.runAddrs.map((a) => hostView(a, init.runSize));
-    this.#poller = new Poller([init.ctlFd, init.cmdFd, ...(init.sigFd >= 0 ? [init.sigFd] : [])]);
+    const fds = [init.ctlFd, init.cmdFd, ...(init.sigFd >= 0 ? [init.sigFd] : [])];
+    this.#poller = new Poller(fds);
+    if (init.consoleInFd >= 0) {
+      this.#input = new ConsoleInput(init.vmFd, init.consoleInFd, this.#s.bytes);
+      this.#inputPoller = new Poller([...fds, init.consoleInFd]);
+    }
     this.#kickPoller = new Poller([init.ctlFd]);
   }
 
   /** Free what the loop allocated (on the main thread; a Worker frees everything as it ends). */
   close(): void {
     this.#poller.close();
+    this.#inputPoller?.close();
+    this.#input?.close();
     this.#kickPoller.close();
     this.#sigBuf.free();
   }
@@ -109,7 +122,13 @@ export class Controller {
     try {
       if (this.#init.resumeFirst) this.#resume();
       while (Atomics.load(ctl, CTL.EXIT_KIND) === EXIT_KIND.NONE) {
-        const [ev, cmd, sig] = this.#poller.wait(-1);
+        // A paused machine takes no console input: a snapshot sees the UART as the guest left it.
+        const input = Atomics.load(ctl, CTL.RUN) === RUN.GO ? this.#input : undefined;
+        const listening = input?.listening ?? false;
+        const revents = (listening ? this.#inputPoller! : this.#poller).wait(input?.timeoutMs ?? -1);
+        const [ev, cmd] = revents;
+        const sig = sigFd >= 0 && revents[2] !== 0;
+        if (input) this.#consoleInput(input, listening && revents[revents.length - 1] !== 0);
         if (sig) this.#signals();
         if (ev) {
           eventfdRead(ctlFd);
@@ -132,6 +151,19 @@ export class Controller {
       drainError = this.#stop();
     }
     report({ type: "ended", signalled: this.#signalled, drainError });
+  }
+
+  /** Read stdin when it polled ready, and offer the UART what it had no room for. */
+  #consoleInput(input: ConsoleInput, ready: boolean): void {
+    const { ctl, bytes } = this.#s;
+    try {
+      if (ready && input.read()) recordExit(ctl, bytes, EXIT_KIND.QUIT, 0, "console escape Ctrl-A x");
+      else input.feed();
+    } catch (e) {
+      // The guest keeps running without console input; say why once.
+      input.stop();
+      say(`console input stopped: ${(e as Error).message}`);
+    }
   }
 
   #signals(): void {
@@ -238,13 +270,12 @@ export class Controller {
     this.#init.vcpuWakeFds.forEach(eventfdSignal);
   }
 
-  /** Raise STOP, stop the vCPUs, drain the queues, release the stdin Worker. Returns a drain error, or "". */
+  /** Raise STOP, stop the vCPUs, drain the queues. Returns a drain error, or "". */
   #stop(): string {
     const { ctl } = this.#s;
     Atomics.store(ctl, CTL.STOP, 1);
     this.#init.vcpuWakeFds.forEach(eventfdSignal); // a parked vCPU wakes and leaves
     this.#kickUntil((i) => Atomics.load(ctl, VCPU_STATE_WORD + i) === VCPU.STOPPED);
-    if (this.#init.stdinWakeFd >= 0) eventfdSignal(this.#init.stdinWakeFd);
     // Drain: no vCPU runs now, so no new requests come; let every queue
     // Worker finish what the guest made available and flush its disk.
     const late = stopQueues(ctl, this.#init.virtio, "exit", DRAIN_TIMEOUT_MS);

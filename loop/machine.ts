@@ -6,8 +6,8 @@
  * `create()` builds everything that does not run: the VM, guest RAM with the
  * kernel in it, the devices' host side (disk images, TAPs), the shared block,
  * the kvm_run mappings and every eventfd. `start()` starts the Workers — one
- * per vCPU, one per virtqueue, one for stdin — and the control loop on a
- * Worker of its own, then returns. Commands reach the loop through the
+ * per vCPU, one per virtqueue — and the control loop on a Worker of its own
+ * (it also feeds stdin to the serial console), then returns. Commands reach the loop through the
  * mailbox in the shared block plus an eventfd; the loop answers with
  * messages. `run()` is the CLI's form: the same loop, on the calling thread.
  *
@@ -33,7 +33,7 @@ import { Controller, type RunResult, runResult } from "./control.ts";
 import { Lifecycle, type MachineState, StateError } from "./lifecycle.ts";
 import { joinWorkers, SpareWorkers, startWorker, type WorkerHandle } from "./workers.ts";
 import { syncPages, unwireVirtio, wireVirtio } from "./virtio.ts";
-import type { ControlEvent, ControlInit, QueueInit, StdinInit, VcpuInit, VirtioDeviceInit } from "./messages.ts";
+import type { ControlEvent, ControlInit, QueueInit, VcpuInit, VirtioDeviceInit } from "./messages.ts";
 import { type RestoreOptions, SnapshotSource, writeSnapshot } from "./snapshot.ts";
 import { unpackedKernel } from "./kernel_cache.ts";
 
@@ -186,7 +186,6 @@ interface Parts {
   ctlFd: number;
   cmdFd: number;
   vcpuWakeFds: number[];
-  stdinWakeFd: number;
   /** The Workers of #launch, made early (loop/workers.ts SpareWorkers). */
   spares: SpareWorkers;
   signals: boolean;
@@ -442,11 +441,6 @@ export class Machine {
       };
       starting.push(startWorker("vcpu", init, undefined, p.spares));
     });
-    const stdinFd = hasStdinWorker(p.console) ? p.console.inFd : null;
-    if (stdinFd !== null) {
-      const init: StdinInit = { kind: "stdin", vmFd: vm.vm.fd, shared, ctlFd, inFd: stdinFd, wakeFd: p.stdinWakeFd };
-      starting.push(startWorker("stdin", init, undefined, p.spares));
-    }
     p.spares.close(); // none should be left
     const started = await Promise.allSettled(starting);
     this.#workersMs = Date.now() - this.#startedAt;
@@ -460,7 +454,7 @@ export class Machine {
 
     const init: ControlInit = {
       kind: "control", shared, runAddrs: p.runAddrs, runSize: vm.runSize, vcpuWakeFds: p.vcpuWakeFds, ctlFd, cmdFd: p.cmdFd,
-      sigFd, stdinWakeFd: stdinFd !== null ? p.stdinWakeFd : -1, virtio: p.virtio,
+      sigFd, consoleInFd: serialInput(p.console), vmFd: vm.vm.fd, virtio: p.virtio,
       resumeFirst: p.resumeFirst,
     };
     if (!inline) {
@@ -514,9 +508,9 @@ function queueGroups(spec: VirtioSpec, queues: number): number[][] {
   return kindOf(spec).oneWorker ? [all] : all.map((q) => [q]);
 }
 
-/** The serial console reads this process's input on a Worker of its own (hvc's input comes through a queue). */
-function hasStdinWorker(c: ConsoleOptions): c is ConsoleOptions & { inFd: number } {
-  return c.inFd !== null && c.device !== "hvc";
+/** The fd the control loop feeds to the serial console, or -1 (none, or hvc's, which comes through a queue). */
+function serialInput(c: ConsoleOptions): number {
+  return c.inFd !== null && c.device !== "hvc" ? c.inFd : -1;
 }
 
 /** Everything create() makes, each piece recorded in `own` as it is made. */
@@ -558,7 +552,6 @@ async function build(o: MachineOptions, own: Owner, from?: SnapshotSource): Prom
   const cpus = o.cpus ?? 1;
   for (const s of specs) spares.add("queue", queueGroups(s, kindOf(s).model(s).queueSizes.length).length);
   spares.add("vcpu", cpus);
-  if (hasStdinWorker(console_)) spares.add("stdin", 1);
   if (o.virtioCmdline) cmdline = [cmdline, ...specs.map((_, i) => virtioCmdline(i))].join(" ");
   cmdline = [cmdline, o.append ?? ""].join(" ").trim();
 
@@ -580,7 +573,7 @@ async function build(o: MachineOptions, own: Owner, from?: SnapshotSource): Prom
     own.add(() => closeFd(f));
     return f;
   };
-  const ctlFd = fd(), cmdFd = fd(), stdinWakeFd = fd();
+  const ctlFd = fd(), cmdFd = fd();
   const vcpuWakeFds = vm.vcpuFds.map(() => fd());
   // Register pages where KVM maps memory read-only (loop/virtio.ts); the slots after RAM's.
   const pages = vm.vm.checkExtension(CAP.READONLY_MEM) > 0 ? { sharedAddr, firstSlot: vm.regions.length } : undefined;
@@ -589,7 +582,7 @@ async function build(o: MachineOptions, own: Owner, from?: SnapshotSource): Prom
   from?.apply({ vm, specs, shared }); // it starts the guest's clock
   syncPages(virtio, shared.bytes); // the registers as they are now, fresh or restored
   return {
-    vm, console: console_, specs, virtio, sharedAddr, shared, runAddrs, ctlFd, cmdFd, vcpuWakeFds, stdinWakeFd, spares, signals: o.signals ?? false,
+    vm, console: console_, specs, virtio, sharedAddr, shared, runAddrs, ctlFd, cmdFd, vcpuWakeFds, spares, signals: o.signals ?? false,
     snapshotDir: o.snapshotDir, atReady: o.atReady, resumeFirst: false, restored: from !== undefined,
   };
 }

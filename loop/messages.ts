@@ -64,16 +64,6 @@ export interface QueueInit extends MemoryInit {
   ctlFd: number;
 }
 
-export interface StdinInit {
-  kind: "stdin";
-  vmFd: number;
-  shared: bigint;
-  ctlFd: number;
-  inFd: number;
-  /** Written when the VM stops: the Worker leaves. */
-  wakeFd: number;
-}
-
 /** What the control loop needs, on the main thread (CLI) or its own Worker (library). */
 export interface ControlInit {
   kind: "control";
@@ -88,8 +78,10 @@ export interface ControlInit {
   cmdFd: number;
   /** The signal pipe (SIGINT, SIGTERM), or -1 when the machine does not take signals. */
   sigFd: number;
-  /** The stdin Worker's wake eventfd, or -1. */
-  stdinWakeFd: number;
+  /** The serial console's input (vmm's stdin), which the loop feeds to the UART (loop/console_input.ts), or -1. */
+  consoleInFd: number;
+  /** The VM, for the UART's interrupt. */
+  vmFd: number;
   virtio: VirtioDeviceInit[];
   /** The vCPUs and queues come up parked (a machine made from a snapshot): resume them first. */
   resumeFirst?: boolean;

@@ -21,7 +21,6 @@ import type { WorkerReady } from "./messages.ts";
 export const WORKER_ENTRIES = {
   vcpu: "loop/vcpu_worker.ts",
   queue: "loop/queue_worker.ts",
-  stdin: "loop/stdin_worker.ts",
   control: "loop/control_worker.ts",
 } as const;
 export type WorkerKind = keyof typeof WORKER_ENTRIES;
