@@ -5,7 +5,8 @@
  * `DeviceKind` (devices/virtio/kind.ts) and one line here; the CLI, mod.ts's
  * MachineOptions and the Workers take it from this list.
  */
-import type { DeviceKind, DeviceSpec } from "./virtio/kind.ts";
+import type { DeviceKind, DeviceModel, DeviceSpec } from "./virtio/kind.ts";
+import { checkedModel } from "./virtio/device.ts";
 import { type BlkOptions, blkKind, type BlkSpec } from "./blk/mod.ts";
 import { type NetDeviceSpec, netKind, type NetOptions } from "./net/mod.ts";
 import { rngKind, type RngOptions, type RngSpec } from "./rng/mod.ts";
@@ -29,4 +30,29 @@ export function kindOf(spec: DeviceSpec): DeviceKind {
   const k = byName.get(spec.kind);
   if (!k) throw new RangeError(`Unknown virtio device kind '${spec.kind}'`);
   return k;
+}
+
+/**
+ * What the transport tells the driver of `spec` (checked against what its
+ * shared block holds). The main thread works it out and posts it to the
+ * Workers (loop/messages.ts VirtioDeviceInit), so a vCPU Worker needs no kind.
+ */
+export function describe(spec: VirtioSpec): DeviceModel {
+  return checkedModel(spec.kind, kindOf(spec).model(spec));
+}
+
+/** Each device with its model and its name, for loop/virtio.ts wireVirtio. */
+export function describeAll<S extends VirtioSpec>(specs: readonly S[]): { spec: S; model: DeviceModel; name: string }[] {
+  const names = deviceNames(specs);
+  return specs.map((spec, i) => ({ spec, model: describe(spec), name: names[i] }));
+}
+
+/** A short name of each device for log lines: `virtio-blk vda (disk.img)`. */
+export function deviceNames(specs: readonly DeviceSpec[]): string[] {
+  const seen = new Map<string, number>();
+  return specs.map((spec) => {
+    const n = seen.get(spec.kind) ?? 0;
+    seen.set(spec.kind, n + 1);
+    return kindOf(spec).name(spec, n);
+  });
 }

@@ -25,7 +25,7 @@ import { buildMachine } from "../vm/machine.ts";
 import { ConfigError, type Vm } from "../vm/vm.ts";
 import type { ImageSource } from "../boot/image.ts";
 import { type HostRun, hostRunArchive, runArchive, withHostRun } from "../guest/command.ts";
-import { DEVICE_KINDS, type DeviceOptions, kindOf, type VirtioSpec } from "../devices/registry.ts";
+import { DEVICE_KINDS, describeAll, type DeviceOptions, kindOf, type VirtioSpec } from "../devices/registry.ts";
 import type { ConsoleOptions } from "../devices/virtio/kind.ts";
 import { virtioCmdline, virtioSlot } from "../devices/virtio/device.ts";
 import { CMD, CTL, EXIT_KIND, recordExit, SHARED_BYTES, sharedViews, type SharedViews } from "./shared.ts";
@@ -577,7 +577,7 @@ async function build(o: MachineOptions, own: Owner, from?: SnapshotSource): Prom
   const vcpuWakeFds = vm.vcpuFds.map(() => fd());
   // Register pages where KVM maps memory read-only (loop/virtio.ts); the slots after RAM's.
   const pages = vm.vm.checkExtension(CAP.READONLY_MEM) > 0 ? { sharedAddr, firstSlot: vm.regions.length } : undefined;
-  const virtio = wireVirtio(vm.vm.fd, specs, shared.bytes, pages);
+  const virtio = wireVirtio(vm.vm.fd, describeAll(specs), shared.bytes, pages);
   own.add(() => unwireVirtio(virtio));
   from?.apply({ vm, specs, shared }); // it starts the guest's clock
   syncPages(virtio, shared.bytes); // the registers as they are now, fresh or restored

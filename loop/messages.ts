@@ -3,6 +3,7 @@
  * host addresses as bigint), since FFI handles cannot cross threads.
  */
 import type { VirtioSpec } from "../devices/registry.ts";
+import type { DeviceModel } from "../devices/virtio/kind.ts";
 
 /** Guest RAM as every thread maps it. */
 export interface MemoryInit {
@@ -34,6 +35,8 @@ export interface VcpuInit extends MemoryInit {
 /** One virtio device's wiring, as the main thread set it up (loop/virtio.ts). */
 export interface VirtioDeviceInit {
   spec: VirtioSpec;
+  /** What the transport tells the driver (devices/registry.ts describe), worked out once on the main thread. */
+  model: DeviceModel;
   /** For log lines: "virtio-blk vda (disk.img)". */
   name: string;
   /** Guest physical base of its MMIO window. */

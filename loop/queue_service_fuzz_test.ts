@@ -48,7 +48,8 @@ import { join } from "node:path";
 import { close, EFD_CLOEXEC, EFD_NONBLOCK, eventfd, hostView, mmapAnon, O_CLOEXEC, O_NONBLOCK, O_WRONLY, open, pipe, writeAll } from "../ffi/libc.ts";
 import { GuestMemory, type MemoryRegion } from "../vm/memory.ts";
 import { closeDisk, type Disk, openDisk } from "../devices/blk/disk.ts";
-import { describe, initConfig, transportFor } from "../devices/virtio/device.ts";
+import { initConfig, transportFor } from "../devices/virtio/device.ts";
+import { describe } from "../devices/registry.ts";
 import type { VirtioSpec } from "../devices/registry.ts";
 import { DEV, DEVICE_STATE_WORDS, VIRTIO_BLOCK_BYTES } from "./shared.ts";
 import {
@@ -613,11 +614,11 @@ function runCase(f: Fuzz, fx: Fixtures, totals: Totals): void {
       spec = { kind: "stdio", inFd: input?.r ?? null, outFd: fx.devNull, errFd: fx.devNull, controlWakeFd, stdinWakeFd };
     }
   }
-  const sizes = describe(spec).queueSizes;
+  const model = describe(spec), sizes = model.queueSizes;
   const block = new Uint8Array(VIRTIO_BLOCK_BYTES); // the device's slice of the shared block, on one thread here
-  initConfig(spec, block);
-  const t = transportFor(spec, block);
-  const config = block.subarray(DEV.CONFIG, DEV.CONFIG + describe(spec).config.length);
+  initConfig(model, block);
+  const t = transportFor(model, block);
+  const config = block.subarray(DEV.CONFIG, DEV.CONFIG + model.config.length);
   const state = new Int32Array(DEVICE_STATE_WORDS);
   const capacity = disk ? disk.sizeBytes / SECTOR_SIZE : 0;
   const request = (q: number) => {

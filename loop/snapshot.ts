@@ -41,8 +41,7 @@ import { restoreVmState, saveVmState } from "../vm/vm_state.ts";
 import {
   cpuidMismatch, decodeSnapshot, devicesMismatch, encodeSnapshot, SnapshotError, type SnapshotDevice, type SnapshotState,
 } from "../vm/snapshot_file.ts";
-import { describe } from "../devices/virtio/device.ts";
-import type { VirtioSpec } from "../devices/registry.ts";
+import { describe, type VirtioSpec } from "../devices/registry.ts";
 import { parseNetSpec } from "../devices/net/tap.ts";
 import { withHostRun } from "../guest/command.ts";
 import { ConfigError, Vm } from "../vm/vm.ts";
@@ -107,9 +106,8 @@ function deviceRecord(spec: VirtioSpec): Omit<SnapshotDevice, "block"> {
 
 /**
  * Copy `len` bytes of the shared block at `at`, a region guarded by a
- * spinlock (devices/spinlock.ts) at its byte `lockAt`, holding it: the stdin
- * Worker may feed the UART even while the machine is paused. The copy's
- * lock word is left free.
+ * spinlock (devices/spinlock.ts) at its byte `lockAt`, holding it, so the
+ * copy is never of a change half made. The copy's lock word is left free.
  */
 function lockedCopy(shared: SharedViews, at: number, len: number, lockAt = 0): Uint8Array {
   const words = new Int32Array(shared.bytes.buffer, shared.bytes.byteOffset + at, len / 4);

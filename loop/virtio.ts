@@ -31,14 +31,13 @@
  */
 import { close, EFD_CLOEXEC, EFD_NONBLOCK, eventfd, eventfdRead, eventfdSignal, Poller } from "../ffi/libc.ts";
 import { ioeventfd, irqfd, KVM_MEM_READONLY, VmFd } from "../ffi/kvm.ts";
-import { deviceNames, describe, deviceTransport, initConfig, virtioSlot } from "../devices/virtio/device.ts";
+import { deviceTransport, initConfig, virtioSlot } from "../devices/virtio/device.ts";
 import {
   VIRTIO_MMIO_INT_VRING,
   VIRTIO_MMIO_INTERRUPT_ACK,
   VIRTIO_MMIO_PAGE_SIZE,
   VIRTIO_MMIO_QUEUE_NOTIFY,
 } from "../devices/virtio/mmio.ts";
-import type { VirtioSpec } from "../devices/registry.ts";
 import { mmioPage, Q, queueRunWord, VIRTIO_MAX_DEVICES, virtioBlock } from "./shared.ts";
 import type { VirtioDeviceInit } from "./messages.ts";
 
@@ -49,15 +48,20 @@ export interface RegisterPages {
 }
 
 /**
- * Create the eventfds of every device, register them with KVM, and write
- * each device's configuration space into `shared` (the whole shared block).
+ * Create the eventfds of every device (`devices`: devices/registry.ts
+ * describeAll), register them with KVM, and write each device's
+ * configuration space into `shared` (the whole shared block).
  * With `pages`, also map each device's register page read-only over its
  * window (memory slots `firstSlot`, `firstSlot + 1`, …); then call
  * `syncPages` before the guest runs. On failure, closes what it made.
  */
-export function wireVirtio(vmFd: number, specs: readonly VirtioSpec[], shared: Uint8Array, pages?: RegisterPages): VirtioDeviceInit[] {
-  if (specs.length > VIRTIO_MAX_DEVICES) throw new RangeError(`vmm supports at most ${VIRTIO_MAX_DEVICES} virtio devices`);
-  const names = deviceNames(specs);
+export function wireVirtio(
+  vmFd: number,
+  devices: readonly Pick<VirtioDeviceInit, "spec" | "model" | "name">[],
+  shared: Uint8Array,
+  pages?: RegisterPages,
+): VirtioDeviceInit[] {
+  if (devices.length > VIRTIO_MAX_DEVICES) throw new RangeError(`vmm supports at most ${VIRTIO_MAX_DEVICES} virtio devices`);
   const made: number[] = [];
   const fd = () => {
     const f = eventfd(EFD_CLOEXEC | EFD_NONBLOCK);
@@ -65,11 +69,11 @@ export function wireVirtio(vmFd: number, specs: readonly VirtioSpec[], shared: U
     return f;
   };
   try {
-    return specs.map((spec, index) => {
+    return devices.map(({ spec, model, name }, index) => {
       const { base, irq } = virtioSlot(index);
-      const queues = describe(spec).queueSizes.length;
+      const queues = model.queueSizes.length;
       const block = virtioBlock(index);
-      initConfig(spec, shared.subarray(block));
+      initConfig(model, shared.subarray(block));
       const irqFd = fd();
       irqfd(vmFd, irqFd, irq);
       const page = pages ? mmioPage(index) : -1;
@@ -93,7 +97,7 @@ export function wireVirtio(vmFd: number, specs: readonly VirtioSpec[], shared: U
         ioFds.push(io);
         wakeFds.push(fd());
       }
-      return { spec, name: names[index], base, block, page, ioFds, wakeFds, ackFd: fd(), irqFd, intAckFd };
+      return { spec, model, name, base, block, page, ioFds, wakeFds, ackFd: fd(), irqFd, intAckFd };
     });
   } catch (e) {
     made.forEach(close);

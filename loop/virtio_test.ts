@@ -18,7 +18,7 @@ import { ioeventfd } from "../ffi/kvm.ts";
 import { SysError } from "../ffi/errno.ts";
 import { closeDisk, openDisk } from "../devices/blk/disk.ts";
 import { deviceTransport } from "../devices/virtio/device.ts";
-import { kindOf, type VirtioSpec } from "../devices/registry.ts";
+import { describeAll, kindOf, type VirtioSpec } from "../devices/registry.ts";
 import {
   type MmioTransport,
   STATUS_ACKNOWLEDGE,
@@ -88,7 +88,7 @@ async function rig(specs: VirtioSpec[], together: number[] = [], withPages = fal
   const shared = mmapAnon(SHARED_BYTES);
   const bytes = hostView(shared, SHARED_BYTES);
   const ctl = new Int32Array(bytes.buffer, bytes.byteOffset, SHARED_BYTES / 4);
-  const devs = wireVirtio(vm.vm.fd, specs, bytes, withPages ? { sharedAddr: shared, firstSlot: vm.regions.length } : undefined);
+  const devs = wireVirtio(vm.vm.fd, describeAll(specs), bytes, withPages ? { sharedAddr: shared, firstSlot: vm.regions.length } : undefined);
   if (withPages) syncPages(devs, bytes);
   const workers: WorkerHandle[] = [];
   for (const [i, device] of devs.entries()) {

@@ -21,7 +21,7 @@ import { HIGH_GPA as HIGH, hostGuestMemory } from "../../test/support/host_memor
 import { Virtqueue } from "../virtio/ring.ts";
 import { type DriverBuffer, DriverQueue } from "../../test/support/driver_queue.ts";
 import { inNetns } from "../../test/support/tap_netns.ts";
-import { describe } from "../virtio/device.ts";
+import { describe } from "../registry.ts";
 import { deviceHandler } from "../../loop/queue_service.ts";
 import {
   MAX_FRAME,

@@ -19,7 +19,7 @@ import { DEVICE_STATE_WORDS } from "../../loop/shared.ts";
 import { deviceHandler } from "../../loop/queue_service.ts";
 import { HIGH_GPA, hostGuestMemory } from "../../test/support/host_memory.ts";
 import { DriverQueue } from "../../test/support/driver_queue.ts";
-import { describe } from "../virtio/device.ts";
+import { describe } from "../registry.ts";
 import type { QueueHandler } from "../virtio/queue_handler.ts";
 import { GuestError, Virtqueue } from "../virtio/ring.ts";
 import { CONSOLE_CONFIG } from "../console/console.ts";

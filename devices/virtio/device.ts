@@ -2,10 +2,12 @@
  * Where each virtio device sits and how every thread sees it.
  *
  * The main thread decides the devices (devices/registry.ts, from the
- * machine's options); each vCPU Worker and queue Worker receives the same
- * specs and builds its own `MmioTransport` over the device's block of
+ * machine's options) and what the transport tells the driver of each (its
+ * `DeviceModel`); each vCPU Worker and queue Worker receives the same
+ * models and builds its own `MmioTransport` over the device's block of
  * shared memory (loop/shared.ts DEV), whose registers and configuration
- * space are therefore one device for all of them.
+ * space are therefore one device for all of them. This file does not load
+ * the registry, so a vCPU Worker does not load every kind's queue handlers.
  *
  * Each device gets the next virtio-mmio window and the next interrupt, in
  * order, so `--drive a --drive b` is vda then vdb, as with QEMU and kvmtool.
@@ -13,8 +15,7 @@
 import { VIRTIO_IRQ_START, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START } from "../../boot/layout.ts";
 import { DEV, VIRTIO_BLOCK_BYTES, VIRTIO_CONFIG_MAX, VIRTIO_MAX_QUEUES } from "../../loop/shared.ts";
 import type { VirtioDeviceInit } from "../../loop/messages.ts";
-import { kindOf } from "../registry.ts";
-import type { DeviceModel, DeviceSpec } from "./kind.ts";
+import type { DeviceModel } from "./kind.ts";
 import { MmioTransport, mmioStateWords, VIRTIO_MMIO_PAGE_SIZE } from "./mmio.ts";
 
 /** The last GSI of the IOAPIC's 24 pins: virtio devices take 5…23. */
@@ -39,24 +40,13 @@ export function virtioCmdline(index: number): string {
   return `virtio_mmio.device=${size / 1024}K@0x${base.toString(16)}:${irq}`;
 }
 
-/** What the transport must know of a device, checked against what its shared block holds. */
-export function describe(spec: DeviceSpec): DeviceModel {
-  const m = kindOf(spec).model(spec);
+/** `m`, a device of `kind`'s model, once checked against what its shared block holds. */
+export function checkedModel(kind: string, m: DeviceModel): DeviceModel {
   if (m.queueSizes.length > VIRTIO_MAX_QUEUES || mmioStateWords(m.queueSizes.length) * 4 > DEV.QUEUE_RUN - DEV.MMIO) {
-    throw new RangeError(`virtio-${spec.kind}: too many queues (${m.queueSizes.length})`);
+    throw new RangeError(`virtio-${kind}: too many queues (${m.queueSizes.length})`);
   }
-  if (m.config.length > VIRTIO_CONFIG_MAX) throw new RangeError(`virtio-${spec.kind}: config space of ${m.config.length} bytes`);
+  if (m.config.length > VIRTIO_CONFIG_MAX) throw new RangeError(`virtio-${kind}: config space of ${m.config.length} bytes`);
   return m;
-}
-
-/** A short name of each device for log lines: `virtio-blk vda (disk.img)`. */
-export function deviceNames(specs: readonly DeviceSpec[]): string[] {
-  const seen = new Map<string, number>();
-  return specs.map((spec) => {
-    const n = seen.get(spec.kind) ?? 0;
-    seen.set(spec.kind, n + 1);
-    return kindOf(spec).name(spec, n);
-  });
 }
 
 /**
@@ -65,8 +55,7 @@ export function deviceNames(specs: readonly DeviceSpec[]): string[] {
  * its register page if it has one (loop/virtio.ts). Every thread passes its
  * own view of the same block and page.
  */
-export function transportFor(spec: DeviceSpec, block: Uint8Array, page?: Uint8Array): MmioTransport {
-  const model = describe(spec);
+export function transportFor(model: DeviceModel, block: Uint8Array, page?: Uint8Array): MmioTransport {
   const state = new Int32Array(block.buffer, block.byteOffset + DEV.MMIO, (DEV.QUEUE_RUN - DEV.MMIO) / 4);
   const config = block.subarray(DEV.CONFIG, DEV.CONFIG + model.config.length);
   return new MmioTransport({ ...model, config }, { eventIdx: true, indirectDesc: true, state, page });
@@ -79,10 +68,10 @@ export function transportFor(spec: DeviceSpec, block: Uint8Array, page?: Uint8Ar
  */
 export function deviceTransport(dev: VirtioDeviceInit, shared: Uint8Array): MmioTransport {
   const block = shared.subarray(dev.block, dev.block + VIRTIO_BLOCK_BYTES);
-  return transportFor(dev.spec, block, dev.page < 0 ? undefined : shared.subarray(dev.page, dev.page + VIRTIO_MMIO_PAGE_SIZE));
+  return transportFor(dev.model, block, dev.page < 0 ? undefined : shared.subarray(dev.page, dev.page + VIRTIO_MMIO_PAGE_SIZE));
 }
 
 /** Put a device's reset-time configuration space into its shared block (the main thread, once). */
-export function initConfig(spec: DeviceSpec, block: Uint8Array): void {
-  block.set(describe(spec).config, DEV.CONFIG);
+export function initConfig(model: DeviceModel, block: Uint8Array): void {
+  block.set(model.config, DEV.CONFIG);
 }

@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { deviceNames, describe, MAX_VIRTIO_DEVICES, virtioCmdline, virtioSlot } from "./device.ts";
+import { MAX_VIRTIO_DEVICES, virtioCmdline, virtioSlot } from "./device.ts";
+import { deviceNames, describe } from "../registry.ts";
 import type { VirtioSpec } from "../registry.ts";
 import { buildDsdt } from "../../boot/acpi.ts";
 
