@@ -14,9 +14,11 @@
  *
  * The loop polls stdin only while it has nothing left over: bytes the UART
  * had no room for (its ring holds 1 KiB; the guest drains it at its own pace)
- * are offered again every few milliseconds, and stdin waits in its pipe
- * meanwhile. A paused machine takes no input, so a snapshot sees the UART
- * as the guest left it.
+ * are offered again a few milliseconds later, and stdin waits in its pipe
+ * meanwhile. Each offer the ring takes nothing of doubles the wait, up to a
+ * quarter of a second: a guest that never reads its serial port (no process
+ * has the tty open) costs four wake-ups a second, not two hundred. A paused
+ * machine takes no input, so a snapshot sees the UART as the guest left it.
  *
  * Ctrl-A then x ends the VM, as in QEMU's `-nographic` console, since in raw
  * mode Ctrl-C belongs to the guest.
@@ -27,8 +29,9 @@ import { COM1_IRQ, Serial } from "../devices/serial.ts";
 import { ConsoleEscape } from "../devices/console_escape.ts";
 import { SERIAL_BYTES, SERIAL_OFFSET } from "./shared.ts";
 
-/** How long leftover bytes wait before they are offered to the UART again. */
+/** How long leftover bytes wait before they are offered to the UART again, at first and at most. */
 export const RETRY_MS = 5;
+export const RETRY_MAX_MS = 250;
 const READ_BYTES = 256;
 
 export class ConsoleInput {
@@ -40,6 +43,7 @@ export class ConsoleInput {
   readonly #escape = new ConsoleEscape();
   /** Read, and not yet taken by the UART. */
   #left: Uint8Array = new Uint8Array(0);
+  #retryMs = RETRY_MS;
   #open = true;
 
   /** `shared`: the block every thread maps (loop/shared.ts), where the UART's state lives. */
@@ -57,9 +61,9 @@ export class ConsoleInput {
     return this.#open && this.#left.length === 0;
   }
 
-  /** How long the loop may sleep before calling feed() again: RETRY_MS while bytes are left over, else -1 (no limit). */
+  /** How long the loop may sleep before calling feed() again while bytes are left over (RETRY_MS, doubling while the UART takes none); else -1, no limit. */
   get timeoutMs(): number {
-    return this.#left.length > 0 ? RETRY_MS : -1;
+    return this.#left.length > 0 ? this.#retryMs : -1;
   }
 
   /**
@@ -84,7 +88,9 @@ export class ConsoleInput {
   /** Offer the bytes left over to the UART. */
   feed(): void {
     if (this.#left.length === 0) return;
-    this.#left = this.#left.subarray(this.#serial.receive(this.#left));
+    const took = this.#serial.receive(this.#left);
+    this.#left = this.#left.subarray(took);
+    this.#retryMs = took > 0 ? RETRY_MS : Math.min(this.#retryMs * 2, RETRY_MAX_MS);
   }
 
   /** Stop reading (after an error the loop reported). */

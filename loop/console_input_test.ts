@@ -9,7 +9,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { close, O_CLOEXEC, O_NONBLOCK, pipe, writeAll } from "../ffi/libc.ts";
 import { RX_SIZE, Serial } from "../devices/serial.ts";
-import { ConsoleInput, RETRY_MS } from "./console_input.ts";
+import { ConsoleInput, RETRY_MAX_MS, RETRY_MS } from "./console_input.ts";
 import { SERIAL_BYTES, SERIAL_OFFSET, SHARED_BYTES } from "./shared.ts";
 
 const LSR = 5, LSR_DR = 0x01;
@@ -52,10 +52,14 @@ test("what the UART's ring cannot take is kept, offered again, and stdin waits m
       assert.equal(input.read(), false);
     }
     assert.equal(input.timeoutMs, RETRY_MS);
+    // A guest that does not read: each offer the ring takes nothing of waits twice as long, up to RETRY_MAX_MS.
+    const waits = Array.from({ length: 8 }, () => (input.feed(), input.timeoutMs));
+    assert.deepEqual(waits, [10, 20, 40, 80, 160, RETRY_MAX_MS, RETRY_MAX_MS, RETRY_MAX_MS]);
     const got = drain();
     assert.equal(got.length, RX_SIZE - 1);
     input.feed();
     assert.equal(input.listening, true, "what was left over went in once the guest read the ring");
+    assert.equal(input.timeoutMs, -1);
     assert.equal(input.read(), false); // the last 200
     got.push(...drain());
     assert.deepEqual(got, [...text]);
