@@ -7,9 +7,10 @@
  * kernel in it, the devices' host side (disk images, TAPs), the shared block,
  * the kvm_run mappings and every eventfd. `start()` starts the Workers — one
  * per vCPU, one per virtqueue — and the control loop on a Worker of its own
- * (it also feeds stdin to the serial console), then returns. Commands reach the loop through the
- * mailbox in the shared block plus an eventfd; the loop answers with
- * messages. `run()` is the CLI's form: the same loop, on the calling thread.
+ * (it also feeds stdin to the serial console), then returns. Commands reach
+ * the loop through the mailbox in the shared block plus an eventfd; the loop
+ * answers with messages. `run()` is the CLI's form: the same loop, on the
+ * calling thread.
  *
  * Everything made is recorded in an `Owner` as it is made, so a failed
  * `create()` and `close()` release exactly what exists, in reverse order.
