@@ -77,11 +77,28 @@ if (page < ram.size) {
   const q = (o: number) => hex(w[(page + o) / 4 + 1], w[(page + o) / 4]);
   console.log(`guest_scan: in that page, the qword at the fault's offset 0x${at.toString(16)}: ${q(at)}; entries 256, 508, 511: ${q(0x800)} ${q(0xfe0)} ${q(0xff8)}`);
 }
+/**
+ * Whether the 4 KiB page holding the qword at word `i` could be a page
+ * table: every present entry in it (bit 0) has bits 33-51 clear, so points
+ * below 8 GiB (RAM, MMIO below 4 GiB, or 4 GiB past RAM, the address this
+ * looks for); bits 52-63 are flags (NX, protection keys, software bits).
+ * Kernel data that happens to hold the page's address with bit 0 set is
+ * not one: a CI pass met a list of such words, each beside one like
+ * 0xfed452a4_fed4528f.
+ */
+function couldBeTable(i: number): boolean {
+  const first = i & ~1023; // 512 qwords, 1024 words
+  for (let j = first; j < first + 1024; j += 2) {
+    if ((w[j] & 1) !== 0 && (w[j + 1] & 0xffffe) !== 0) return false;
+  }
+  return true;
+}
+
 let found = 0;
 for (let i = 0; i < w.length; i += 2) {
   const lo = w[i], hi = w[i + 1];
-  // Present, the address's low 32 bits equal the page, bits 33-51 clear.
-  if ((lo & 1) === 0 || (lo & 0xfffff000) >>> 0 !== page || (hi & 0xffffe) !== 0) continue;
+  // Present, the address's low 32 bits equal the page, bits 33-51 clear, in what could be a page table.
+  if ((lo & 1) === 0 || (lo & 0xfffff000) >>> 0 !== page || (hi & 0xffffe) !== 0 || !couldBeTable(i)) continue;
   const gpa = i * 4;
   const near: string[] = [];
   for (let k = -2; k <= 2; k++) {
