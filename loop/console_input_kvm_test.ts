@@ -6,17 +6,13 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import process from "node:process";
-import { fileURLToPath } from "node:url";
 import { makeBzImage } from "../test/support/tiny_kernel.ts";
-import { isDeno } from "../ffi/runtime.ts";
 import { requireKvm } from "../test/support/require_kvm.ts";
-
-const VMM = fileURLToPath(new URL("../bin/vmm.ts", import.meta.url));
+import { CHILD_BOUND_MS, vmmCommand, vmmEnv, vmmSpawn, withFile } from "../test/support/vmm_cli.ts";
 
 /** A guest that polls the UART's LSR, echoes each received byte, and exits with 9 on 'q'. */
 const ECHO = new Uint8Array([
@@ -40,7 +36,7 @@ function boot(o: { input?: string; file?: string }) {
   try {
     const k = join(dir, "echo.bz");
     writeFileSync(k, makeBzImage(ECHO));
-    const run = [process.execPath, ...(isDeno ? ["run", "-A", "--no-check"] : []), VMM, "boot", "--kernel", k];
+    const run = vmmCommand(["boot", "--kernel", k]).flat();
     let script = '"$@"';
     if (o.file !== undefined) {
       writeFileSync(join(dir, "in"), o.file);
@@ -48,7 +44,7 @@ function boot(o: { input?: string; file?: string }) {
     }
     return spawnSync("sh", ["-c", script, "sh", ...run], {
       input: o.input ?? "",
-      env: { ...process.env, VMM_ALLOW_PVM: "1" },
+      env: vmmEnv(true),
       timeout: 120_000,
       encoding: "utf8",
     });
@@ -80,32 +76,19 @@ test("more input than the UART's receive ring holds reaches the guest whole and 
 
 test("Ctrl-A x on stdin ends the VM with status 0; what came before it reached the guest", async () => {
   requireKvm();
-  const dir = mkdtempSync(join(tmpdir(), "vmm-stdin-"));
-  try {
-    const k = join(dir, "echo.bz");
-    writeFileSync(k, makeBzImage(ECHO));
-    const child = spawn(process.execPath, [...(isDeno ? ["run", "-A", "--no-check"] : []), VMM, "boot", "-v", "--kernel", k], {
-      env: { ...process.env, VMM_ALLOW_PVM: "1" },
-      stdio: ["pipe", "pipe", "pipe"],
-    });
-    let out = "", err = "";
-    child.stdout.on("data", (d) => (out += d));
-    child.stderr.on("data", (d) => (err += d));
-    const ended = new Promise<number | null>((res) => child.on("close", (code) => res(code)));
-    const timer = setTimeout(() => child.kill("SIGKILL"), 120_000);
+  await withFile(makeBzImage(ECHO), async (k) => {
+    const vmm = vmmSpawn(["boot", "-v", "--kernel", k]);
+    const bound = setTimeout(() => vmm.child.kill("SIGKILL"), CHILD_BOUND_MS);
     try {
-      child.stdin.write("ab");
-      // The guest echoed both bytes: the VM is running and takes input.
-      while (out !== "ab" && child.exitCode === null) await new Promise((r) => setTimeout(r, 20));
-      child.stdin.write("\x01xq"); // 'q' after the escape is dropped, or the guest would exit with 9
-      assert.equal(await ended, 0, err);
-      assert.equal(out, "ab");
-      assert.match(err, /console escape Ctrl-A x/);
+      vmm.child.stdin!.write("ab");
+      await vmm.waitForStdout("ab"); // the guest echoed both bytes: the VM is running and takes input
+      vmm.child.stdin!.write("\x01xq"); // 'q' after the escape is dropped, or the guest would exit with 9
+      assert.equal(await vmm.exited, 0, vmm.stderr());
+      assert.equal(vmm.stdout(), "ab");
+      assert.match(vmm.stderr(), /console escape Ctrl-A x/);
     } finally {
-      clearTimeout(timer);
-      child.kill("SIGKILL");
+      clearTimeout(bound);
+      vmm.child.kill("SIGKILL");
     }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });

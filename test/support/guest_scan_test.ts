@@ -12,7 +12,7 @@ import { spawnSync } from "node:child_process";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { hostView, libc, mmapGuestRam } from "../../ffi/libc.ts";
-import { isDeno } from "../../ffi/runtime.ts";
+import { scriptCommand } from "./vmm_cli.ts";
 
 const SCAN = fileURLToPath(new URL("./guest_scan.ts", import.meta.url));
 const SIZE = 64 << 20;
@@ -28,8 +28,8 @@ function scan(fill: (put: (gpa: number, hi: number, lo: number) => void) => void
       v.setUint32(gpa, lo, true);
       v.setUint32(gpa + 4, hi, true);
     });
-    const argv = [...(isDeno ? ["run", "-A", "--no-check"] : []), SCAN, String(process.pid), FAULT];
-    return spawnSync(process.execPath, argv, { encoding: "utf8", timeout: 60_000 });
+    const [cmd, argv] = scriptCommand(SCAN, [String(process.pid), FAULT]);
+    return spawnSync(cmd, argv, { encoding: "utf8", timeout: 60_000 });
   } finally {
     libc.munmap(addr, BigInt(SIZE));
   }
