@@ -546,12 +546,13 @@ async function build(o: MachineOptions, own: Owner, from?: SnapshotSource): Prom
   const specs: VirtioSpec[] = [];
   own.add(() => specs.forEach((s) => kindOf(s).close(s)));
   for (const kind of DEVICE_KINDS) specs.push(...kind.open(o, console_));
+  const devices = describeAll(specs); // each one's model, worked out once
   // The Workers #launch will start begin loading their scripts now, while
   // this thread still makes the VM and loads the guest or the snapshot.
   const spares = new SpareWorkers();
   own.add(() => spares.close());
   const cpus = o.cpus ?? 1;
-  for (const s of specs) spares.add("queue", queueGroups(s, kindOf(s).model(s).queueSizes.length).length);
+  for (const d of devices) spares.add("queue", queueGroups(d.spec, d.model.queueSizes.length).length);
   spares.add("vcpu", cpus);
   if (o.virtioCmdline) cmdline = [cmdline, ...specs.map((_, i) => virtioCmdline(i))].join(" ");
   cmdline = [cmdline, o.append ?? ""].join(" ").trim();
@@ -578,7 +579,7 @@ async function build(o: MachineOptions, own: Owner, from?: SnapshotSource): Prom
   const vcpuWakeFds = vm.vcpuFds.map(() => fd());
   // Register pages where KVM maps memory read-only (loop/virtio.ts); the slots after RAM's.
   const pages = vm.vm.checkExtension(CAP.READONLY_MEM) > 0 ? { sharedAddr, firstSlot: vm.regions.length } : undefined;
-  const virtio = wireVirtio(vm.vm.fd, describeAll(specs), shared.bytes, pages);
+  const virtio = wireVirtio(vm.vm.fd, devices, shared.bytes, pages);
   own.add(() => unwireVirtio(virtio));
   from?.apply({ vm, specs, shared }); // it starts the guest's clock
   syncPages(virtio, shared.bytes); // the registers as they are now, fresh or restored
