@@ -20,9 +20,8 @@
 export { DEFAULT_CMDLINE, Machine, type MachineOptions } from "./loop/machine.ts";
 export { type MachineState, StateError } from "./loop/lifecycle.ts";
 export { EXIT_PANIC, EXIT_TRIPLE_FAULT, EXIT_VMM_ERROR, type RunResult } from "./loop/control.ts";
-export { ConfigError } from "./vm/vm.ts";
-export { type RestoreOptions } from "./loop/snapshot.ts";
-export { SnapshotError } from "./vm/snapshot_file.ts";
+export { ConfigError, SnapshotError } from "./vm/vm.ts";
+export type { RestoreOptions } from "./loop/snapshot.ts";
 export { SysError } from "./ffi/errno.ts";
 export { KernelImageError } from "./boot/bzimage.ts";
 export { type DriveSpec, parseDriveSpec } from "./devices/blk/disk.ts";

@@ -3,23 +3,27 @@
  * The vmm command line: `vmm boot`, `vmm run -- CMD...`, `vmm --help`.
  * Every error is one line on stderr and a non-zero exit; no stack traces.
  */
-import { parseArgs } from "node:util";
-import process from "node:process";
-import { ConfigError, DEVICE_KINDS, Machine, type MachineOptions, type RunResult } from "../mod.ts";
+// What `vmm boot` runs is imported here; what only `vmm run` or `vmm restore`
+// needs (the root's plan, the run cache, snapshots) and the default guest's
+// search are imported where they are used: they bring `node:` modules, which
+// cost Deno its Node layer (ffi/sys.ts), and a boot does without them.
+import { parseArgs } from "../cli/args.ts";
+import { args as processArgs, env, exit } from "../ffi/sys.ts";
+import { Machine, type MachineOptions } from "../loop/machine.ts";
+import type { RunResult } from "../loop/control.ts";
+import { ConfigError } from "../vm/vm.ts";
+import { DEVICE_KINDS } from "../devices/registry.ts";
 import { kvmKind } from "../vm/host.ts";
-import { findDefaultGuest } from "../guest/default_guest.ts";
 import { printError, printNote, progress } from "../cli/stderr.ts";
-import { planHostRun } from "../guest/root.ts";
 import { O_CLOEXEC, O_CREAT, O_TRUNC, O_WRONLY, open } from "../ffi/libc.ts";
-import { cachedRun, cacheWritable, runCacheDir, runCacheKey, saveRun, touchRun } from "../loop/run_cache.ts";
-import { restoreOptionsOf } from "../loop/snapshot.ts";
 
 /**
  * The default guest: embedded in a single executable, prebuilt in the npm
  * package, or built on demand in a checkout (guest/default_guest.ts). First
  * use of a packaged one unpacks it and says so in one line on stderr.
  */
-function defaultGuest(log?: (s: string) => void) {
+async function defaultGuest(log?: (s: string) => void) {
+  const { findDefaultGuest } = await import("../guest/default_guest.ts");
   return findDefaultGuest({ log, onUnpack: (line) => progress(line) });
 }
 
@@ -92,30 +96,26 @@ function parseCpus(s: string): number {
 }
 
 async function main(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      kernel: { type: "string" },
-      "kernel-as-is": { type: "boolean" },
-      initrd: { type: "string" },
-      cmdline: { type: "string" },
-      append: { type: "string" },
-      cpus: { type: "string" },
-      memory: { type: "string" },
-      ...Object.fromEntries(DEVICE_KINDS.flatMap((k) => (k.cli ? [[k.cli.flag, { type: k.cli.type, multiple: k.cli.multiple ?? false }]] : []))),
-      console: { type: "string" },
-      "console-log": { type: "string" },
-      "snapshot-dir": { type: "string" },
-      root: { type: "string" },
-      rw: { type: "string", multiple: true },
-      busybox: { type: "boolean" },
-      cold: { type: "boolean" },
-      "virtio-cmdline": { type: "boolean" },
-      verbose: { type: "boolean", short: "v" },
-      help: { type: "boolean", short: "h" },
-      version: { type: "boolean" },
-    },
+  const { values, positionals } = parseArgs(argv, {
+    kernel: { type: "string" },
+    "kernel-as-is": { type: "boolean" },
+    initrd: { type: "string" },
+    cmdline: { type: "string" },
+    append: { type: "string" },
+    cpus: { type: "string" },
+    memory: { type: "string" },
+    ...Object.fromEntries(DEVICE_KINDS.flatMap((k) => (k.cli ? [[k.cli.flag, { type: k.cli.type, multiple: k.cli.multiple ?? false }]] : []))),
+    console: { type: "string" },
+    "console-log": { type: "string" },
+    "snapshot-dir": { type: "string" },
+    root: { type: "string" },
+    rw: { type: "string", multiple: true },
+    busybox: { type: "boolean" },
+    cold: { type: "boolean" },
+    "virtio-cmdline": { type: "boolean" },
+    verbose: { type: "boolean", short: "v" },
+    help: { type: "boolean", short: "h" },
+    version: { type: "boolean" },
   });
   if (values.help) {
     console.log(HELP);
@@ -157,13 +157,15 @@ async function main(argv: string[]): Promise<number> {
     if (k.cli && v !== undefined) k.cli.apply(v, deviceOpts);
   }
   // Over a root: check it, the working directory and every --rw now, before KVM.
-  const hostRun = cmd === "run" && !values.busybox ? planHostRun({ argv: rest, root: values.root, rw: values.rw }) : undefined;
+  const hostRun = cmd === "run" && !values.busybox
+    ? (await import("../guest/root.ts")).planHostRun({ argv: rest, root: values.root, rw: values.rw })
+    : undefined;
   // Opened (and emptied) now, so a path that cannot be written fails before KVM does.
   const log = values["console-log"];
   const consoleLog = log !== undefined ? open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644, `--console-log ${log}`) : undefined;
   const kind = kvmKind();
   if (kind === "none") throw new ConfigError("/dev/kvm: not found (is KVM enabled on this host?)");
-  if (kind === "pvm" && !process.env.VMM_ALLOW_PVM) {
+  if (kind === "pvm" && !env().VMM_ALLOW_PVM) {
     throw new ConfigError(
       "/dev/kvm is PVM (kvm_pvm), which emulates guest kernel code and cannot boot a stock Linux kernel; use a host with hardware KVM",
     );
@@ -188,6 +190,7 @@ async function main(argv: string[]): Promise<number> {
   };
   const verbose = values.verbose ?? false;
   if (cmd === "restore") {
+    const { restoreOptionsOf } = await import("../loop/snapshot.ts");
     await using restored = await Machine.fromSnapshot(rest[0], restoreOptionsOf(opts));
     return report(await restored.run(), verbose);
   }
@@ -217,6 +220,8 @@ async function main(argv: string[]): Promise<number> {
  * line and a cold boot, which replaces it.
  */
 async function makeMachine(opts: MachineOptions, useCache: boolean, verbose: boolean): Promise<Machine> {
+  const { cachedRun, cacheWritable, runCacheDir, runCacheKey, saveRun, touchRun } = await import("../loop/run_cache.ts");
+  const { restoreOptionsOf } = await import("../loop/snapshot.ts");
   const key = useCache ? runCacheKey(opts) : null;
   if (key === null) return await Machine.create(opts);
   const { dir, present } = cachedRun(key);
@@ -268,7 +273,7 @@ function report(r: RunResult, verbose: boolean): number {
 if (import.meta.main) {
   let code: number;
   try {
-    code = await main(process.argv.slice(2));
+    code = await main(processArgs());
   } catch (e) {
     const err = e as Error;
     // parseArgs reports unknown or malformed options as TypeErrors.
@@ -276,5 +281,5 @@ if (import.meta.main) {
     printError(err.message);
     code = usage ? EXIT_USAGE : 1;
   }
-  process.exit(code);
+  exit(code);
 }

@@ -11,12 +11,11 @@
  * not empty) and never on `TERM=dumb`. `FORCE_COLOR` is ignored on purpose:
  * a line that may land in a log file must stay plain text.
  *
- * `writeSync`, not `process.stderr.write`: vmm calls `process.exit` right
- * after its last line, and a stream write to a pipe may still be queued then.
+ * `writeSync` (write(2) through ffi/sys.ts), not `process.stderr.write`:
+ * vmm exits right after its last line, and a stream write to a pipe may
+ * still be queued then.
  */
-import { writeSync } from "node:fs";
-import { isatty } from "node:tty";
-import process from "node:process";
+import { env, isatty, writeSync } from "../ffi/sys.ts";
 
 /** What colour depends on, passed in by tests; the process's own by default. */
 export interface TermEnv {
@@ -39,7 +38,7 @@ export function colourOn(t: TermEnv): boolean {
 }
 
 function stderrTerm(): TermEnv {
-  return { isTty: isatty(2), env: process.env };
+  return { isTty: isatty(2), env: env() };
 }
 
 const RED = "\x1b[31m";
@@ -97,13 +96,7 @@ export function progress(text: string, t: TermEnv = stderrTerm(), out: (s: strin
 }
 
 function write(s: string): void {
-  const buf = new TextEncoder().encode(s);
-  let off = 0;
-  while (off < buf.length) {
-    try {
-      off += writeSync(2, buf, off);
-    } catch {
-      return; // stderr closed or full: nothing better to tell anyone
-    }
-  }
+  try {
+    writeSync(2, s);
+  } catch { /* stderr closed or full: nothing better to tell anyone */ }
 }

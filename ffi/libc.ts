@@ -33,6 +33,7 @@ export const libc = runtime.dlopen("libc.so.6", {
   mprotect: { args: [u64, u64, i32], result: i32 },
   mincore: { args: [u64, u64, u64], result: i32 },
   fstat: { args: [i32, u64], result: i32 },
+  access: { args: [u64, i32], result: i32 },
   eventfd: { args: [u32, i32], result: i32 },
   pipe2: { args: [u64, i32], result: i32 },
   poll: { args: [u64, u64, i32], result: i32 },

@@ -27,11 +27,11 @@
  */
 import { createHash } from "node:crypto";
 import { existsSync, lstatSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { isAbsolute, join } from "node:path";
+import { join } from "node:path";
 import process from "node:process";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { type GuestImage, vmlinuxInProcess } from "./build.ts";
+import { cacheRoots } from "../loop/cache_entries.ts";
 
 /** Bump when the layout of `guest-image/` changes; an older vmm then refuses it by name. */
 export const PACKAGED_FORMAT = 1;
@@ -220,22 +220,6 @@ function unpacked(dir: string, m: PackagedManifest): GuestImage | undefined {
   // Written before the rename like the others, so present here means whole.
   const vmlinux = join(dir, VMLINUX_NAME);
   return { kernel, initrd, kernelVersion: m.kernelVersion, ...(existsSync(vmlinux) ? { vmlinux } : {}) };
-}
-
-/**
- * Where unpacked guests may live, in order: `$VMM_CACHE`, else
- * `$XDG_CACHE_HOME/vmm` and `$HOME/.cache/vmm`; last a directory of this
- * user's in the temporary directory, for a clean environment (`env -i`, an
- * empty or read-only HOME, a container's nobody user).
- */
-export function cacheRoots(env: Record<string, string | undefined> = process.env): string[] {
-  const roots: string[] = [];
-  if (env.VMM_CACHE) roots.push(env.VMM_CACHE);
-  // The XDG spec: a relative XDG_CACHE_HOME is invalid and must be ignored.
-  if (env.XDG_CACHE_HOME && isAbsolute(env.XDG_CACHE_HOME)) roots.push(join(env.XDG_CACHE_HOME, "vmm"));
-  if (env.HOME && isAbsolute(env.HOME)) roots.push(join(env.HOME, ".cache", "vmm"));
-  roots.push(join(tmpdir(), `vmm-${process.getuid?.() ?? "user"}`));
-  return roots;
 }
 
 /**

@@ -8,7 +8,8 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSyn
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
-import { cacheRoots, readPackagedManifest, unpackedName, unpackGuest, writePackagedGuest } from "./packaged.ts";
+import { readPackagedManifest, unpackedName, unpackGuest, writePackagedGuest } from "./packaged.ts";
+import { cacheRoots } from "../loop/cache_entries.ts";
 
 /** A scratch directory with a fake kernel and initramfs (the format does not look inside). */
 function scratch(): { dir: string; img: { kernel: string; initrd: string; kernelVersion: string } } {

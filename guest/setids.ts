@@ -17,7 +17,7 @@
  * after the code. It exits 126 when the chroot or an id change fails and 127
  * when PROG cannot be executed (the shell's "cannot execute" and "not found").
  */
-import { readFileSync } from "node:fs";
+import { readTextFileSync } from "../ffi/sys.ts";
 import { staticElf64 } from "./elf.ts";
 
 /** Linux's NGROUPS_MAX is 65536; a caller with more than this many is refused. */
@@ -116,7 +116,7 @@ export function setidsElf(id: Identity): Uint8Array {
  * node:process offers).
  */
 export function callerIdentity(status = "/proc/self/status"): Identity {
-  const text = readFileSync(status, "utf8");
+  const text = readTextFileSync(status);
   const field = (name: string) => (new RegExp(`^${name}:[ \\t]*(.*)$`, "m").exec(text)?.[1] ?? "").trim().split(/\s+/).filter(Boolean).map(Number);
   const [uid] = field("Uid"), [gid] = field("Gid");
   if (uid === undefined || gid === undefined) throw new Error(`${status}: no Uid or Gid line`);

@@ -3,8 +3,7 @@
  * kernels, loop/kernel_cache.ts): one directory each, published by a rename,
  * marked used by its modification time, and trimmed to the ones used last.
  */
-import { accessSync, constants, mkdirSync, readdirSync, rmSync, statSync, utimesSync } from "node:fs";
-import { join } from "node:path";
+import { access, env as processEnv, isAbsolute, join, mkdirSync, readdirSync, rmSync, statSync, tmpdir, uid, utimesSync, W_OK } from "../ffi/sys.ts";
 
 /** Mark an entry used now: its directory's modification time says when (trimCache keeps the ones used last). */
 export function touchEntry(dir: string): void {
@@ -40,9 +39,26 @@ export function trimCache(cache: string, keep: string, count: number, graceMs = 
 export function cacheDirWritable(cache: string): boolean {
   try {
     mkdirSync(cache, { recursive: true });
-    accessSync(cache, constants.W_OK);
-    return true;
+    return access(cache, W_OK);
   } catch {
     return false;
   }
+}
+
+/**
+ * Where vmm's caches may live, in order: `$VMM_CACHE`, else
+ * `$XDG_CACHE_HOME/vmm` and `$HOME/.cache/vmm`; last a directory of this
+ * user's in the temporary directory, for a clean environment (`env -i`, an
+ * empty or read-only HOME, a container's nobody user). The default guest's
+ * unpacked images (guest/packaged.ts) and unpacked kernels
+ * (loop/kernel_cache.ts) use the first that works.
+ */
+export function cacheRoots(env: Record<string, string | undefined> = processEnv()): string[] {
+  const roots: string[] = [];
+  if (env.VMM_CACHE) roots.push(env.VMM_CACHE);
+  // The XDG spec: a relative XDG_CACHE_HOME is invalid and must be ignored.
+  if (env.XDG_CACHE_HOME && isAbsolute(env.XDG_CACHE_HOME)) roots.push(join(env.XDG_CACHE_HOME, "vmm"));
+  if (env.HOME && isAbsolute(env.HOME)) roots.push(join(env.HOME, ".cache", "vmm"));
+  roots.push(join(tmpdir(env), `vmm-${uid()}`));
+  return roots;
 }

@@ -34,16 +34,12 @@
  * used in the last EVICT_GRACE_MS: the loader opens the file again for each
  * piece it reads, so another vmm may still be reading it.
  */
-import { createHash } from "node:crypto";
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
-import process from "node:process";
-import { vmlinuxInProcess } from "../guest/build.ts";
-import { cacheRoots } from "../guest/packaged.ts";
+import { env as processEnv, existsSync, join, mkdirSync, pid, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "../ffi/sys.ts";
+import { close, NativeBuf, O_RDONLY, open, read } from "../ffi/libc.ts";
 import { HDR, HDRS_MAGIC } from "../boot/bzimage.ts";
 import { KERNEL_START } from "../boot/layout.ts";
 import { isElf, parseVmlinux } from "../boot/vmlinux.ts";
-import { cacheDirWritable, touchEntry, trimCache } from "./cache_entries.ts";
+import { cacheDirWritable, cacheRoots, touchEntry, trimCache } from "./cache_entries.ts";
 
 /** How many unpacked kernels the cache keeps: the ones used last. */
 export const KEEP_KERNELS = 4;
@@ -61,7 +57,7 @@ const VMLINUX = "vmlinux";
  * can. A read-only $VMM_CACHE (the benchmarks' nested host shares the
  * host's) or home thus still gets a kernel cache.
  */
-export function kernelCacheDir(env: Record<string, string | undefined> = process.env): string | null {
+export function kernelCacheDir(env: Record<string, string | undefined> = processEnv()): string | null {
   const dirs = env.VMM_KERNEL_CACHE ? [env.VMM_KERNEL_CACHE] : cacheRoots(env).map((r) => join(r, "kernels"));
   return dirs.find(cacheDirWritable) ?? null;
 }
@@ -81,15 +77,15 @@ export interface Unpacked {
  * @example
  * ```ts
  * import { unpackedKernel } from "./kernel_cache.ts";
- * const k = unpackedKernel("/boot/vmlinuz-6.1.0-57-cloud-amd64");
+ * const k = await unpackedKernel("/boot/vmlinuz-6.1.0-57-cloud-amd64");
  * console.log(k?.path); // ~/.cache/vmm/kernels/3f1c…/vmlinux
  * ```
  */
-export function unpackedKernel(path: string, cacheDir?: string | null): Unpacked | undefined {
+export async function unpackedKernel(path: string, cacheDir?: string | null): Promise<Unpacked | undefined> {
   let id: string;
   try {
     const st = statSync(path);
-    if (!st.isFile() || !looksLikeBzImage(path)) return undefined;
+    if (!st.isFile || !looksLikeBzImage(path)) return undefined;
     // Whole milliseconds: Deno gives no more, Bun gives fractions, and both runtimes should find one entry.
     id = `${st.dev}:${st.ino} ${st.size} ${Math.trunc(st.mtimeMs)}`;
   } catch {
@@ -98,7 +94,7 @@ export function unpackedKernel(path: string, cacheDir?: string | null): Unpacked
   // Looked for only now: an ELF kernel (the default guest's) makes no cache directory.
   const cache = cacheDir === undefined ? kernelCacheDir() : cacheDir;
   if (cache === null) return undefined;
-  const key = createHash("sha256").update(JSON.stringify({ format: FORMAT, id })).digest("hex").slice(0, 32);
+  const key = (await sha256Hex(JSON.stringify({ format: FORMAT, id }))).slice(0, 32);
   const dir = join(cache, key), file = join(dir, VMLINUX);
   if (existsSync(file)) {
     touchEntry(dir);
@@ -106,9 +102,9 @@ export function unpackedKernel(path: string, cacheDir?: string | null): Unpacked
   }
   // Decoding costs a second or more where vmm runs emulated: not for a cache it cannot keep.
   if (!cacheDirWritable(cache)) return undefined;
-  const elf = decode(path);
+  const elf = await decode(path);
   if (!elf) return undefined;
-  const tmp = join(cache, `.${key}.tmp-${process.pid}`);
+  const tmp = join(cache, `.${key}.tmp-${pid()}`);
   try {
     mkdirSync(tmp, { recursive: true });
     writeFileSync(join(tmp, VMLINUX), elf);
@@ -130,19 +126,31 @@ export function unpackedKernel(path: string, cacheDir?: string | null): Unpacked
 
 /** Whether the file starts with a bzImage's setup header ("HdrS" at 0x202). */
 function looksLikeBzImage(path: string): boolean {
-  const head = new Uint8Array(0x210);
-  const fd = openSync(path, "r");
+  const head = NativeBuf.alloc(0x210);
   try {
-    if (readSync(fd, head, 0, head.length, 0) < head.length) return false;
+    const fd = open(path, O_RDONLY);
+    try {
+      if (read(fd, head) < head.bytes.length) return false;
+    } finally {
+      close(fd);
+    }
+    return head.view.getUint32(HDR.HEADER, true) === HDRS_MAGIC;
   } finally {
-    closeSync(fd);
+    head.free();
   }
-  return new DataView(head.buffer).getUint32(HDR.HEADER, true) === HDRS_MAGIC;
+}
+
+/** SHA-256 of `text`'s UTF-8, in hex (Web Crypto: the same on both runtimes, and no `node:` module). */
+async function sha256Hex(text: string): Promise<string> {
+  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
+  return Array.from(d, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /** The bzImage's ELF kernel, or undefined when its payload is not one this process decodes to an x86-64 vmlinux. */
-function decode(path: string): Uint8Array | undefined {
+async function decode(path: string): Promise<Uint8Array | undefined> {
   try {
+    // Loaded on a miss only: the decoders and guest/build.ts's `node:` modules.
+    const { vmlinuxInProcess } = await import("../guest/build.ts");
     const elf = vmlinuxInProcess(readFileSync(path));
     if (!elf || !isElf(elf)) return undefined;
     // What the loader checks of an ELF kernel: one it would refuse boots as the bzImage instead.

@@ -14,10 +14,10 @@ import { EVICT_GRACE_MS, KEEP_KERNELS, kernelCacheDir, unpackedKernel } from "./
 
 const ELF = makeVmlinux(new Uint8Array([0xf4]));
 
-function withDir(f: (dir: string) => void): void {
+async function withDir(f: (dir: string) => void | Promise<void>): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), "vmm-kernel-cache-"));
   try {
-    f(dir);
+    await f(dir);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -30,85 +30,85 @@ function bzImage(dir: string, name: string, payload: Uint8Array = gzipSync(ELF))
   return path;
 }
 
-test("unpackedKernel(): a bzImage's gzip'd ELF kernel is unpacked once, then used from the cache", () => {
-  withDir((dir) => {
+test("unpackedKernel(): a bzImage's gzip'd ELF kernel is unpacked once, then used from the cache", async () => {
+  await withDir(async (dir) => {
     const cache = join(dir, "cache"), k = bzImage(dir, "vmlinuz");
-    const first = unpackedKernel(k, cache);
+    const first = await unpackedKernel(k, cache);
     assert.ok(first, "unpacked");
     assert.equal(first.fresh, true);
     assert.deepEqual(new Uint8Array(readFileSync(first.path)), ELF, "the entry holds the ELF kernel, byte for byte");
     const ino = statSync(first.path).ino;
 
-    const again = unpackedKernel(k, cache);
+    const again = await unpackedKernel(k, cache);
     assert.deepEqual(again, { path: first.path, fresh: false });
     assert.equal(statSync(again.path).ino, ino, "not written again");
     assert.deepEqual(readdirSync(cache), [readdirSync(cache)[0]], "one entry, no temporary directory left");
   });
 });
 
-test("unpackedKernel(): a zstd payload (Ubuntu's, Fedora's kernels) is unpacked too", () => {
-  withDir((dir) => {
+test("unpackedKernel(): a zstd payload (Ubuntu's, Fedora's kernels) is unpacked too", async () => {
+  await withDir(async (dir) => {
     const z = zstdCompressSync(ELF), payload = new Uint8Array(z.length + 4);
     payload.set(z);
     new DataView(payload.buffer).setUint32(z.length, ELF.length, true); // the kernel Makefile's size_append
-    const u = unpackedKernel(bzImage(dir, "vmlinuz", payload), join(dir, "cache"));
+    const u = await unpackedKernel(bzImage(dir, "vmlinuz", payload), join(dir, "cache"));
     assert.deepEqual(new Uint8Array(readFileSync(u!.path)), ELF);
   });
 });
 
-test("unpackedKernel(): a rebuilt bzImage (new mtime) is a new entry; another file of the same bytes too", () => {
-  withDir((dir) => {
+test("unpackedKernel(): a rebuilt bzImage (new mtime) is a new entry; another file of the same bytes too", async () => {
+  await withDir(async (dir) => {
     const cache = join(dir, "cache"), k = bzImage(dir, "vmlinuz");
-    const a = unpackedKernel(k, cache)!;
+    const a = (await unpackedKernel(k, cache))!;
     utimesSync(k, new Date(), new Date(Date.now() + 5000));
-    const b = unpackedKernel(k, cache)!;
+    const b = (await unpackedKernel(k, cache))!;
     assert.notEqual(b.path, a.path);
     assert.equal(b.fresh, true);
-    const c = unpackedKernel(bzImage(dir, "copy"), cache)!;
+    const c = (await unpackedKernel(bzImage(dir, "copy"), cache))!;
     assert.notEqual(c.path, a.path);
     assert.notEqual(c.path, b.path);
   });
 });
 
-test("unpackedKernel(): what it cannot or should not unpack boots as it is (undefined), and nothing is cached", () => {
-  withDir((dir) => {
+test("unpackedKernel(): what it cannot or should not unpack boots as it is (undefined), and nothing is cached", async () => {
+  await withDir(async (dir) => {
     const cache = join(dir, "cache");
-    const none = (path: string, why: string) => assert.equal(unpackedKernel(path, cache), undefined, why);
+    const none = async (path: string, why: string) => assert.equal(await unpackedKernel(path, cache), undefined, why);
     const write = (name: string, bytes: Uint8Array) => (writeFileSync(join(dir, name), bytes), join(dir, name));
-    none(write("vmlinux", ELF), "an ELF kernel already is one");
-    none(write("tiny", makeBzImage(new Uint8Array([0xf4]))), "a bzImage with no payload");
+    await none(write("vmlinux", ELF), "an ELF kernel already is one");
+    await none(write("tiny", makeBzImage(new Uint8Array([0xf4]))), "a bzImage with no payload");
     // xz's magic: decoded only by the xz program, which vmm does not run at boot.
-    none(bzImage(dir, "xz", new Uint8Array([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0, 0, 0, 0, 0, 0, 0])), "an xz payload");
-    none(bzImage(dir, "garbage", gzipSync(new Uint8Array(4096).fill(0x41))), "a payload that is not an ELF file");
+    await none(bzImage(dir, "xz", new Uint8Array([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0, 0, 0, 0, 0, 0, 0])), "an xz payload");
+    await none(bzImage(dir, "garbage", gzipSync(new Uint8Array(4096).fill(0x41))), "a payload that is not an ELF file");
     const arm = ELF.slice();
     new DataView(arm.buffer).setUint16(18, 183, true); // EM_AARCH64
-    none(bzImage(dir, "arm", gzipSync(arm)), "an ELF kernel the loader would refuse");
+    await none(bzImage(dir, "arm", gzipSync(arm)), "an ELF kernel the loader would refuse");
     const low = makeVmlinux(new Uint8Array([0xf4]), { paddr: 0x8000 });
-    none(bzImage(dir, "low", gzipSync(low)), "an ELF kernel that loads below the boot tables");
+    await none(bzImage(dir, "low", gzipSync(low)), "an ELF kernel that loads below the boot tables");
     const cut = gzipSync(ELF);
-    none(bzImage(dir, "cut", cut.subarray(0, cut.length - 40)), "a truncated payload");
-    none(join(dir, "missing"), "no such file: the loader says so");
-    none(dir, "a directory");
-    none(write("short", new Uint8Array(16)), "a file too short for a header");
+    await none(bzImage(dir, "cut", cut.subarray(0, cut.length - 40)), "a truncated payload");
+    await none(join(dir, "missing"), "no such file: the loader says so");
+    await none(dir, "a directory");
+    await none(write("short", new Uint8Array(16)), "a file too short for a header");
     assert.equal(existsSync(cache) ? readdirSync(cache).length : 0, 0);
   });
 });
 
-test("unpackedKernel(): a cache that cannot be written leaves the bzImage to boot as it is", () => {
-  withDir((dir) => {
+test("unpackedKernel(): a cache that cannot be written leaves the bzImage to boot as it is", async () => {
+  await withDir(async (dir) => {
     const k = bzImage(dir, "vmlinuz");
     writeFileSync(join(dir, "file"), "not a directory");
-    assert.equal(unpackedKernel(k, join(dir, "file", "cache")), undefined);
+    assert.equal(await unpackedKernel(k, join(dir, "file", "cache")), undefined);
   });
 });
 
-test("unpackedKernel(): the cache keeps the kernels used last, but not one used within the grace period", () => {
-  withDir((dir) => {
+test("unpackedKernel(): the cache keeps the kernels used last, but not one used within the grace period", async () => {
+  await withDir(async (dir) => {
     const cache = join(dir, "cache");
     const old = new Date(Date.now() - EVICT_GRACE_MS - 60_000);
     const paths: string[] = [];
     for (let i = 0; i < KEEP_KERNELS + 2; i++) {
-      const u = unpackedKernel(bzImage(dir, `k${i}`), cache)!;
+      const u = (await unpackedKernel(bzImage(dir, `k${i}`), cache))!;
       paths.push(u.path);
       if (i < 2) utimesSync(join(u.path, ".."), old, new Date(old.getTime() + i)); // k0 and k1 were used long ago
     }
@@ -120,13 +120,13 @@ test("unpackedKernel(): the cache keeps the kernels used last, but not one used 
     const tmp = join(cache, ".deadbeef.tmp-1");
     mkdirSync(tmp);
     utimesSync(tmp, old, new Date(Date.now() - 25 * 3600_000));
-    unpackedKernel(bzImage(dir, "one-more"), cache);
+    await unpackedKernel(bzImage(dir, "one-more"), cache);
     assert.equal(existsSync(tmp), false);
   });
 });
 
-test("kernelCacheDir(): $VMM_KERNEL_CACHE, else kernels/ in the first cache root that can be written", () => {
-  withDir((dir) => {
+test("kernelCacheDir(): $VMM_KERNEL_CACHE, else kernels/ in the first cache root that can be written", async () => {
+  await withDir(async (dir) => {
     writeFileSync(join(dir, "file"), "not a directory");
     const ro = join(dir, "file", "cache"); // cannot be made: a path through a file
     assert.equal(kernelCacheDir({ VMM_KERNEL_CACHE: join(dir, "k") }), join(dir, "k"));
@@ -137,6 +137,6 @@ test("kernelCacheDir(): $VMM_KERNEL_CACHE, else kernels/ in the first cache root
   });
 });
 
-test("unpackedKernel(): no cache to write to (kernelCacheDir found none), the bzImage as it is", () => {
-  withDir((dir) => assert.equal(unpackedKernel(bzImage(dir, "vmlinuz"), null), undefined));
+test("unpackedKernel(): no cache to write to (kernelCacheDir found none), the bzImage as it is", async () => {
+  await withDir(async (dir) => assert.equal(await unpackedKernel(bzImage(dir, "vmlinuz"), null), undefined));
 });

@@ -15,9 +15,10 @@
  * Everything made is recorded in an `Owner` as it is made, so a failed
  * `create()` and `close()` release exactly what exists, in reverse order.
  */
-import { closeSync, fstatSync, openSync, readSync } from "node:fs";
+import { fstatSync } from "../ffi/sys.ts";
 import {
-  close as closeFd, EFD_CLOEXEC, EFD_NONBLOCK, eventfd, eventfdSignal, hostView, libc, mmapAnon, mmapFd, preadFile, SIGINT, SIGTERM, SIGUSR1, SIGUSR2,
+  close as closeFd, EFD_CLOEXEC, EFD_NONBLOCK, eventfd, eventfdSignal, hostView, libc, mmapAnon, mmapFd, NativeBuf, O_RDONLY, open, preadFile, SIGINT,
+  SIGTERM, SIGUSR1, SIGUSR2,
 } from "../ffi/libc.ts";
 import { acquireKickSignal, releaseKickSignal, signalPipe } from "../ffi/signals.ts";
 import { RawTerminal } from "../ffi/termios.ts";
@@ -35,7 +36,7 @@ import { Lifecycle, type MachineState, StateError } from "./lifecycle.ts";
 import { joinWorkers, SpareWorkers, startWorker, type WorkerHandle } from "./workers.ts";
 import { syncPages, unwireVirtio, wireVirtio } from "./virtio.ts";
 import type { ControlEvent, ControlInit, QueueInit, VcpuInit, VirtioDeviceInit } from "./messages.ts";
-import { type RestoreOptions, SnapshotSource, writeSnapshot } from "./snapshot.ts";
+import type { RestoreOptions, SnapshotSource } from "./snapshot.ts";
 import { unpackedKernel } from "./kernel_cache.ts";
 
 /** The command line vmm gives a kernel unless told otherwise. */
@@ -131,6 +132,13 @@ class Owner {
 }
 
 /**
+ * loop/snapshot.ts, loaded by the first machine that saves or restores one:
+ * it reads and writes files through `node:` modules, which a plain boot does
+ * without (ffi/sys.ts says what they cost Deno).
+ */
+const snapshots = () => import("./snapshot.ts");
+
+/**
  * A kernel or initrd given by path: checked now (it exists, is a file, can
  * be read), then read by the loader piece by piece, straight into guest RAM
  * (boot/image.ts).
@@ -139,13 +147,13 @@ function load(what: string, v: string | Uint8Array): ImageSource {
   if (typeof v !== "string") return v;
   let size: number;
   try {
-    const fd = openSync(v, "r");
+    const fd = open(v, O_RDONLY); // that it can be read, now
     try {
       const st = fstatSync(fd);
-      if (st.isDirectory()) throw Object.assign(new Error("is a directory"), { code: "EISDIR" });
+      if (st.isDirectory) throw Object.assign(new Error("is a directory"), { code: "EISDIR" });
       size = st.size;
     } finally {
-      closeSync(fd);
+      closeFd(fd);
     }
   } catch (e) {
     const code = (e as { code?: string }).code;
@@ -156,18 +164,14 @@ function load(what: string, v: string | Uint8Array): ImageSource {
   return {
     size,
     read(offset, len) {
-      const out = new Uint8Array(Math.max(0, Math.min(len, size - offset)));
-      const fd = openSync(v, "r");
+      const n = Math.max(0, Math.min(len, size - offset));
+      const buf = NativeBuf.alloc(n);
       try {
-        for (let done = 0; done < out.length;) {
-          const n = readSync(fd, out, done, out.length - done, offset + done);
-          if (n === 0) throw new Error(`read ${name}: the file ends at byte ${offset + done}, before the ${size} it had`);
-          done += n;
-        }
+        preadFile(v, buf.addr, n, offset, name);
+        return buf.bytes.slice(0, n);
       } finally {
-        closeSync(fd);
+        buf.free();
       }
-      return out;
     },
     readInto(mem, gpa, len, offset) {
       preadFile(v, mem.hostAddress(gpa, len), len, offset, name);
@@ -287,7 +291,7 @@ export class Machine {
     const startedAt = Date.now();
     const own = new Owner();
     try {
-      const from = new SnapshotSource(dir);
+      const from = new (await snapshots()).SnapshotSource(dir);
       own.add(() => from.close());
       const parts = await build(from.options(o), own, from);
       from.close(); // RAM is mapped: the files are not needed any more
@@ -306,7 +310,7 @@ export class Machine {
   async snapshot(dir: string): Promise<void> {
     this.#life.check("snapshot");
     await this.#launched;
-    writeSnapshot(dir, this.#p);
+    (await snapshots()).writeSnapshot(dir, this.#p);
   }
 
   /** Start the guest and return at once; the control loop runs on a Worker. */
@@ -467,6 +471,7 @@ export class Machine {
       }
     }
     const dir = p.snapshotDir, atReady = p.atReady;
+    const writeSnapshot = dir !== undefined || atReady ? (await snapshots()).writeSnapshot : () => {};
     const c = new Controller(init, {
       ...(dir !== undefined ? { snapshot: () => (writeSnapshot(dir, p), dir) } : {}),
       ...(atReady ? { atReady: () => atReady((to) => writeSnapshot(to, p)) } : {}),
@@ -518,7 +523,7 @@ function serialInput(c: ConsoleOptions): number {
 async function build(o: MachineOptions, own: Owner, from?: SnapshotSource): Promise<Parts> {
   let kernel = load("--kernel", o.kernel);
   if (typeof o.kernel === "string" && !o.kernelAsIs && !from) {
-    const unpacked = unpackedKernel(o.kernel);
+    const unpacked = await unpackedKernel(o.kernel);
     if (unpacked) {
       o.log?.(unpacked.fresh
         ? `unpacked the ELF kernel inside ${o.kernel} into ${unpacked.path}`

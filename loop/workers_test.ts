@@ -4,38 +4,8 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
-import { dirname, join, relative, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
 import { SpareWorkers, startWorker, WORKER_ENTRIES } from "./workers.ts";
-
-const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "..");
-
-/** The specifiers `src` loads when it is evaluated: static imports and re-exports, not `import type`. */
-export function staticImports(src: string): string[] {
-  const out: string[] = [];
-  // Top-level statements start a line: `import x from "m"`, `import { a,\n b } from "m"`, `import "m"`, `export * from "m"`.
-  const re = /^(import|export)\s+(type\s)?(?:(?:[\w*\s,]*\{[^}]*\}|[\w*\s,]+?)\s*from\s*)?["']([^"']+)["']/gm;
-  for (const m of src.matchAll(re)) if (!m[2]) out.push(m[3]);
-  return out;
-}
-
-/** Every module `entry` loads, by path from the repository root, with the bare specifiers each names. */
-function graph(entry: string): Map<string, string[]> {
-  const seen = new Map<string, string[]>();
-  const walk = (file: string) => {
-    const rel = relative(REPO, file);
-    if (seen.has(rel)) return;
-    const bare: string[] = [];
-    seen.set(rel, bare);
-    for (const spec of staticImports(readFileSync(file, "utf8"))) {
-      if (spec.startsWith(".")) walk(resolve(dirname(file), spec));
-      else bare.push(spec);
-    }
-  };
-  walk(join(REPO, entry));
-  return seen;
-}
+import { graph, staticImports } from "../test/support/module_graph.ts";
 
 test("staticImports() finds imports and re-exports that load, not type-only ones", () => {
   const src = [

@@ -6,7 +6,7 @@
  * PVM runs guest ring-3 code natively but emulates ring-0 code one instruction
  * at a time, so a stock Linux kernel cannot boot on it (see PLATFORM.md).
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readTextFileSync } from "../ffi/sys.ts";
 
 /** True when `/dev/kvm` is served by the `kvm_pvm` module. */
 export function isPvmHost(): boolean {
@@ -16,7 +16,7 @@ export function isPvmHost(): boolean {
 /** True when the CPU offers hardware virtualization to this kernel. */
 export function hasHardwareVirt(): boolean {
   try {
-    return /\b(vmx|svm)\b/.test(readFileSync("/proc/cpuinfo", "utf8"));
+    return /\b(vmx|svm)\b/.test(readTextFileSync("/proc/cpuinfo"));
   } catch {
     return false;
   }

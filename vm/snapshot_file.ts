@@ -32,6 +32,7 @@ import type { CpuidEntry } from "../ffi/structs.ts";
 import type { VcpuState } from "./vcpu_state.ts";
 import { cpuidVendor } from "./cpuid.ts";
 import type { VmState } from "./vm_state.ts";
+import { SnapshotError } from "./vm.ts";
 
 /** The version of vmm this code is: a snapshot restores only into the same one. */
 export const VMM_VERSION: string = pkg.version;
@@ -42,13 +43,7 @@ export const SNAPSHOT_MAGIC = "VMMSNAP\0";
 export const HDR = { MAGIC: 0, FORMAT: 8, BODY_LEN: 16, VMM_VERSION: 24, SHA256: 48, SIZE: 80 } as const;
 const VERSION_BYTES = HDR.SHA256 - HDR.VMM_VERSION;
 
-/** A snapshot vmm will not restore; the message is one line naming what does not match. */
-export class SnapshotError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "SnapshotError";
-  }
-}
+export { SnapshotError } from "./vm.ts";
 
 /** One virtio device as the snapshot saw it. */
 export interface SnapshotDevice {

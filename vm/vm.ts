@@ -19,6 +19,19 @@ export class ConfigError extends Error {
   }
 }
 
+/**
+ * A snapshot vmm will not restore; the message is one line naming what does
+ * not match. Here, beside ConfigError, rather than in vm/snapshot_file.ts,
+ * which reads snapshots through `node:` modules: mod.ts exports it, and a
+ * library that never restores need not load those.
+ */
+export class SnapshotError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "SnapshotError";
+  }
+}
+
 export interface VmOptions {
   /** Guest RAM in MiB. */
   memMiB: number;

@@ -1,0 +1,190 @@
+/**
+ * The process and the host's files as the main thread sees them on its way
+ * to a guest's first instruction: arguments, environment, exit, stderr, and
+ * the few file operations `vmm boot` makes (a kernel's size, the kernel
+ * cache). Node's names and meanings (`statSync`, `mkdirSync`, …), so a
+ * module switches by its import line, but not Node's modules on Deno.
+ *
+ * Why: the first `node:` module a Deno process loads starts Deno's whole
+ * Node compatibility layer. On this project's hosts that costs 13 MiB of RSS
+ * and 50–70 ms for `node:fs` alone (6 MiB for the smallest, `node:path`),
+ * a third of vmm's own memory; in the nested test host, where every
+ * instruction of the runtime is emulated, it costs seconds. Deno's own
+ * `Deno.*` calls cost nothing of the kind. Bun's `node:` modules are its
+ * native ones, cheap to load, so on Bun this module is `node:fs`.
+ *
+ * What it covers is what the boot path needs; paths only some runs take
+ * (`vmm run`'s snapshot cache, building the default guest) import `node:`
+ * modules themselves, lazily, and pay the layer when they run.
+ */
+import { isDeno } from "./runtime.ts";
+import { check, libc, NativeBuf, writeAll } from "./libc.ts";
+
+// deno-lint-ignore no-explicit-any
+const g = globalThis as any;
+const D = g.Deno;
+/** Bun's node:fs; never loaded on Deno (a dynamic import behind the check does not start the layer). */
+const nodeFs: typeof import("node:fs") | null = isDeno ? null : await import("node:fs");
+
+/** The command-line arguments after the script's name. */
+export function args(): string[] {
+  return isDeno ? [...D.args] : g.process.argv.slice(2);
+}
+
+/** The environment, as a plain record (a copy on Deno: changing it changes nothing). */
+export function env(): Record<string, string | undefined> {
+  return isDeno ? D.env.toObject() : g.process.env;
+}
+
+/** End the process with `code`. */
+export function exit(code: number): never {
+  if (isDeno) D.exit(code);
+  g.process.exit(code);
+  throw new Error("unreachable");
+}
+
+/** This process's ID and real user ID. */
+export const pid = (): number => libc.getpid();
+export const uid = (): number => (isDeno ? D.uid() : g.process.getuid());
+
+/** Node's os.tmpdir(): $TMPDIR, $TMP or $TEMP, else /tmp, without a trailing slash. */
+export function tmpdir(e = env()): string {
+  const t = e.TMPDIR || e.TMP || e.TEMP || "/tmp";
+  return t.length > 1 && t.endsWith("/") ? t.slice(0, -1) : t;
+}
+
+/** Write all of `text` to `fd` now (no buffering: vmm may exit right after). */
+export function writeSync(fd: number, text: string): void {
+  writeAll(fd, new TextEncoder().encode(text), `write fd ${fd}`);
+}
+
+export function isatty(fd: number): boolean {
+  return libc.isatty(fd) === 1;
+}
+
+/** What vmm reads of a file's status (stat(2), following symlinks). */
+export interface FileStat {
+  dev: number;
+  ino: number;
+  size: number;
+  mode: number;
+  uid: number;
+  /** Modification time, milliseconds since the epoch (whole on Deno). */
+  mtimeMs: number;
+  isFile: boolean;
+  isDirectory: boolean;
+}
+
+/** stat(2); throws an Error whose `code` is the errno's name (ENOENT, …), as Node's does. */
+export function statSync(path: string): FileStat {
+  if (nodeFs) {
+    const s = nodeFs.statSync(path);
+    return { dev: s.dev, ino: s.ino, size: s.size, mode: s.mode, uid: s.uid, mtimeMs: s.mtimeMs, isFile: s.isFile(), isDirectory: s.isDirectory() };
+  }
+  const s = D.statSync(path);
+  return { dev: s.dev, ino: s.ino, size: s.size, mode: s.mode, uid: s.uid, mtimeMs: s.mtime?.getTime() ?? 0, isFile: s.isFile, isDirectory: s.isDirectory };
+}
+
+/** fstat(2) of an open fd (struct stat on x86-64: 144 bytes). */
+export function fstatSync(fd: number): FileStat {
+  const st = NativeBuf.alloc(144);
+  try {
+    check("fstat", libc.fstat(fd, st.addr));
+    const v = st.view, u64 = (o: number) => Number(v.getBigUint64(o, true));
+    const mode = v.getUint32(24, true), fmt = mode & S_IFMT;
+    return {
+      dev: u64(0), ino: u64(8), mode, uid: v.getUint32(28, true), size: u64(48),
+      mtimeMs: u64(88) * 1000 + Math.trunc(u64(96) / 1e6), isFile: fmt === S_IFREG, isDirectory: fmt === S_IFDIR,
+    };
+  } finally {
+    st.free();
+  }
+}
+const S_IFMT = 0o170000, S_IFREG = 0o100000, S_IFDIR = 0o040000;
+
+export function existsSync(path: string): boolean {
+  return access(path, F_OK);
+}
+
+/** access(2): whether this process may use `path` as `mode` says (F_OK, W_OK, …). */
+export function access(path: string, mode: number): boolean {
+  const p = NativeBuf.cstring(path);
+  try {
+    return libc.access(p.addr, mode) === 0;
+  } finally {
+    p.free();
+  }
+}
+export const F_OK = 0, W_OK = 2;
+
+export function readFileSync(path: string): Uint8Array {
+  return nodeFs ? new Uint8Array(nodeFs.readFileSync(path)) : D.readFileSync(path);
+}
+
+export function readTextFileSync(path: string): string {
+  return nodeFs ? nodeFs.readFileSync(path, "utf8") : D.readTextFileSync(path);
+}
+
+export function writeFileSync(path: string, data: Uint8Array): void {
+  if (nodeFs) nodeFs.writeFileSync(path, data);
+  else D.writeFileSync(path, data);
+}
+
+export function mkdirSync(path: string, o: { recursive?: boolean; mode?: number } = {}): void {
+  if (nodeFs) nodeFs.mkdirSync(path, o);
+  else D.mkdirSync(path, o);
+}
+
+export function renameSync(from: string, to: string): void {
+  if (nodeFs) nodeFs.renameSync(from, to);
+  else D.renameSync(from, to);
+}
+
+/** Remove a file or (recursive) a tree; `force`: a missing one is no error. */
+export function rmSync(path: string, o: { recursive?: boolean; force?: boolean } = {}): void {
+  if (nodeFs) return nodeFs.rmSync(path, o);
+  try {
+    D.removeSync(path, { recursive: o.recursive ?? false });
+  } catch (e) {
+    if (!(o.force && (e as { code?: string }).code === "ENOENT")) throw e;
+  }
+}
+
+/** The names in a directory. */
+export function readdirSync(path: string): string[] {
+  if (nodeFs) return nodeFs.readdirSync(path);
+  return [...D.readDirSync(path)].map((e: { name: string }) => e.name);
+}
+
+export function utimesSync(path: string, atime: Date, mtime: Date): void {
+  if (nodeFs) nodeFs.utimesSync(path, atime, mtime);
+  else D.utimeSync(path, atime, mtime);
+}
+
+// Paths: POSIX only, as vmm runs on Linux only.
+
+export function isAbsolute(p: string): boolean {
+  return p.startsWith("/");
+}
+
+/** Node's path.join(): the parts joined by "/", then normalised ("." and ".." resolved, no double slashes). */
+export function join(...parts: string[]): string {
+  return normalize(parts.filter((p) => p !== "").join("/") || ".");
+}
+
+/** Node's path.normalize() for POSIX paths. */
+export function normalize(p: string): string {
+  if (p === "") return ".";
+  const abs = p.startsWith("/"), trailing = p.endsWith("/");
+  const out: string[] = [];
+  for (const s of p.split("/")) {
+    if (s === "" || s === ".") continue;
+    if (s === "..") {
+      if (out.length && out[out.length - 1] !== "..") out.pop();
+      else if (!abs) out.push("..");
+    } else out.push(s);
+  }
+  let r = (abs ? "/" : "") + out.join("/");
+  if (r === "") r = abs ? "/" : ".";
+  return trailing && r !== "/" ? `${r}/` : r;
+}

@@ -1,0 +1,99 @@
+/**
+ * ffi/sys.ts against Node's own modules (which the tests may load: they are
+ * not on a boot's path), and the promise it exists for: nothing `vmm boot`
+ * or a library's `import "mod.ts"` loads at start names a `node:` module
+ * (the Workers' graphs: loop/workers_test.ts).
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { tmpdir as nodeTmpdir } from "node:os";
+import * as sys from "./sys.ts";
+import { close, O_RDONLY, open } from "./libc.ts";
+import { graph } from "../test/support/module_graph.ts";
+
+function withDir(f: (dir: string) => void): void {
+  const dir = fs.mkdtempSync(path.join(nodeTmpdir(), "vmm-sys-"));
+  try {
+    f(dir);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test("join() and normalize() give what node:path gives", () => {
+  const joins = [["/a", "b", "../c"], ["a", "", "b/"], ["/", ".."], ["", ""], ["a/..", ".."], ["/x//y/", "./z"], ["rel", "../../up"], ["/a/b", "/c"]];
+  for (const p of joins) assert.equal(sys.join(...p), path.join(...p), JSON.stringify(p));
+  for (const p of ["/a/b/c", "/a/b/", "a", "/", "a/b", "//a", "", "/a//b//"]) {
+    assert.equal(sys.normalize(p), path.normalize(p), `normalize ${JSON.stringify(p)}`);
+  }
+  assert.equal(sys.isAbsolute("/x"), true);
+  assert.equal(sys.isAbsolute("x/y"), false);
+});
+
+test("statSync() and fstatSync() read what node:fs's statSync reads; a missing file throws ENOENT", () => {
+  withDir((dir) => {
+    const f = path.join(dir, "f");
+    fs.writeFileSync(f, new Uint8Array(1234));
+    const want = fs.statSync(f);
+    const fd = open(f, O_RDONLY);
+    try {
+      for (const got of [sys.statSync(f), sys.fstatSync(fd)]) {
+        assert.equal(got.size, 1234);
+        assert.equal(got.dev, want.dev);
+        assert.equal(got.ino, want.ino);
+        assert.equal(got.mode, want.mode);
+        assert.equal(got.uid, want.uid);
+        assert.equal(Math.trunc(got.mtimeMs), Math.trunc(want.mtimeMs));
+        assert.deepEqual([got.isFile, got.isDirectory], [true, false]);
+      }
+    } finally {
+      close(fd);
+    }
+    assert.deepEqual([sys.statSync(dir).isFile, sys.statSync(dir).isDirectory], [false, true]);
+    assert.throws(() => sys.statSync(path.join(dir, "missing")), (e: { code?: string }) => e.code === "ENOENT");
+  });
+});
+
+test("files and directories: made, written, read, listed, renamed, touched and removed", () => {
+  withDir((dir) => {
+    const deep = sys.join(dir, "a", "b", "c");
+    sys.mkdirSync(deep, { recursive: true });
+    assert.equal(sys.existsSync(deep), true);
+    assert.equal(sys.access(deep, sys.W_OK), true);
+    sys.writeFileSync(sys.join(deep, "x"), new TextEncoder().encode("hello\n"));
+    assert.equal(sys.readTextFileSync(sys.join(deep, "x")), "hello\n");
+    assert.deepEqual([...sys.readFileSync(sys.join(deep, "x"))], [...new TextEncoder().encode("hello\n")]);
+    sys.renameSync(sys.join(deep, "x"), sys.join(deep, "y"));
+    assert.deepEqual(sys.readdirSync(deep), ["y"]);
+    const then = new Date(1_000_000_000_000);
+    sys.utimesSync(deep, then, then);
+    assert.equal(fs.statSync(deep).mtimeMs, 1_000_000_000_000);
+    sys.rmSync(sys.join(dir, "a"), { recursive: true, force: true });
+    assert.equal(sys.existsSync(sys.join(dir, "a")), false);
+    sys.rmSync(sys.join(dir, "a"), { recursive: true, force: true }); // gone already: no error with force
+    assert.throws(() => sys.rmSync(sys.join(dir, "a")), (e: { code?: string }) => e.code === "ENOENT");
+    assert.throws(() => sys.mkdirSync(sys.join(dir, "no", "parent")), (e: { code?: string }) => e.code === "ENOENT");
+  });
+});
+
+test("env(), args(), tmpdir() and uid(): the process's own", () => {
+  assert.equal(sys.env().PATH, process.env.PATH);
+  assert.ok(Array.isArray(sys.args()));
+  assert.equal(sys.uid(), process.getuid!());
+  assert.equal(sys.pid(), process.pid);
+  assert.equal(sys.tmpdir({ TMPDIR: "/var/tmp/" }), "/var/tmp");
+  assert.equal(sys.tmpdir({}), "/tmp");
+});
+
+test("vmm boot's modules and mod.ts's load no node: module before their code runs", () => {
+  for (const entry of ["bin/vmm.ts", "mod.ts"]) {
+    const g = graph(entry);
+    assert.ok(g.size > 10, `${entry}: its graph was read (${g.size} modules)`);
+    const node = [...g].flatMap(([file, specs]) => specs.filter((s) => s.startsWith("node:")).map((s) => `${file} imports ${s}`));
+    assert.deepEqual(node, [], entry);
+  }
+  // The walk sees a module that does import one.
+  assert.ok(graph("loop/snapshot.ts").get("loop/snapshot.ts")?.includes("node:fs"));
+});
