@@ -220,9 +220,11 @@ async function main(argv: string[]): Promise<number> {
  * line and a cold boot, which replaces it.
  */
 async function makeMachine(opts: MachineOptions, useCache: boolean, verbose: boolean): Promise<Machine> {
+  // Only a run over host files can start from a snapshot: a boot loads none of the run cache's modules.
+  if (!useCache || !opts.hostRun) return await Machine.create(opts);
   const { cachedRun, cacheWritable, runCacheDir, runCacheKey, saveRun, touchRun } = await import("../loop/run_cache.ts");
   const { restoreOptionsOf } = await import("../loop/snapshot.ts");
-  const key = useCache ? runCacheKey(opts) : null;
+  const key = runCacheKey(opts);
   if (key === null) return await Machine.create(opts);
   const { dir, present } = cachedRun(key);
   let replace = false;
