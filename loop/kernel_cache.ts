@@ -51,7 +51,7 @@ const VMLINUX = "vmlinux";
 
 /**
  * Where unpacked kernels live: $VMM_KERNEL_CACHE, else `kernels/` in the
- * first of vmm's cache roots that can be written (guest/packaged.ts
+ * first of vmm's cache roots that can be written (loop/cache_entries.ts
  * cacheRoots: $VMM_CACHE, $XDG_CACHE_HOME/vmm, ~/.cache/vmm, then a
  * directory of this user's in the temporary directory); null when none
  * can. A read-only $VMM_CACHE (the benchmarks' nested host shares the
