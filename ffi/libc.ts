@@ -345,18 +345,40 @@ export class Poller {
   }
 }
 
-/**
- * The file an fd is open on, as (device, inode): fstat(2)'s st_dev and
- * st_ino (struct stat on x86-64: st_dev at 0, st_ino at 8; 144 bytes).
- */
-export function fileIdOf(fd: number): string {
+/** What vmm reads of a file's status (struct stat; ffi/sys.ts statSync gives the same by path). */
+export interface FileStat {
+  dev: number;
+  ino: number;
+  size: number;
+  mode: number;
+  uid: number;
+  /** Modification time, milliseconds since the epoch (whole on Deno). */
+  mtimeMs: number;
+  isFile: boolean;
+  isDirectory: boolean;
+}
+
+/** fstat(2) of an open fd (struct stat on x86-64: 144 bytes). */
+export function fstatSync(fd: number): FileStat {
   const st = NativeBuf.alloc(144);
   try {
     check("fstat", libc.fstat(fd, st.addr));
-    return `${st.view.getBigUint64(0, true)}:${st.view.getBigUint64(8, true)}`;
+    const v = st.view, u64 = (o: number) => Number(v.getBigUint64(o, true));
+    const mode = v.getUint32(24, true), fmt = mode & S_IFMT;
+    return {
+      dev: u64(0), ino: u64(8), mode, uid: v.getUint32(28, true), size: u64(48),
+      mtimeMs: u64(88) * 1000 + Math.trunc(u64(96) / 1e6), isFile: fmt === S_IFREG, isDirectory: fmt === S_IFDIR,
+    };
   } finally {
     st.free();
   }
+}
+const S_IFMT = 0o170000, S_IFREG = 0o100000, S_IFDIR = 0o040000;
+
+/** The file an fd is open on, as (device, inode): how a path is checked to still name it. */
+export function fileIdOf(fd: number): string {
+  const { dev, ino } = fstatSync(fd);
+  return `${dev}:${ino}`;
 }
 
 /** mmap(2) anonymous memory; returns its address. */

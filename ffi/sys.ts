@@ -18,7 +18,9 @@
  * modules themselves, lazily, and pay the layer when they run.
  */
 import { isDeno } from "./runtime.ts";
-import { check, libc, NativeBuf, writeAll } from "./libc.ts";
+import { type FileStat, libc, NativeBuf, writeAll } from "./libc.ts";
+
+export { type FileStat, fstatSync } from "./libc.ts";
 
 // deno-lint-ignore no-explicit-any
 const g = globalThis as any;
@@ -62,19 +64,6 @@ export function isatty(fd: number): boolean {
   return libc.isatty(fd) === 1;
 }
 
-/** What vmm reads of a file's status (stat(2), following symlinks). */
-export interface FileStat {
-  dev: number;
-  ino: number;
-  size: number;
-  mode: number;
-  uid: number;
-  /** Modification time, milliseconds since the epoch (whole on Deno). */
-  mtimeMs: number;
-  isFile: boolean;
-  isDirectory: boolean;
-}
-
 /** stat(2); throws an Error whose `code` is the errno's name (ENOENT, …), as Node's does. */
 export function statSync(path: string): FileStat {
   if (nodeFs) {
@@ -84,23 +73,6 @@ export function statSync(path: string): FileStat {
   const s = D.statSync(path);
   return { dev: s.dev, ino: s.ino, size: s.size, mode: s.mode, uid: s.uid, mtimeMs: s.mtime?.getTime() ?? 0, isFile: s.isFile, isDirectory: s.isDirectory };
 }
-
-/** fstat(2) of an open fd (struct stat on x86-64: 144 bytes). */
-export function fstatSync(fd: number): FileStat {
-  const st = NativeBuf.alloc(144);
-  try {
-    check("fstat", libc.fstat(fd, st.addr));
-    const v = st.view, u64 = (o: number) => Number(v.getBigUint64(o, true));
-    const mode = v.getUint32(24, true), fmt = mode & S_IFMT;
-    return {
-      dev: u64(0), ino: u64(8), mode, uid: v.getUint32(28, true), size: u64(48),
-      mtimeMs: u64(88) * 1000 + Math.trunc(u64(96) / 1e6), isFile: fmt === S_IFREG, isDirectory: fmt === S_IFDIR,
-    };
-  } finally {
-    st.free();
-  }
-}
-const S_IFMT = 0o170000, S_IFREG = 0o100000, S_IFDIR = 0o040000;
 
 export function existsSync(path: string): boolean {
   return access(path, F_OK);
