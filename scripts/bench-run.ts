@@ -117,7 +117,7 @@ try {
     output = execFileSync("sh", ["-c", script], { encoding: "utf8", env: { ...process.env, PATH: `${REPO}/node_modules/.bin:${process.env.PATH}` } });
   } else {
     say(`running in the nested KVM host; ${rounds} rounds of ${CONTENDERS.length} contenders after a warm-up`);
-    const r = await runNested(script, { cwd: REPO, timeoutMs: 600_000 + rounds * 600_000, env: { VMM_CACHE: defaultCacheDir() } });
+    const r = await runNested(script, { cwd: REPO, timeoutMs: 600_000 + rounds * 600_000, env: { VMM_CACHE: defaultCacheDir() }, kvmRecorder: false });
     output = r.output;
     where = `nested: L1 = QEMU TCG -cpu max (AMD SVM), 2 vCPUs, 4 GiB; real KVM (kvm-amd) inside L1; L1 boot ${(r.ms.boot / 1000).toFixed(1)} s`;
   }

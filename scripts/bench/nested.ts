@@ -105,6 +105,7 @@ export async function runDriverNested<R extends { type: string }>(
       timeoutMs: o.budgetMs,
       env: { VMM_CACHE: defaultCacheDir() },
       shareRw: [files.dir],
+      kvmRecorder: false, // tracing every exit would tax each contender by its exit count
       onRetry: () => {
         // A frozen L1's samples are dropped: the run starts over.
         writeFileSync(files.progress, "");

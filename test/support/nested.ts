@@ -28,7 +28,7 @@
  */
 import { execFileSync, spawn } from "node:child_process";
 import { connect } from "node:net";
-import { existsSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -55,6 +55,11 @@ export interface NestedOptions {
    * a spare L1 for a real one before its script starts.
    */
   attempts?: number;
+  /**
+   * L1's KVM flight recorder (`kvmRecorder`): on by default; benchmarks turn
+   * it off, so that tracing costs no contender any time.
+   */
+  kvmRecorder?: boolean;
 }
 
 export interface NestedResult {
@@ -66,6 +71,8 @@ export interface NestedResult {
   ms: { boot: number; total: number };
   /** Why the first L1 was given up (it froze or its kernel died), when the script had to run again. */
   retried?: string;
+  /** The flight recorder's record of each guest that shut down (triple-faulted) in L1, oldest first (`kvmRecorder`). */
+  shutdowns: string[];
 }
 
 const START = "@@vmm-nested: start@@";
@@ -152,20 +159,23 @@ export async function runNested(script: string, opts: NestedOptions = {}): Promi
   try {
     const initrd = join(dir, "initrd.cpio");
     const base = readFileSync(img.initrd);
-    const extra = writeCpio(runFiles(script, cwd, shares, opts.env ?? {}));
+    const extra = writeCpio(runFiles(script, cwd, shares, opts.env ?? {}, opts.kvmRecorder ?? true));
     writeFileSync(initrd, concatInitrd(base, extra));
     const qmp = join(dir, "qmp.sock");
+    const records = join(dir, "records");
+    mkdirSync(records);
     // The ELF kernel boots through PVH without TCG running the decompressor.
-    const args = qemuArgs(img.vmlinux ?? img.kernel, initrd, shares, qmp);
+    const args = qemuArgs(img.vmlinux ?? img.kernel, initrd, shares, qmp, records);
     const frozenMs = opts.frozenMs ?? FROZEN_MS;
     const t0 = Date.now();
     const attempts = opts.attempts ?? 2;
     let retried: string | undefined;
+    const shutdowns: string[] = [];
     for (let n = 1;; n++) {
       try {
         // timeoutMs bounds the whole run: a later L1 has what the ones before it left.
-        const r = await boot(args, timeoutMs - (Date.now() - t0), frozenMs, qmp);
-        return retried === undefined ? r : { ...r, retried };
+        const r = await boot(args, timeoutMs - (Date.now() - t0), frozenMs, qmp).finally(() => shutdowns.push(...takeRecords(records)));
+        return { ...r, shutdowns, ...(retried === undefined ? {} : { retried }) };
       } catch (e) {
         if (!(e instanceof NestedHostError) || n >= attempts) throw e;
         // The emulator froze L1 or broke its kernel (QEMU's TCG under nested
@@ -202,8 +212,10 @@ function hangWatch(afterS: number): string {
   const EV = ["kvm_exit", "kvm_page_fault", "kvm_mmio", "kvm_emulate_insn", "kvm_inj_exception"];
   const trace = [
     "T=/sys/kernel/tracing; [ -e $T/trace ] || mount -t tracefs nodev $T 2>/dev/null; ev=''; last=''",
-    `if [ -w $T/events/kvm/kvm_exit/enable ]; then : >$T/trace; for e in ${EV.join(" ")}; do echo 1 >$T/events/kvm/$e/enable; done; sleep 1;` +
-    ` for e in ${EV.join(" ")}; do echo 0 >$T/events/kvm/$e/enable; done;` +
+    // With the flight recorder on (kvmRecorder), its events are on already and stay on.
+    "rec=''; [ -e /tmp/.vmm-nested/recording ] && rec=1",
+    `if [ -w $T/events/kvm/kvm_exit/enable ]; then : >$T/trace; [ -n "$rec" ] || for e in ${EV.join(" ")}; do echo 1 >$T/events/kvm/$e/enable; done; sleep 1;` +
+    ` [ -n "$rec" ] || for e in ${EV.join(" ")}; do echo 0 >$T/events/kvm/$e/enable; done;` +
     ` ev="$(for e in ${EV.join(" ")}; do printf '%s %s, ' $e $(grep -c " $e:" $T/trace); done)"; ev="\${ev%, }"; inj=$(grep -c " kvm_inj_exception:" $T/trace);` +
     ` last=$(grep kvm_exit: $T/trace | tail -n 1 | sed 's/^.*kvm_exit: //'); fi`,
   ];
@@ -244,8 +256,56 @@ function hangWatch(afterS: number): string {
   ].join("\n");
 }
 
+/**
+ * The KVM events L1's flight recorder keeps: each exit of a guest with its
+ * reason and RIP, the nested page faults, what KVM injects, and what reaches
+ * the monitor (port and MMIO accesses, MSRs, control registers).
+ */
+const RECORDED = ["kvm_exit", "kvm_page_fault", "kvm_inj_exception", "kvm_inj_virq", "kvm_userspace_exit", "kvm_pio", "kvm_mmio", "kvm_msr", "kvm_cr"];
+/** How much of the record before a shutdown is kept: about the guest's last 20 ms under nested KVM. */
+const RECORD_LINES = 150;
+
+/**
+ * L1's flight recorder, for the rare guest that triple-faults in a full
+ * suite and in no loop of the same scenarios: a triple fault resets the
+ * vCPU (KVM_EXIT_SHUTDOWN), so vmm cannot say where the guest was, and
+ * only L1's KVM saw its last steps. L1's kernel traces the `RECORDED` events
+ * into its per-CPU ring buffers for the whole run, and a trigger on a
+ * shutdown exit (SVM_EXIT_SHUTDOWN, 0x7f) stops the tracing at once, which
+ * keeps what led to it. A loop notices within a second, writes the last
+ * `RECORD_LINES` events to the `records` share (runNested prints them and
+ * returns them as `shutdowns`) and starts the recorder again. A guest that
+ * a test makes triple-fault on purpose leaves a record too.
+ */
+function kvmRecorder(): string {
+  return [
+    "T=/sys/kernel/tracing; [ -e $T/trace ] || mount -t tracefs nodev $T 2>/dev/null",
+    "if [ -w $T/events/kvm/kvm_exit/trigger ]; then",
+    "  echo 2048 >$T/buffer_size_kb",
+    `  for e in ${RECORDED.join(" ")}; do echo 1 >$T/events/kvm/$e/enable; done`,
+    "  echo 'traceoff if exit_reason == 127' >$T/events/kvm/kvm_exit/trigger",
+    "  echo 1 >$T/tracing_on; : >/tmp/.vmm-nested/recording",
+    "  ( n=0; while sleep 1; do",
+    '    [ "$(cat $T/tracing_on)" = 0 ] || continue',
+    `    n=$((n + 1)); tail -n ${RECORD_LINES} $T/trace >"/tmp/.vmm-nested/records/shutdown-$(printf %03d $n).txt"`,
+    "    : >$T/trace; echo 1 >$T/tracing_on",
+    "  done ) &",
+    "fi",
+  ].join("\n");
+}
+
+/** The recorder's records in `dir`, oldest first, each printed to stderr as it is taken (and removed). */
+function takeRecords(dir: string): string[] {
+  return readdirSync(dir).sort().map((f) => {
+    const text = readFileSync(join(dir, f), "utf8");
+    rmSync(join(dir, f));
+    process.stderr.write(`vmm-nested: a guest in L1 shut down (KVM_EXIT_SHUTDOWN: a triple fault); L1's KVM events before it, the last one its exit:\n${text}`);
+    return text;
+  });
+}
+
 /** `/vmm/run.sh` for L1's init, and the script's wrapper that runs in the chroot. */
-function runFiles(script: string, cwd: string, shares: string[], env: Record<string, string>): CpioEntry[] {
+function runFiles(script: string, cwd: string, shares: string[], env: Record<string, string>, recorder: boolean): CpioEntry[] {
   const path = [`${REPO}/node_modules/.bin`, "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
   const wrap = [
     "export HOME=/tmp/home",
@@ -257,6 +317,7 @@ function runFiles(script: string, cwd: string, shares: string[], env: Record<str
     ...Object.entries(env).map(([k, v]) => `export ${k}=${q(v)}`),
     'mkdir -p "$HOME"',
     `cd ${q(cwd)} || exit 125`,
+    ...(recorder ? [kvmRecorder()] : []),
     hangWatch(Number(process.env.VMM_NESTED_HANG_S || 200)),
     `exec /bin/sh -c ${q(script)}`,
   ];
@@ -288,7 +349,8 @@ function runFiles(script: string, cwd: string, shares: string[], env: Record<str
     ]
       .sort((a, b) => a.p.length - b.p.length) // parents before children
       .map(({ p, cmd }) => `mkdir -p "$R"${q(p)} && ${cmd} "$R"${q(p)} || fail ${q(`cannot mount ${p}`)}`),
-    'mkdir -p "$R/tmp/.vmm-nested" && cp /vmm/wrap.sh "$R/tmp/.vmm-nested/wrap.sh"',
+    'mkdir -p "$R/tmp/.vmm-nested/records" && cp /vmm/wrap.sh "$R/tmp/.vmm-nested/wrap.sh"',
+    `mount -t 9p -o ${P9} records "$R/tmp/.vmm-nested/records" || fail "cannot mount the recorder's share"`,
     // `wait` returns at once for a trapped TERM; a `cat` in hand finishes first.
     `( trap 'exit 0' TERM; while :; do sleep ${HEARTBEAT_S} & wait $!; cat /vmm/beat; done ) &`,
     "beat=$!",
@@ -334,7 +396,7 @@ function bindSource(real: string): string {
 }
 
 /** QEMU's command line for L1. */
-function qemuArgs(kernel: string, initrd: string, shares: string[], qmp: string): string[] {
+function qemuArgs(kernel: string, initrd: string, shares: string[], qmp: string, records: string): string[] {
   const cmdline = [
     "console=ttyS0",
     "panic=-1",
@@ -386,6 +448,8 @@ function qemuArgs(kernel: string, initrd: string, shares: string[], qmp: string)
     "-device", "isa-debug-exit,iobase=0xf4,iosize=1",
     "-fsdev", "local,id=root,path=/,readonly=on,multidevs=remap,security_model=none",
     "-device", "virtio-9p-device,fsdev=root,mount_tag=root",
+    "-fsdev", `local,id=records,path=${records},security_model=none`,
+    "-device", "virtio-9p-device,fsdev=records,mount_tag=records",
   ];
   shares.forEach((p, i) => {
     args.push("-fsdev", `local,id=rw${i},path=${p},multidevs=remap,security_model=none`);
@@ -401,7 +465,7 @@ function qemuArgs(kernel: string, initrd: string, shares: string[], qmp: string)
  * or QEMU ends by itself (status 0: L1's kernel reset, which -no-reboot
  * makes QEMU's end) before the script's exit status, started or not.
  */
-function boot(args: string[], timeoutMs: number, frozenMs: number, qmp: string): Promise<NestedResult> {
+function boot(args: string[], timeoutMs: number, frozenMs: number, qmp: string): Promise<Omit<NestedResult, "shutdowns">> {
   const debug = !!process.env.VMM_NESTED_DEBUG;
   const t0 = Date.now();
   return new Promise((resolvePromise, reject) => {
