@@ -1,9 +1,10 @@
 /**
  * The process and the host's files as the main thread sees them on its way
  * to a guest's first instruction: arguments, environment, exit, stderr, and
- * the few file operations `vmm boot` makes (a kernel's size, the kernel
- * cache). Node's names and meanings (`statSync`, `mkdirSync`, …), so a
- * module switches by its import line, but not Node's modules on Deno.
+ * the file operations vmm makes there (a kernel's size, the kernel cache,
+ * the run's root and snapshots). Node's names and meanings (`statSync`,
+ * `mkdirSync`, …), so a module switches by its import line, but not Node's
+ * modules on Deno.
  *
  * Why: the first `node:` module a Deno process loads starts Deno's whole
  * Node compatibility layer. On this project's hosts that costs 13 MiB of RSS
@@ -13,9 +14,10 @@
  * `Deno.*` calls cost nothing of the kind. Bun's `node:` modules are its
  * native ones, cheap to load, so on Bun this module is `node:fs`.
  *
- * What it covers is what the boot path needs; paths only some runs take
- * (`vmm run`'s snapshot cache, building the default guest) import `node:`
- * modules themselves, lazily, and pay the layer when they run.
+ * What it covers is what `vmm boot` and `vmm run` need, the snapshot cache
+ * and the root's checks included (ffi/sha256.ts stands in for
+ * `node:crypto`'s hash). Building or unpacking the default guest imports
+ * `node:` modules itself, lazily, and pays the layer on the run that does it.
  */
 import { isDeno } from "./runtime.ts";
 import { type FileStat, libc, NativeBuf, writeAll } from "./libc.ts";
@@ -72,6 +74,63 @@ export function statSync(path: string): FileStat {
   }
   const s = D.statSync(path);
   return { dev: s.dev, ino: s.ino, size: s.size, mode: s.mode, uid: s.uid, mtimeMs: s.mtime?.getTime() ?? 0, isFile: s.isFile, isDirectory: s.isDirectory };
+}
+
+/** lstat(2): as statSync(), of a symbolic link itself. */
+export function lstatSync(path: string): FileStat & { isSymbolicLink: boolean } {
+  if (nodeFs) {
+    const s = nodeFs.lstatSync(path);
+    return { dev: s.dev, ino: s.ino, size: s.size, mode: s.mode, uid: s.uid, mtimeMs: s.mtimeMs, isFile: s.isFile(), isDirectory: s.isDirectory(), isSymbolicLink: s.isSymbolicLink() };
+  }
+  const s = D.lstatSync(path);
+  return { dev: s.dev, ino: s.ino, size: s.size, mode: s.mode, uid: s.uid, mtimeMs: s.mtime?.getTime() ?? 0, isFile: s.isFile, isDirectory: s.isDirectory, isSymbolicLink: s.isSymlink };
+}
+
+/** A symbolic link's target. */
+export function readlinkSync(path: string): string {
+  return nodeFs ? nodeFs.readlinkSync(path, "utf8") : D.readLinkSync(path);
+}
+
+/** realpath(3): the absolute path with every symbolic link, "." and ".." resolved. */
+export function realpathSync(path: string): string {
+  return nodeFs ? nodeFs.realpathSync(path) : D.realPathSync(path);
+}
+
+/** Cut or extend a file to `len` bytes. */
+export function truncateSync(path: string, len: number): void {
+  if (nodeFs) nodeFs.truncateSync(path, len);
+  else D.truncateSync(path, len);
+}
+
+/** The process's working directory. */
+export function cwd(): string {
+  return isDeno ? D.cwd() : g.process.cwd();
+}
+
+/** Up to `len` bytes from the start of a file. */
+export function readHead(path: string, len: number): Uint8Array {
+  if (nodeFs) {
+    const fd = nodeFs.openSync(path, "r");
+    try {
+      const b = new Uint8Array(len);
+      return b.subarray(0, nodeFs.readSync(fd, b, 0, len, 0));
+    } finally {
+      nodeFs.closeSync(fd);
+    }
+  }
+  const f = D.openSync(path, { read: true });
+  try {
+    const b = new Uint8Array(len);
+    let n = 0;
+    while (n < len) {
+      const got = f.readSync(b.subarray(n));
+      if (got === null || got === 0) break;
+      n += got;
+    }
+    return b.subarray(0, n);
+  } finally {
+    f.close();
+  }
 }
 
 export function existsSync(path: string): boolean {
@@ -137,6 +196,22 @@ export function utimesSync(path: string, atime: Date, mtime: Date): void {
 
 export function isAbsolute(p: string): boolean {
   return p.startsWith("/");
+}
+
+/** Node's path.resolve(): the parts from the last absolute one (else the working directory) on, joined; no trailing slash. */
+export function resolve(...parts: string[]): string {
+  let p = "";
+  for (const part of [cwd(), ...parts]) if (part !== "") p = isAbsolute(part) ? part : `${p}/${part}`;
+  const r = normalize(p);
+  return r.length > 1 && r.endsWith("/") ? r.slice(0, -1) : r;
+}
+
+/** Node's path.dirname() for POSIX paths. */
+export function dirname(p: string): string {
+  const t = p.length > 1 ? p.replace(/\/+$/, "") : p;
+  const i = t.lastIndexOf("/");
+  if (i < 0) return ".";
+  return i === 0 ? "/" : t.slice(0, i);
 }
 
 /** Node's path.join(): the parts joined by "/", then normalised ("." and ".." resolved, no double slashes). */

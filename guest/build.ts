@@ -10,11 +10,10 @@
  * Kernels come from `apt-get download` (nothing is installed); the initramfs is
  * written with our own cpio writer. Everything lands in the cache directory and
  * is rebuilt only when missing or when its inputs (this file, init.sh, the
- * module list) change. Both runtimes run this: only `node:` built-ins, and
- * every tool is a child process.
+ * module lists in image_cache.ts: its `imageStamp()`) change. Both runtimes
+ * run this: only `node:` built-ins, and every tool is a child process.
  */
 import { execFileSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import {
   existsSync,
   mkdirSync,
@@ -24,7 +23,6 @@ import {
   rmSync,
   writeFileSync,
 } from "node:fs";
-import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { gunzipSync, zstdDecompressSync } from "node:zlib";
@@ -32,20 +30,24 @@ import { type CpioEntry, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio } from ".
 import { staticElf64 } from "./elf.ts";
 import { LZ4_LEGACY_MAGIC, lz4LegacyDecode } from "./lz4.ts";
 import { HDR, HDRS_MAGIC } from "../boot/bzimage.ts";
+import {
+  defaultCacheDir,
+  type Flavour,
+  GUEST,
+  type GuestImage,
+  imageStamp,
+  isCurrent,
+  type Manifest,
+  NESTED,
+  readIf,
+  readManifest,
+  type Source,
+} from "./image_cache.ts";
 
-/** A bootable kernel and initramfs. */
-export interface GuestImage {
-  /** The bzImage, as Debian ships it. */
-  kernel: string;
-  initrd: string;
-  kernelVersion: string;
-  /**
-   * The same kernel uncompressed: an ELF with a PVH entry note, which QEMU
-   * boots without running the decompressor (3 s of the L1 boot under TCG).
-   * Absent when the payload's decompressor (xz, zstd, lz4) is not installed.
-   */
-  vmlinux?: string;
-}
+// What the cache holds and how a current image is recognised live in
+// image_cache.ts, which `vmm` reads on every start without loading this
+// module's `node:` imports; the names stay importable from here.
+export { builtImage, defaultCacheDir, type GuestImage } from "./image_cache.ts";
 
 export interface BuildOptions {
   /** Where images are kept; default `$VMM_CACHE` or `${XDG_CACHE_HOME:-$HOME/.cache}/vmm`. */
@@ -57,66 +59,6 @@ export interface BuildOptions {
    * keeps its kernel version, and a complete image costs no child process.
    */
   refresh?: boolean;
-}
-
-/** What distinguishes one image from the other. */
-interface Flavour {
-  /** Cache name: `<name>-<kernel version>/` and `<name>.json`. */
-  name: "guest" | "nested";
-  /** Debian metapackage whose dependency names the current kernel. */
-  meta: string;
-  /** Modules wanted, by name; those that are built in or absent are skipped. */
-  modules: string[];
-}
-
-const GUEST: Flavour = {
-  name: "guest",
-  meta: "linux-image-cloud-amd64",
-  modules: [
-    "virtio",
-    "virtio_ring",
-    "virtio_mmio",
-    "virtio_pci",
-    "virtio_blk",
-    "virtio_net",
-    "virtio_console",
-    "virtio_rng",
-    // vmm run over the host: the root and the working directory come over
-    // virtio-fs, with tmpfs overlays where a system must write.
-    "fuse",
-    "virtiofs",
-    "overlay",
-  ],
-};
-
-const NESTED: Flavour = {
-  name: "nested",
-  meta: "linux-image-amd64",
-  modules: [
-    "virtio",
-    "virtio_ring",
-    "virtio_mmio",
-    "virtio_pci",
-    "9pnet",
-    "9pnet_virtio",
-    "9p",
-    "kvm",
-    "kvm_amd",
-    // What end-to-end tests may need inside L1: TAP devices, netns pairs, loop.
-    "tun",
-    "veth",
-    "loop",
-  ],
-};
-
-/** Bump to rebuild every image after a change that the stamp cannot see. */
-const BUILD_VERSION = "1";
-
-/** The cache directory images are built into. */
-export function defaultCacheDir(): string {
-  const env = process.env;
-  if (env.VMM_CACHE) return env.VMM_CACHE;
-  return join(env.XDG_CACHE_HOME || join(env.HOME || homedir(), ".cache"), "vmm");
 }
 
 /**
@@ -138,42 +80,15 @@ export function ensureNestedHost(opts: BuildOptions = {}): Promise<GuestImage> {
   return Promise.resolve().then(() => ensure(NESTED, opts));
 }
 
-/** The image last built of a kind, without building anything; undefined if none. */
-export function builtImage(kind: "guest" | "nested", cacheDir = defaultCacheDir()): GuestImage | undefined {
-  const img = readManifest(cacheDir, kind)?.img;
-  return img && existsSync(img.kernel) && existsSync(img.initrd) ? img : undefined;
-}
-
-/** Where a kernel comes from: a Debian package or the running host. */
-type Source = { kind: "deb"; version: string; pkg: string } | { kind: "host"; version: string };
-
-/** `<cache>/<name>.json`: the image last built and the kernel it came from. */
-interface Manifest {
-  img: GuestImage;
-  source: Source;
-}
-
 function ensure(fl: Flavour, opts: BuildOptions): GuestImage {
   const cache = opts.cacheDir ?? defaultCacheDir();
   const log = opts.log ?? (() => {});
-  const init = readFileSync(fileURLToPath(new URL("./init.sh", import.meta.url)));
-  const stamp = createHash("sha256")
-    .update(BUILD_VERSION)
-    .update(readFileSync(fileURLToPath(import.meta.url)))
-    .update(readFileSync(fileURLToPath(new URL("./cpio.ts", import.meta.url))))
-    .update(readFileSync(fileURLToPath(new URL("./elf.ts", import.meta.url))))
-    .update(init)
-    .update(JSON.stringify(fl))
-    .digest("hex");
+  const stamp = imageStamp(fl);
 
-  // The fast path runs no child process: vmm calls this on every start.
+  // The fast path runs no child process: vmm calls this (or, first,
+  // image_cache.ts's currentImage(), the same test) on every start.
   const prev = readManifest(cache, fl.name);
-  if (prev && !opts.refresh) {
-    const { img } = prev;
-    if (existsSync(img.kernel) && existsSync(img.initrd) && readIf(join(dirname(img.initrd), "stamp")) === stamp) {
-      return img;
-    }
-  }
+  if (prev && !opts.refresh && isCurrent(prev.img, stamp)) return prev.img;
   mkdirSync(cache, { recursive: true });
   const src = prev && !opts.refresh ? prev.source : kernelSource(fl, log);
 
@@ -185,7 +100,7 @@ function ensure(fl: Flavour, opts: BuildOptions): GuestImage {
   };
   const stampFile = join(dir, "stamp");
   if (existsSync(join(dir, "vmlinux"))) img.vmlinux = join(dir, "vmlinux");
-  if (existsSync(img.kernel) && existsSync(img.initrd) && readIf(stampFile) === stamp) {
+  if (isCurrent(img, stamp)) {
     writeManifest(cache, fl.name, { img, source: src });
     return img;
   }
@@ -210,6 +125,7 @@ function ensure(fl: Flavour, opts: BuildOptions): GuestImage {
       root = "/";
     }
     const modDir = join(root, "lib/modules", src.version);
+    const init = readFileSync(fileURLToPath(new URL("./init.sh", import.meta.url)));
     const mods = resolveModules(readFileSync(join(modDir, "modules.dep"), "utf8"), fl.modules);
     log(`Building ${fl.name} initramfs for ${src.version}: ${mods.map(moduleName).join(" ")}`);
     const cpio = writeCpio(imageEntries(init, src.version, modDir, mods));
@@ -345,8 +261,10 @@ export function extractVmlinux(bzImage: Uint8Array, tmpDir: string): Uint8Array 
   const tool = magic === XZ_MAGIC ? "xz" : magic === ZSTD_MAGIC ? "zstd" : magic === LZ4_LEGACY_MAGIC ? "lz4" : "";
   if (!tool) throw new RangeError(`bzImage payload compression is not gzip, xz, zstd or lz4 (magic ${magic.toString(16)})`);
   // Files, not pipes: Deno's execFileSync stalls when input and output are both large.
-  const inFile = join(tmpDir, "payload");
-  const outFile = join(tmpDir, "vmlinux");
+  // Names of this process's own: `tmpDir` is the image's directory, where a
+  // `vmlinux` another vmm may be booting must not be cut short in place.
+  const inFile = join(tmpDir, `payload.tmp-${process.pid}`);
+  const outFile = join(tmpDir, `vmlinux.tmp-${process.pid}`);
   writeFileSync(inFile, payload.subarray(0, len - 4));
   let elf: Uint8Array;
   try {
@@ -504,15 +422,6 @@ export function outbElf(): Uint8Array {
   return staticElf64(code);
 }
 
-function readManifest(cache: string, name: string): Manifest | undefined {
-  try {
-    const m = JSON.parse(readFileSync(join(cache, `${name}.json`), "utf8")) as Manifest;
-    return m.img && m.source ? m : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 function writeManifest(cache: string, name: string, m: Manifest): void {
   const text = JSON.stringify(m, null, 2) + "\n";
   if (readIf(join(cache, `${name}.json`)) !== text) writeAtomic(join(cache, `${name}.json`), new TextEncoder().encode(text));
@@ -523,14 +432,6 @@ function writeAtomic(path: string, data: Uint8Array): void {
   const tmp = `${path}.tmp-${process.pid}`;
   writeFileSync(tmp, data);
   renameSync(tmp, path);
-}
-
-function readIf(path: string): string | undefined {
-  try {
-    return readFileSync(path, "utf8");
-  } catch {
-    return undefined;
-  }
 }
 
 function run(cmd: string, args: string[]): void {

@@ -16,12 +16,18 @@
  * keyed by their hash (guest/packaged.ts): after that, finding the guest
  * costs two `stat` calls.
  *
+ * This runs on every `vmm boot` and `vmm run` without `--kernel`, so what
+ * it does every time loads no `node:` module (on Deno the first one starts
+ * the whole Node layer: ffi/sys.ts): finding an unpacked guest
+ * (guest/unpacked.ts) or a current built one (guest/image_cache.ts). The
+ * modules that unpack or build, which do load them, are imported only when
+ * there is that work to do.
+ *
  * Run it to see which guest vmm would use: `bun guest/default_guest.ts`.
  */
-import { fileURLToPath } from "node:url";
-import process from "node:process";
-import { builtImage, defaultCacheDir, ensureDefaultGuest, type GuestImage } from "./build.ts";
-import { readPackagedManifest, unpackGuest, type UnpackOptions } from "./packaged.ts";
+import { exit, writeSync } from "../ffi/sys.ts";
+import { builtImage, currentImage, defaultCacheDir, GUEST, type GuestImage } from "./image_cache.ts";
+import { findUnpacked, readPackagedManifest, type UnpackOptions } from "./unpacked.ts";
 
 /** Where a default guest came from. */
 export type GuestSource = "embedded" | "package" | "checkout";
@@ -36,7 +42,7 @@ export interface FindOptions extends UnpackOptions {
   moduleUrl?: string;
   /** Progress lines of a checkout build (apt, initramfs); silent by default. */
   log?: (s: string) => void;
-  /** Builds or finds the checkout's image; `ensureDefaultGuest` by default. */
+  /** Builds or finds the checkout's image; `checkoutGuest` by default. */
   build?: (log?: (s: string) => void) => Promise<GuestImage>;
 }
 
@@ -56,8 +62,16 @@ function isCompiled(url: string): boolean {
  * installed package, a checkout) it is at the package root, one level up.
  */
 export function guestImageDirs(moduleUrl: string): { dir: string; source: GuestSource }[] {
-  if (isCompiled(moduleUrl)) return [{ dir: fileURLToPath(new URL("./guest-image", moduleUrl)), source: "embedded" }];
-  return [{ dir: fileURLToPath(new URL("../guest-image", moduleUrl)), source: "package" }];
+  if (isCompiled(moduleUrl)) return [{ dir: filePath(new URL("./guest-image", moduleUrl)), source: "embedded" }];
+  return [{ dir: filePath(new URL("../guest-image", moduleUrl)), source: "package" }];
+}
+
+/**
+ * `node:url`'s fileURLToPath() for the file: URLs modules are loaded from,
+ * Bun's `file:///$bunfs/root/…` included (`$` is not escaped in a path).
+ */
+function filePath(url: URL): string {
+  return decodeURIComponent(url.pathname);
 }
 
 /**
@@ -73,11 +87,17 @@ export function guestImageDirs(moduleUrl: string): { dir: string; source: GuestS
 export async function findDefaultGuest(opts: FindOptions = {}): Promise<DefaultGuest> {
   const url = opts.moduleUrl ?? import.meta.url;
   for (const { dir, source } of guestImageDirs(url)) {
-    if (!readPackagedManifest(dir)) continue;
+    const m = readPackagedManifest(dir);
+    if (!m) continue;
+    // Unpacked before: found by name and sizes. Else the first use unpacks
+    // it, with packaged.ts's node:zlib, once.
+    const img = findUnpacked(m, opts.roots);
+    if (img) return { ...img, source };
+    const { unpackGuest } = await import("./packaged.ts");
     return { ...unpackGuest(dir, opts), source };
   }
   if (!isCompiled(url)) {
-    const build = opts.build ?? ((log) => ensureDefaultGuest({ log }));
+    const build = opts.build ?? checkoutGuest;
     return { ...(await build(opts.log)), source: "checkout" };
   }
   const img = builtImage("guest");
@@ -88,13 +108,25 @@ export async function findDefaultGuest(opts: FindOptions = {}): Promise<DefaultG
   );
 }
 
+/**
+ * A source checkout's default guest: the one built in the cache while it is
+ * current, else what `ensureDefaultGuest()` builds (log: its progress). The
+ * same answer either way; the first costs no `node:` module.
+ */
+export async function checkoutGuest(log?: (s: string) => void): Promise<GuestImage> {
+  const img = await currentImage(GUEST);
+  if (img) return img;
+  const { ensureDefaultGuest } = await import("./build.ts");
+  return ensureDefaultGuest({ log });
+}
+
 if (import.meta.main) {
   // `bun guest/default_guest.ts`: which guest vmm would boot, as JSON.
   try {
-    const g = await findDefaultGuest({ onUnpack: (line) => void process.stderr.write(`vmm: ${line}\n`) });
+    const g = await findDefaultGuest({ onUnpack: (line) => writeSync(2, `vmm: ${line}\n`) });
     console.log(JSON.stringify(g));
   } catch (e) {
-    process.stderr.write(`vmm: ${(e as Error).message.split("\n")[0]}\n`);
-    process.exit(1);
+    writeSync(2, `vmm: ${(e as Error).message.split("\n")[0]}\n`);
+    exit(1);
   }
 }

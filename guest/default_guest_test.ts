@@ -11,10 +11,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import process from "node:process";
-import { findDefaultGuest, guestImageDirs } from "./default_guest.ts";
+import { checkoutGuest, findDefaultGuest, guestImageDirs } from "./default_guest.ts";
 import { writePackagedGuest } from "./packaged.ts";
-import { builtImage } from "./build.ts";
+import { builtImage, ensureDefaultGuest } from "./build.ts";
+import { currentImage, GUEST } from "./image_cache.ts";
 import { buildExe } from "../scripts/build-exe.ts";
+import { graph } from "../test/support/module_graph.ts";
 
 /** A package tree: `<dir>/pkg/guest/default_guest.ts`'s URL, and a fake image to pack. */
 function tree(): { dir: string; moduleUrl: string; img: { kernel: string; initrd: string; kernelVersion: string } } {
@@ -35,13 +37,44 @@ test("guestImageDirs() looks beside the bundle in an executable and at the packa
   ]);
 });
 
-test("findDefaultGuest() takes a packaged guest before building anything", async () => {
+test("what findDefaultGuest() runs on every start loads no node: module before its code runs", () => {
+  const g = graph("guest/default_guest.ts");
+  const node = [...g].flatMap(([file, specs]) => specs.filter((s) => s.startsWith("node:")).map((s) => `${file} imports ${s}`));
+  assert.deepEqual(node, []);
+  // The fast paths' modules are in the graph; the ones that unpack and build are imported when there is that to do.
+  for (const m of ["guest/image_cache.ts", "guest/unpacked.ts", "ffi/sha256.ts"]) assert.ok(g.has(m), m);
+  for (const m of ["guest/build.ts", "guest/packaged.ts"]) assert.ok(!g.has(m), m);
+});
+
+test("findDefaultGuest() takes a packaged guest before building anything, and unpacks it once", async () => {
   const { dir, moduleUrl, img } = tree();
   try {
     writePackagedGuest(img, join(dir, "pkg", "guest-image"));
-    const g = await findDefaultGuest({ moduleUrl, roots: [join(dir, "cache")], build: noBuild });
+    const lines: string[] = [];
+    const opts = { moduleUrl, roots: [join(dir, "cache")], build: noBuild, onUnpack: (l: string) => void lines.push(l) };
+    const g = await findDefaultGuest(opts);
     assert.equal(g.source, "package");
     assert.ok(g.kernel.startsWith(join(dir, "cache") + "/"));
+    assert.equal(lines.length, 1);
+    // Unpacked: found by guest.json alone (the compressed files are not read, so not needed) and said nothing.
+    rmSync(join(dir, "pkg", "guest-image", "vmlinuz.gz"));
+    rmSync(join(dir, "pkg", "guest-image", "initrd.cpio.gz"));
+    assert.deepEqual(await findDefaultGuest(opts), g);
+    assert.equal(lines.length, 1);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("in a checkout with a current image, findDefaultGuest() finds what ensureDefaultGuest() returns", { timeout: 600_000 }, async (t) => {
+  if (!builtImage("guest")) return t.skip("the default guest is not built (bash scripts/setup.sh)");
+  const { dir, moduleUrl } = tree();
+  try {
+    // Builds once if this checkout's sources changed since the cache's image was built.
+    const img = await ensureDefaultGuest();
+    assert.deepEqual(await currentImage(GUEST), img);
+    assert.deepEqual(await checkoutGuest(), img);
+    assert.deepEqual(await findDefaultGuest({ moduleUrl }), { ...img, source: "checkout" });
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -26,37 +26,39 @@
  * that won the rename.
  */
 import { createHash } from "node:crypto";
-import { existsSync, lstatSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import process from "node:process";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { type GuestImage, vmlinuxInProcess } from "./build.ts";
 import { cacheRoots } from "../loop/cache_entries.ts";
+import {
+  findUnpacked,
+  INITRD_NAME,
+  KERNEL_NAME,
+  PACKAGED_FORMAT,
+  type PackagedFile,
+  type PackagedManifest,
+  readPackagedManifest,
+  trusted,
+  unpacked,
+  unpackedName,
+  type UnpackOptions,
+  VMLINUX_NAME,
+} from "./unpacked.ts";
 
-/** Bump when the layout of `guest-image/` changes; an older vmm then refuses it by name. */
-export const PACKAGED_FORMAT = 1;
-
-/** One file of a packaged guest. */
-export interface PackagedFile {
-  /** Its name in `guest-image/`, compressed. */
-  file: string;
-  /** SHA-256 of the uncompressed bytes, hex. */
-  sha256: string;
-  /** Uncompressed size in bytes. */
-  size: number;
-}
-
-/** `guest-image/guest.json`. */
-export interface PackagedManifest {
-  format: number;
-  kernelVersion: string;
-  kernel: PackagedFile;
-  initrd: PackagedFile;
-}
-
-const KERNEL_NAME = "vmlinuz";
-const INITRD_NAME = "initrd.cpio";
-const VMLINUX_NAME = "vmlinux";
+// The manifest and the check for an unpacked copy live in unpacked.ts, which
+// vmm runs on every start without this module's `node:` imports; the names
+// stay importable from here.
+export {
+  findUnpacked,
+  PACKAGED_FORMAT,
+  type PackagedFile,
+  type PackagedManifest,
+  readPackagedManifest,
+  unpackedName,
+  type UnpackOptions,
+} from "./unpacked.ts";
 
 /**
  * Writes `img` (kernel and initramfs) as a packaged guest into `dir`;
@@ -89,40 +91,6 @@ export function writePackagedGuest(img: Pick<GuestImage, "kernel" | "initrd" | "
 }
 
 /**
- * The manifest of the packaged guest in `dir`; undefined when there is none.
- * A manifest that is there but unreadable is an error naming the file.
- */
-export function readPackagedManifest(dir: string): PackagedManifest | undefined {
-  const path = join(dir, "guest.json");
-  if (!existsSync(path)) return undefined;
-  let m: PackagedManifest;
-  try {
-    m = JSON.parse(readFileSync(path, "utf8"));
-  } catch (e) {
-    throw new Error(`${path}: ${(e as Error).message}`);
-  }
-  if (m.format !== PACKAGED_FORMAT) throw new Error(`${path}: format ${m.format}, this vmm reads format ${PACKAGED_FORMAT}`);
-  for (const f of [m.kernel, m.initrd]) {
-    if (!f || typeof f.file !== "string" || !/^[0-9a-f]{64}$/.test(f.sha256) || !Number.isSafeInteger(f.size)) {
-      throw new Error(`${path}: a file entry lacks its file, sha256 or size`);
-    }
-  }
-  return m;
-}
-
-/** The cache directory name of a packaged guest: its two hashes, shortened. */
-export function unpackedName(m: PackagedManifest): string {
-  return `guest-${sha256(new TextEncoder().encode(m.kernel.sha256 + m.initrd.sha256)).slice(0, 16)}`;
-}
-
-export interface UnpackOptions {
-  /** Cache directories to try in order (`cacheRoots()` by default). */
-  roots?: string[];
-  /** Called before the first-use unpack with a line to show; vmm prints it on stderr. */
-  onUnpack?: (line: string) => (() => void) | void;
-}
-
-/**
  * The packaged guest in `dir` as files vmm can boot, unpacking it on first
  * use into the first cache root where that works.
  *
@@ -139,10 +107,8 @@ export function unpackGuest(dir: string, opts: UnpackOptions = {}): GuestImage {
   const name = unpackedName(m);
   const roots = opts.roots ?? cacheRoots();
   // Already unpacked in one of the roots: the fast path reads no image byte.
-  for (const root of roots) {
-    const img = unpacked(join(root, name), m);
-    if (img && trusted(root) === undefined) return img;
-  }
+  const found = findUnpacked(m, roots);
+  if (found) return found;
   const why: string[] = [];
   for (const root of roots) {
     try {
@@ -208,27 +174,7 @@ function removeQuietly(path: string): void {
   } catch { /* nothing of ours is there to remove */ }
 }
 
-/** The unpacked image in `dir` if both files are there at their sizes. */
-function unpacked(dir: string, m: PackagedManifest): GuestImage | undefined {
-  const kernel = join(dir, KERNEL_NAME);
-  const initrd = join(dir, INITRD_NAME);
-  try {
-    if (statSync(kernel).size !== m.kernel.size || statSync(initrd).size !== m.initrd.size) return undefined;
-  } catch {
-    return undefined;
-  }
-  // Written before the rename like the others, so present here means whole.
-  const vmlinux = join(dir, VMLINUX_NAME);
-  return { kernel, initrd, kernelVersion: m.kernelVersion, ...(existsSync(vmlinux) ? { vmlinux } : {}) };
-}
-
-/**
- * Makes `root` if needed and checks it can be trusted with a kernel. The
- * temporary directory is shared by every user: another one could have made
- * `/tmp/vmm-0` first, or a symlink by that name, and planted a kernel there.
- * So a root must be a real directory owned by this user that no one else can
- * write to; the home cache passes this as well.
- */
+/** Makes `root` if needed and checks it can be trusted with a kernel (unpacked.ts `trusted()` says why it may not be). */
 function usableRoot(root: string): void {
   try {
     mkdirSync(root, { recursive: true, mode: 0o700 });
@@ -239,21 +185,7 @@ function usableRoot(root: string): void {
   if (why) throw new Error(`${root}: ${why}`);
 }
 
-/** Why `root` cannot be trusted with a kernel; undefined when it can. */
-function trusted(root: string): string | undefined {
-  let st;
-  try {
-    st = lstatSync(root);
-  } catch (e) {
-    return (e as { code?: string }).code ?? (e as Error).message;
-  }
-  const uid = process.getuid?.();
-  if (!st.isDirectory()) return "not a directory";
-  if (uid !== undefined && st.uid !== uid) return `owned by uid ${st.uid}, not this user`;
-  if (st.mode & 0o022) return "writable by others";
-  return undefined;
-}
-
+/** node:crypto's, not ffi/sha256.ts's: these are megabytes of kernel, and this module loads node: modules anyway. */
 function sha256(data: Uint8Array): string {
   return createHash("sha256").update(data).digest("hex");
 }

@@ -8,7 +8,7 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSyn
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
-import { readPackagedManifest, unpackedName, unpackGuest, writePackagedGuest } from "./packaged.ts";
+import { findUnpacked, readPackagedManifest, unpackedName, unpackGuest, writePackagedGuest } from "./packaged.ts";
 import { cacheRoots } from "../loop/cache_entries.ts";
 
 /** A scratch directory with a fake kernel and initramfs (the format does not look inside). */
@@ -40,6 +40,26 @@ test("writePackagedGuest() then unpackGuest() gives the same files, unpacked onc
     assert.deepEqual(unpackGuest(join(dir, "guest-image"), { roots, onUnpack: (l) => void lines.push(l) }), got);
     assert.equal(lines.length, 1);
     assert.deepEqual(readdirSync(join(dir, "cache")), [unpackedName(m)]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("findUnpacked() finds an unpacked guest in a root it trusts, by name and sizes, and nothing before", () => {
+  const { dir, img } = scratch();
+  try {
+    const m = writePackagedGuest(img, join(dir, "guest-image"));
+    const [a, b] = [join(dir, "a"), join(dir, "b")];
+    assert.equal(findUnpacked(m, [a, b]), undefined);
+    const got = unpackGuest(join(dir, "guest-image"), { roots: [b] });
+    assert.deepEqual(findUnpacked(m, [a, b]), got);
+    // A root that another user could write to is not trusted, even with our image in it.
+    chmodSync(b, 0o777);
+    assert.equal(findUnpacked(m, [a, b]), undefined);
+    chmodSync(b, 0o700);
+    // A file cut short (a full disk, say) is not the image.
+    writeFileSync(got.initrd, "short");
+    assert.equal(findUnpacked(m, [b]), undefined);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -8,9 +8,7 @@
  * in a merged-/usr image) points inside the root, never at the host's files,
  * and `..` stops at the root.
  */
-import { closeSync, lstatSync, openSync, readlinkSync, readSync, realpathSync, statSync } from "node:fs";
-import { join, resolve } from "node:path";
-import process from "node:process";
+import { cwd as processCwd, env as processEnv, join, lstatSync, readHead, readlinkSync, realpathSync, resolve, statSync } from "../ffi/sys.ts";
 import { ConfigError } from "../vm/vm.ts";
 import { CWD_TAG, ENV_NAME, type HostRun, rwTag } from "./command.ts";
 import { callerIdentity, type Identity } from "./setids.ts";
@@ -45,7 +43,7 @@ export function resolveIn(root: string, path: string): string | null {
     } catch {
       return null;
     }
-    if (!st.isSymbolicLink()) {
+    if (!st.isSymbolicLink) {
       done.push(c);
       continue;
     }
@@ -88,7 +86,7 @@ export function elfInterp(head: Uint8Array): string | null {
 export function checkRunRoot(root: string, what: string): void {
   const fail = (why: string) => new ConfigError(`${what}: ${why}`);
   try {
-    if (!statSync(root).isDirectory()) throw fail("not a directory");
+    if (!statSync(root).isDirectory) throw fail("not a directory");
   } catch (e) {
     if (e instanceof ConfigError) throw e;
     throw fail((e as { code?: string }).code === "ENOENT" ? "no such directory" : (e as Error).message);
@@ -97,17 +95,9 @@ export function checkRunRoot(root: string, what: string): void {
   if (!sh) throw fail("no /bin/sh");
   const host = join(root, sh);
   const st = statSync(host);
-  if (!st.isFile()) throw fail(`/bin/sh is not a file`);
+  if (!st.isFile) throw fail(`/bin/sh is not a file`);
   if ((st.mode & 0o111) === 0) throw fail(`/bin/sh is not executable`);
-  const head = new Uint8Array(4096);
-  const fd = openSync(host, "r");
-  let n: number;
-  try {
-    n = readSync(fd, head, 0, head.length, 0);
-  } finally {
-    closeSync(fd);
-  }
-  const interp = elfInterp(head.subarray(0, n));
+  const interp = elfInterp(readHead(host, 4096));
   if (interp && !resolveIn(root, interp)) throw fail(`no dynamic loader: /bin/sh needs ${interp}`);
 }
 
@@ -144,7 +134,7 @@ function realDir(path: string, what: string): string {
     const code = (e as { code?: string }).code;
     throw fail(code === "ENOENT" ? "no such directory" : code === "ENOTDIR" ? "not a directory" : code ?? (e as Error).message);
   }
-  if (!statSync(real).isDirectory()) throw fail("not a directory");
+  if (!statSync(real).isDirectory) throw fail("not a directory");
   return real;
 }
 
@@ -164,12 +154,12 @@ export function planHostRun(q: RunRequest): HostRun {
   const mountPoint = (dir: string): string | null => {
     if (TMPFS_DIRS.some((t) => under(dir, t))) return dir;
     const at = resolveIn(root, dir);
-    if (at === null || !statSync(join(root, at)).isDirectory()) return null;
+    if (at === null || !statSync(join(root, at)).isDirectory) return null;
     return at;
   };
 
   const mounts: HostRun["mounts"] = [];
-  const cwdReal = realDir(q.cwd ?? process.cwd(), "The working directory");
+  const cwdReal = realDir(q.cwd ?? processCwd(), "The working directory");
   let cwd = "/";
   if (cwdReal !== "/") {
     const at = mountPoint(cwdReal);
@@ -191,14 +181,14 @@ export function planHostRun(q: RunRequest): HostRun {
   mounts.sort((a, b) => a.at.split("/").length - b.at.split("/").length);
 
   const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(q.env ?? process.env)) if (v !== undefined && ENV_NAME.test(k)) env[k] = v;
+  for (const [k, v] of Object.entries(q.env ?? processEnv())) if (v !== undefined && ENV_NAME.test(k)) env[k] = v;
   env.PATH ??= DEFAULT_PATH;
 
   const overlays: string[] = [];
   const home = env.HOME;
   for (const d of [...OVERLAY_DIRS, ...(home?.startsWith("/") ? [home] : [])]) {
     const at = resolveIn(root, d);
-    if (at === null || at === "/" || !statSync(join(root, at)).isDirectory()) continue;
+    if (at === null || at === "/" || !statSync(join(root, at)).isDirectory) continue;
     if ([...TMPFS_DIRS, ...overlays].some((o) => under(at, o))) continue; // already writable
     if (/[,:\\]/.test(at)) continue; // overlayfs options cannot name such a path
     overlays.push(at);

@@ -32,11 +32,9 @@
  * snapshot's files live on for whoever has them open or mapped. So any
  * number of runs may restore one snapshot while another replaces it.
  */
-import { createHash } from "node:crypto";
-import { existsSync, renameSync, rmSync, statSync } from "node:fs";
-import { join } from "node:path";
-import process from "node:process";
-import { defaultCacheDir } from "../guest/build.ts";
+import { env as processEnv, existsSync, join, pid, renameSync, rmSync, statSync } from "../ffi/sys.ts";
+import { sha256Hex } from "../ffi/sha256.ts";
+import { defaultCacheDir } from "../guest/image_cache.ts";
 import { SNAPSHOT_FORMAT, VMM_VERSION } from "../vm/snapshot_file.ts";
 import { SHARED_FINGERPRINT, STATE_FILE } from "./snapshot.ts";
 import { cacheDirWritable, touchEntry, trimCache } from "./cache_entries.ts";
@@ -46,14 +44,14 @@ import { DEFAULT_CMDLINE, type MachineOptions } from "./machine.ts";
 export const KEEP_SNAPSHOTS = 4;
 
 /** Where run snapshots live: $VMM_SNAPSHOT_CACHE, else `snapshots/` in vmm's cache. */
-export function runCacheDir(env: Record<string, string | undefined> = process.env): string {
+export function runCacheDir(env: Record<string, string | undefined> = processEnv()): string {
   return env.VMM_SNAPSHOT_CACHE || join(defaultCacheDir(), "snapshots");
 }
 
-/** What identifies a file without reading it. */
+/** What identifies a file without reading it (its mtime in whole milliseconds: what both runtimes give alike). */
 function fileId(path: string): string {
   const st = statSync(path);
-  return `${path} ${st.dev}:${st.ino} ${st.size} ${st.mtimeMs}`;
+  return `${path} ${st.dev}:${st.ino} ${st.size} ${Math.trunc(st.mtimeMs)}`;
 }
 
 /**
@@ -86,7 +84,7 @@ export function runCacheKey(o: MachineOptions): string | null {
     shares,
     rng: o.rng ?? false,
   };
-  return createHash("sha256").update(JSON.stringify(what)).digest("hex").slice(0, 32);
+  return sha256Hex(JSON.stringify(what)).slice(0, 32);
 }
 
 
@@ -110,12 +108,12 @@ export function cachedRun(key: string, cache = runCacheDir()): { dir: string; pr
  * published.
  */
 export function saveRun(dir: string, snapshot: (dir: string) => void, replace = false): boolean {
-  const tmp = `${dir}.tmp-${process.pid}`;
+  const tmp = `${dir}.tmp-${pid()}`;
   rmSync(tmp, { recursive: true, force: true });
   try {
     snapshot(tmp);
     if (replace) {
-      const old = `${dir}.old-${process.pid}`;
+      const old = `${dir}.old-${pid()}`;
       try {
         renameSync(dir, old);
       } catch { /* gone already */ }

@@ -30,9 +30,7 @@
  * each queue that was running starts from its saved ring position, paused
  * (loop/queue_worker.ts), until `resume()`.
  */
-import { mkdirSync, readFileSync, renameSync, rmSync, statSync, truncateSync } from "node:fs";
-import { join } from "node:path";
-import process from "node:process";
+import { join, mkdirSync, pid, readFileSync, readTextFileSync, renameSync, rmSync, statSync, truncateSync } from "../ffi/sys.ts";
 import { check, close, errno, fileIdOf, hostView, libc, NativeBuf, O_CLOEXEC, O_CREAT, O_RDONLY, O_WRONLY, open, writeAll } from "../ffi/libc.ts";
 import { E, SysError } from "../ffi/errno.ts";
 import { VcpuFd } from "../ffi/kvm.ts";
@@ -168,7 +166,7 @@ function openOrRefuse(path: string): number {
 
 /** Make `path` by writing a temporary file beside it, then renaming it into place. */
 function publish(path: string, write: (tmp: string) => void): void {
-  const tmp = `${path}.tmp-${process.pid}`;
+  const tmp = `${path}.tmp-${pid()}`;
   rmSync(tmp, { force: true });
   try {
     write(tmp);
@@ -238,7 +236,7 @@ function untouchedPages(vm: Pick<Vm, "memAddr" | "memSize" | "memFromFile">): Ui
 
 function hostHasSwap(): boolean {
   try {
-    return !/^SwapTotal:\s+0 kB$/m.test(readFileSync("/proc/meminfo", "latin1"));
+    return !/^SwapTotal:\s+0 kB$/m.test(readTextFileSync("/proc/meminfo"));
   } catch {
     return true;
   }
@@ -277,7 +275,7 @@ export class SnapshotSource {
       if (!stillThere([[statePath, this.#stateFd], [this.#memPath, this.#memFd]])) {
         throw new SnapshotError(`${dir}: the snapshot changed while it was being read`);
       }
-      const bytes = new Uint8Array(readFileSync(`/proc/self/fd/${this.#stateFd}`));
+      const bytes = readFileSync(`/proc/self/fd/${this.#stateFd}`);
       const s = this.state = decodeSnapshot(bytes, statePath);
       if (s.sharedLayout !== SHARED_FINGERPRINT) throw new SnapshotError(`${statePath}: its device block layout is not this vmm's`);
       const size = statSync(`/proc/self/fd/${this.#memFd}`).size;

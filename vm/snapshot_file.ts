@@ -25,8 +25,7 @@
  * edited file a refusal rather than a guest running on wrong registers
  * (Firecracker's snapshot file likewise ends in a CRC64 over the state).
  */
-import { createHash } from "node:crypto";
-import { Buffer } from "node:buffer";
+import { sha256 } from "../ffi/sha256.ts";
 import pkg from "../package.json" with { type: "json" };
 import type { CpuidEntry } from "../ffi/structs.ts";
 import type { VcpuState } from "./vcpu_state.ts";
@@ -83,7 +82,7 @@ export interface SnapshotState {
 /** JSON cannot hold bigints or bytes: tag them. */
 function replacer(_k: string, v: unknown): unknown {
   if (typeof v === "bigint") return { $n: "0x" + v.toString(16) };
-  if (v instanceof Uint8Array) return { $b: Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString("base64") };
+  if (v instanceof Uint8Array) return { $b: toBase64(v) };
   return v;
 }
 function reviver(_k: string, v: unknown): unknown {
@@ -91,15 +90,31 @@ function reviver(_k: string, v: unknown): unknown {
     const o = v as Record<string, unknown>;
     const keys = Object.keys(o);
     if (keys.length === 1 && typeof o.$n === "string") return BigInt(o.$n);
-    if (keys.length === 1 && typeof o.$b === "string") return new Uint8Array(Buffer.from(o.$b, "base64"));
+    if (keys.length === 1 && typeof o.$b === "string") return fromBase64(o.$b);
   }
   return v;
 }
 
-function sha256(...parts: Uint8Array[]): Uint8Array {
-  const h = createHash("sha256");
-  for (const p of parts) h.update(p);
-  return new Uint8Array(h.digest());
+/**
+ * Base64 through btoa/atob, which both runtimes have without `node:buffer`
+ * (ffi/sys.ts says why that matters); they take a byte string, built here
+ * in slices so that no call gets more arguments than the engine allows.
+ */
+function toBase64(b: Uint8Array): string {
+  let s = "";
+  for (let i = 0; i < b.length; i += 0x8000) s += String.fromCharCode(...b.subarray(i, i + 0x8000));
+  return btoa(s);
+}
+function fromBase64(text: string): Uint8Array {
+  let s: string;
+  try {
+    s = atob(text);
+  } catch {
+    throw new Error("a byte field is not base64");
+  }
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+  return out;
 }
 
 /** The state file's bytes for `s`. */
