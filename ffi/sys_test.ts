@@ -118,11 +118,11 @@ test("env(), args(), tmpdir() and uid(): the process's own", () => {
 });
 
 test("vmm boot's and vmm run's modules, and mod.ts's, load no node: module before their code runs", () => {
-  // bin/vmm.ts and mod.ts at start; then what `vmm run` imports when it
+  // bin/vmm.ts, cli/main.ts and mod.ts at start; then what `vmm run` imports when it
   // runs (bin/vmm.ts's dynamic imports): the root's checks, the run cache,
   // snapshots, and the default guest's search. Building or unpacking a
   // guest, and a kernel-cache miss, may load them: they are rare and slow anyway.
-  for (const entry of ["bin/vmm.ts", "mod.ts", "guest/root.ts", "loop/run_cache.ts", "loop/snapshot.ts", "guest/default_guest.ts"]) {
+  for (const entry of ["bin/vmm.ts", "cli/main.ts", "mod.ts", "guest/root.ts", "loop/run_cache.ts", "loop/snapshot.ts", "guest/default_guest.ts"]) {
     const g = graph(entry);
     assert.ok(g.size > 1, `${entry}: its graph was read (${g.size} modules)`);
     const node = [...g].flatMap(([file, specs]) => specs.filter((s) => s.startsWith("node:")).map((s) => `${file} imports ${s}`));

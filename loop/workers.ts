@@ -11,30 +11,9 @@
  */
 import { NativeBuf } from "../ffi/libc.ts";
 import type { WorkerReady } from "./messages.ts";
+import { newWorker, type SpareWorkers, type WorkerKind } from "./spare_workers.ts";
 
-/**
- * The Worker entry points, by path from the repository root. A
- * `bun build --compile` executable must list each as an entry point
- * (scripts/build-exe.ts takes this list), or it fails at run time with
- * ModuleNotFound (PLATFORM.md).
- */
-export const WORKER_ENTRIES = {
-  vcpu: "loop/vcpu_worker.ts",
-  queue: "loop/queue_worker.ts",
-  control: "loop/control_worker.ts",
-} as const;
-export type WorkerKind = keyof typeof WORKER_ENTRIES;
-
-/**
- * In a compiled executable every module is bundled into the entry file at
- * the root of Bun's embedded file system, and each Worker entry keeps its
- * path from the repository root.
- */
-const compiled = import.meta.url.includes("/$bunfs/");
-export function workerUrl(kind: WorkerKind): URL {
-  const path = WORKER_ENTRIES[kind];
-  return new URL(compiled ? `./${path}` : `../${path}`, import.meta.url);
-}
+export { prestart, SpareWorkers, WORKER_ENTRIES, type WorkerKind, workerUrl } from "./spare_workers.ts";
 
 /** A started Worker and the promise of its end. */
 export interface WorkerHandle {
@@ -45,47 +24,6 @@ export interface WorkerHandle {
   onEvent?: (data: unknown) => void;
 }
 
-/** A new Worker of `kind`, its script loading. */
-function newWorker(kind: WorkerKind): Worker {
-  return new Worker(workerUrl(kind).href, { type: "module" });
-}
-
-/**
- * Workers made before their init exists: a Worker spends most of its start
- * loading its script's modules (0.1–0.5 s each on Bun in a nested host, more
- * on Deno), which it can do while the main thread still builds the machine
- * or reads a snapshot. `take()` hands one to startWorker(); `close()`
- * terminates those never taken. An error the script hits before then (it
- * failed to load) is kept for startWorker() to report, not lost.
- */
-export class SpareWorkers {
-  readonly #spares = new Map<WorkerKind, { worker: Worker; error?: string }[]>();
-
-  /** Start loading `n` Workers of `kind`. */
-  add(kind: WorkerKind, n: number): void {
-    const list = this.#spares.get(kind) ?? [];
-    this.#spares.set(kind, list);
-    for (let i = 0; i < n; i++) {
-      const spare: { worker: Worker; error?: string } = { worker: newWorker(kind) };
-      spare.worker.onerror = (ev) => {
-        ev.preventDefault?.();
-        spare.error ??= ev.message;
-      };
-      list.push(spare);
-    }
-  }
-
-  /** A spare Worker of `kind` (with the error its script hit, if any), or undefined when none is left. */
-  take(kind: WorkerKind): { worker: Worker; error?: string } | undefined {
-    return this.#spares.get(kind)?.shift();
-  }
-
-  /** Terminate every spare not taken. */
-  close(): void {
-    for (const list of this.#spares.values()) for (const s of list) s.worker.terminate();
-    this.#spares.clear();
-  }
-}
 
 /**
  * Start a Worker of `kind` with `init`; resolves once it reports ready.

@@ -4,7 +4,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { SpareWorkers, startWorker, WORKER_ENTRIES } from "./workers.ts";
+import { prestart, SpareWorkers, startWorker, WORKER_ENTRIES } from "./workers.ts";
 import { graph, staticImports } from "../test/support/module_graph.ts";
 
 test("staticImports() finds imports and re-exports that load, not type-only ones", () => {
@@ -46,4 +46,19 @@ test("SpareWorkers: startWorker() hands its init to a spare already loading; clo
   spares.add("vcpu", 1);
   spares.close();
   assert.equal(spares.take("vcpu"), undefined, "close() took every spare");
+});
+
+test("prestart(): the next machine's SpareWorkers take the Workers it began first, then make their own", () => {
+  const [early] = prestart("queue");
+  const spares = new SpareWorkers();
+  spares.add("queue", 2);
+  assert.equal(spares.count("queue"), 2);
+  assert.equal(spares.take("queue")?.worker, early, "the prestarted Worker comes first");
+  assert.notEqual(spares.take("queue")?.worker, early);
+  const other = new SpareWorkers();
+  other.add("queue", 1);
+  assert.notEqual(other.peek("queue")[0], early, "a prestarted Worker is taken once");
+  early.terminate();
+  spares.close();
+  other.close();
 });

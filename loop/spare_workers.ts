@@ -1,0 +1,114 @@
+/**
+ * Where the Worker scripts are, and Workers made before they are needed.
+ *
+ * A Worker spends most of its start loading its script's modules, and on
+ * Deno the `new Worker` call itself blocks its caller while Deno makes the
+ * Worker's runtime (about 50 ms on a laptop-class host, 0.6 s in the nested
+ * test host, against Bun's 5 ms). So vmm begins them early: a machine's
+ * Workers while its thread still builds the VM (`SpareWorkers`), and the
+ * command line's first vCPU Worker before vmm's own modules load
+ * (`prestart`, from bin/vmm.ts), so that the two load side by side.
+ *
+ * This module imports nothing: bin/vmm.ts loads it before anything else.
+ */
+
+/**
+ * The Worker entry points, by path from the repository root. A
+ * `bun build --compile` executable must list each as an entry point
+ * (scripts/build-exe.ts takes this list), or it fails at run time with
+ * ModuleNotFound (PLATFORM.md).
+ */
+export const WORKER_ENTRIES = {
+  vcpu: "loop/vcpu_worker.ts",
+  queue: "loop/queue_worker.ts",
+  control: "loop/control_worker.ts",
+} as const;
+export type WorkerKind = keyof typeof WORKER_ENTRIES;
+
+/**
+ * In a compiled executable every module is bundled into the entry file at
+ * the root of Bun's embedded file system, and each Worker entry keeps its
+ * path from the repository root.
+ */
+const compiled = import.meta.url.includes("/$bunfs/");
+export function workerUrl(kind: WorkerKind): URL {
+  const path = WORKER_ENTRIES[kind];
+  return new URL(compiled ? `./${path}` : `../${path}`, import.meta.url);
+}
+
+/** A new Worker of `kind`, its script loading. */
+export function newWorker(kind: WorkerKind): Worker {
+  return new Worker(workerUrl(kind).href, { type: "module" });
+}
+
+/**
+ * Workers made before their init exists: a Worker spends most of its start
+ * loading its script's modules (0.1–0.5 s each on Bun in a nested host, more
+ * on Deno), which it can do while the main thread still builds the machine
+ * or reads a snapshot. `take()` hands one to startWorker(); `close()`
+ * terminates those never taken. An error the script hits before then (it
+ * failed to load) is kept for startWorker() to report, not lost.
+ */
+export class SpareWorkers {
+  readonly #spares = new Map<WorkerKind, { worker: Worker; error?: string }[]>();
+
+  /** Start loading `n` Workers of `kind`; those `prestart()` began loading come first. */
+  add(kind: WorkerKind, n: number): void {
+    const list = this.#spares.get(kind) ?? [];
+    this.#spares.set(kind, list);
+    for (let i = 0; i < n; i++) {
+      const early = this === prestarted ? undefined : prestarted.take(kind);
+      if (early) {
+        list.push(early);
+        continue;
+      }
+      const spare: { worker: Worker; error?: string } = { worker: newWorker(kind) };
+      spare.worker.onerror = (ev) => {
+        ev.preventDefault?.();
+        spare.error ??= ev.message;
+      };
+      list.push(spare);
+    }
+  }
+
+  /** A spare Worker of `kind` (with the error its script hit, if any), or undefined when none is left. */
+  take(kind: WorkerKind): { worker: Worker; error?: string } | undefined {
+    return this.#spares.get(kind)?.shift();
+  }
+
+  /** How many spares of `kind` are left. */
+  count(kind: WorkerKind): number {
+    return this.#spares.get(kind)?.length ?? 0;
+  }
+
+  /** The spare Workers of `kind` left, in the order take() hands them out. */
+  peek(kind: WorkerKind): Worker[] {
+    return (this.#spares.get(kind) ?? []).map((s) => s.worker);
+  }
+
+  /** Terminate every spare not taken. */
+  close(): void {
+    for (const list of this.#spares.values()) for (const s of list) s.worker.terminate();
+    this.#spares.clear();
+  }
+}
+
+/**
+ * Workers `prestart()` began before anything asked for them; the first
+ * `SpareWorkers.add()` of their kind takes them over. Only the command line
+ * fills it: a library's machines never find a Worker here they did not make.
+ */
+const prestarted = new SpareWorkers();
+
+/**
+ * Begin loading `n` Workers of `kind` now, for the next machine to take. The
+ * command line calls it first thing for a command that boots, so that on
+ * Deno the Worker's runtime is made and its modules load while vmm's own
+ * load. A process that ends without using them needs nothing else done:
+ * vmm always ends through exit(), which ends its Workers too.
+ */
+export function prestart(kind: WorkerKind, n = 1): Worker[] {
+  const before = prestarted.count(kind);
+  prestarted.add(kind, n);
+  return prestarted.peek(kind).slice(before);
+}
