@@ -161,7 +161,7 @@ const smokeSkip = tier.tier === "none" ? `no e2e tier: ${tier.why}` : false;
 
 test("the default guest boots under QEMU -accel kvm and follows the init protocol", {
   skip: smokeSkip,
-  timeout: 150_000,
+  timeout: 300_000, // one more L1 after an emulator's triple fault (below)
 }, async () => {
   const g = await ensureDefaultGuest(); // built by scripts/setup.sh; builds here otherwise
   const dir = mkdtempSync(join(tmpdir(), "vmm-guest-smoke-"));
@@ -226,7 +226,17 @@ cat $D/run.status
     if (tier.tier === "hardware") {
       out = execFileSync("sh", ["-c", script], { encoding: "utf8", timeout: 140_000 });
     } else {
-      const r = await runNested(script, { shareRw: [dir], timeoutMs: 140_000 });
+      let r = await runNested(script, { shareRw: [dir], timeoutMs: 140_000 });
+      if (r.code !== 0 && r.shutdowns.length > 0) {
+        // A guest of QEMU's triple-faulted: L1's flight recorder caught it
+        // (runNested printed its record). No vmm runs in this test, so that is
+        // the nested host's own emulator corrupting its guest's guest (CI saw
+        // a #PF in the kernel decompressor's copy loop, on pages the guest had
+        // just been given), the fault that strikes vmm's nested runs now and
+        // then too. What this test checks is L1, QEMU and the image: once more, in a fresh L1.
+        console.log(`nested: a guest of QEMU triple-faulted in L1 (status ${r.code}); running the script once more in a fresh L1`);
+        r = await runNested(script, { shareRw: [dir], timeoutMs: 140_000 });
+      }
       console.log(`nested: L1 boot ${r.ms.boot} ms, whole smoke script ${r.ms.total} ms`);
       assert.equal(r.code, 0, r.output);
       out = r.output;
