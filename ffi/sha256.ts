@@ -6,7 +6,8 @@
  * `crypto.subtle.digest` is asynchronous, and these callers are not.
  *
  * The inputs are kilobytes, so plain code is fast enough (tens of MB/s);
- * it is not meant for guest memory.
+ * it is not meant for guest memory. A caller that can wait uses
+ * `sha256HexAsync()`, Web Crypto's native digest, which gives the same.
  *
  * @example
  * ```ts
@@ -81,7 +82,7 @@ export class Sha256 {
 
   /** The hash in lower-case hex. */
   hex(): string {
-    return [...this.digest()].map((b) => b.toString(16).padStart(2, "0")).join("");
+    return hex(this.digest());
   }
 
   /** One 64-byte block of `d` at `at` into the state. */
@@ -138,4 +139,21 @@ export function sha256Hex(...parts: (Uint8Array | string)[]): string {
   const h = new Sha256();
   for (const p of parts) h.update(p);
   return h.hex();
+}
+
+/** Bytes in lower-case hex, two digits each. */
+export function hex(bytes: Uint8Array): string {
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * `sha256Hex()` through Web Crypto: native on both runtimes, so cheaper for
+ * tens of KB on a path that runs at every start, but asynchronous.
+ */
+export async function sha256HexAsync(...parts: (Uint8Array | string)[]): Promise<string> {
+  const enc = new TextEncoder();
+  const bytes = parts.map((p) => typeof p === "string" ? enc.encode(p) : p);
+  const all = new Uint8Array(bytes.reduce((n, b) => n + b.length, 0));
+  bytes.reduce((at, b) => (all.set(b, at), at + b.length), 0);
+  return hex(new Uint8Array(await crypto.subtle.digest("SHA-256", all)));
 }

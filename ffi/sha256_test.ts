@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { Sha256, sha256, sha256Hex } from "./sha256.ts";
+import { hex, Sha256, sha256, sha256Hex, sha256HexAsync } from "./sha256.ts";
 
 const ref = (d: Uint8Array | string) => createHash("sha256").update(d).digest("hex");
 
@@ -34,4 +34,11 @@ test("update() in pieces of any size gives the hash of the whole; the object is 
     assert.throws(() => h.digest(), /twice/);
   }
   assert.deepEqual(sha256(d.subarray(0, 10), d.subarray(10)), new Uint8Array(createHash("sha256").update(d).digest()));
+});
+
+test("sha256HexAsync() (Web Crypto) gives what sha256Hex() gives, parts and strings alike; hex() is two lower-case digits a byte", async () => {
+  const d = Uint8Array.from({ length: 300 }, (_, i) => (i * 13) & 0xff);
+  assert.equal(await sha256HexAsync(d.subarray(0, 100), "héllo", d.subarray(100)), sha256Hex(d.subarray(0, 100), "héllo", d.subarray(100)));
+  assert.equal(await sha256HexAsync(), sha256Hex());
+  assert.equal(hex(new Uint8Array([0, 1, 0xab, 0xff])), "0001abff");
 });

@@ -16,7 +16,7 @@
  * the flavours are.
  */
 import { dirname, env, existsSync, join, readFileSync, readTextFileSync, uid } from "../ffi/sys.ts";
-import { sha256Hex } from "../ffi/sha256.ts";
+import { sha256Hex, sha256HexAsync } from "../ffi/sha256.ts";
 
 /** A bootable kernel and initramfs. */
 export interface GuestImage {
@@ -143,11 +143,7 @@ export async function currentImage(fl: Flavour, cacheDir = defaultCacheDir()): P
   if (!img) return undefined;
   let stamp: string;
   try {
-    const parts = stampParts(fl);
-    const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-    parts.reduce((at, p) => (all.set(p, at), at + p.length), 0);
-    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", all));
-    stamp = [...digest].map((b) => b.toString(16).padStart(2, "0")).join("");
+    stamp = await sha256HexAsync(...stampParts(fl));
   } catch {
     return undefined;
   }

@@ -39,6 +39,7 @@ import { close, NativeBuf, O_RDONLY, open, read } from "../ffi/libc.ts";
 import { HDR, HDRS_MAGIC } from "../boot/bzimage.ts";
 import { KERNEL_START } from "../boot/layout.ts";
 import { isElf, parseVmlinux } from "../boot/vmlinux.ts";
+import { sha256HexAsync } from "../ffi/sha256.ts";
 import { cacheDirWritable, cacheRoots, touchEntry, trimCache } from "./cache_entries.ts";
 
 /** How many unpacked kernels the cache keeps: the ones used last. */
@@ -94,7 +95,7 @@ export async function unpackedKernel(path: string, cacheDir?: string | null): Pr
   // Looked for only now: an ELF kernel (the default guest's) makes no cache directory.
   const cache = cacheDir === undefined ? kernelCacheDir() : cacheDir;
   if (cache === null) return undefined;
-  const key = (await sha256Hex(JSON.stringify({ format: FORMAT, id }))).slice(0, 32);
+  const key = (await sha256HexAsync(JSON.stringify({ format: FORMAT, id }))).slice(0, 32);
   const dir = join(cache, key), file = join(dir, VMLINUX);
   if (existsSync(file)) {
     touchEntry(dir);
@@ -138,12 +139,6 @@ function looksLikeBzImage(path: string): boolean {
   } finally {
     head.free();
   }
-}
-
-/** SHA-256 of `text`'s UTF-8, in hex (Web Crypto: the same on both runtimes, and no `node:` module). */
-async function sha256Hex(text: string): Promise<string> {
-  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
-  return Array.from(d, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /** The bzImage's ELF kernel, or undefined when its payload is not one this process decodes to an x86-64 vmlinux. */
