@@ -198,6 +198,14 @@ export function isAbsolute(p: string): boolean {
   return p.startsWith("/");
 }
 
+/**
+ * Node's url.fileURLToPath() for the file: URLs modules are loaded from, Bun's
+ * `file:///$bunfs/root/…` included (`$` is not escaped in a path).
+ */
+export function fileURLToPath(url: URL): string {
+  return decodeURIComponent(url.pathname);
+}
+
 /** Node's path.resolve(): the parts from the last absolute one (else the working directory) on, joined; no trailing slash. */
 export function resolve(...parts: string[]): string {
   let p = "";

@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { tmpdir as nodeTmpdir } from "node:os";
+import { fileURLToPath as nodeFileURLToPath } from "node:url";
 import * as sys from "./sys.ts";
 import { close, O_RDONLY, open } from "./libc.ts";
 import { graph } from "../test/support/module_graph.ts";
@@ -106,6 +107,12 @@ test("resolve() and dirname() give what node:path gives", () => {
     assert.equal(sys.resolve(...p), path.resolve(...p), JSON.stringify(p));
   }
   for (const p of ["/a/b", "/a/b/", "/a", "/", "a", "a/b", "."]) assert.equal(sys.dirname(p), path.dirname(p), p);
+});
+
+test("fileURLToPath() gives what node:url gives for file: URLs, escapes and Bun's /$bunfs/ included", () => {
+  for (const u of ["file:///a/b.ts", "file:///with%20space/x", "file:///%24bunfs/root/guest-image", "file:///$bunfs/root/x"]) {
+    assert.equal(sys.fileURLToPath(new URL(u)), nodeFileURLToPath(new URL(u)), u);
+  }
 });
 
 test("env(), args(), tmpdir() and uid(): the process's own", () => {

@@ -25,7 +25,7 @@
  *
  * Run it to see which guest vmm would use: `bun guest/default_guest.ts`.
  */
-import { exit, writeSync } from "../ffi/sys.ts";
+import { exit, fileURLToPath, writeSync } from "../ffi/sys.ts";
 import { builtImage, currentImage, defaultCacheDir, GUEST, type GuestImage } from "./image_cache.ts";
 import { findUnpacked, readPackagedManifest, type UnpackOptions } from "./unpacked.ts";
 
@@ -62,16 +62,8 @@ function isCompiled(url: string): boolean {
  * installed package, a checkout) it is at the package root, one level up.
  */
 export function guestImageDirs(moduleUrl: string): { dir: string; source: GuestSource }[] {
-  if (isCompiled(moduleUrl)) return [{ dir: filePath(new URL("./guest-image", moduleUrl)), source: "embedded" }];
-  return [{ dir: filePath(new URL("../guest-image", moduleUrl)), source: "package" }];
-}
-
-/**
- * `node:url`'s fileURLToPath() for the file: URLs modules are loaded from,
- * Bun's `file:///$bunfs/root/…` included (`$` is not escaped in a path).
- */
-function filePath(url: URL): string {
-  return decodeURIComponent(url.pathname);
+  if (isCompiled(moduleUrl)) return [{ dir: fileURLToPath(new URL("./guest-image", moduleUrl)), source: "embedded" }];
+  return [{ dir: fileURLToPath(new URL("../guest-image", moduleUrl)), source: "package" }];
 }
 
 /**

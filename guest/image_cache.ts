@@ -15,7 +15,7 @@
  * stamp is computed here; and this module's source is in the stamp because
  * the flavours are.
  */
-import { dirname, env, existsSync, join, readFileSync, readTextFileSync, uid } from "../ffi/sys.ts";
+import { dirname, env, existsSync, fileURLToPath, join, readFileSync, readTextFileSync, uid } from "../ffi/sys.ts";
 import { sha256Hex, sha256HexAsync } from "../ffi/sha256.ts";
 
 /** A bootable kernel and initramfs. */
@@ -158,7 +158,7 @@ export function imageStamp(fl: Flavour): string {
 /** What the stamp hashes, in order. */
 function stampParts(fl: Flavour): Uint8Array[] {
   const enc = new TextEncoder();
-  const sources = STAMP_SOURCES.map((rel) => readFileSync(filePath(new URL(rel, import.meta.url))));
+  const sources = STAMP_SOURCES.map((rel) => readFileSync(fileURLToPath(new URL(rel, import.meta.url))));
   return [enc.encode(BUILD_VERSION), ...sources, enc.encode(JSON.stringify(fl))];
 }
 
@@ -182,9 +182,4 @@ export function readIf(path: string): string | undefined {
   } catch {
     return undefined;
   }
-}
-
-/** `node:url`'s fileURLToPath() for the file: URLs of this checkout's modules. */
-function filePath(url: URL): string {
-  return decodeURIComponent(url.pathname);
 }
