@@ -52,38 +52,30 @@ export function newWorker(kind: WorkerKind): Worker {
 export class SpareWorkers {
   readonly #spares = new Map<WorkerKind, { worker: Worker; error?: string }[]>();
 
-  /** Start loading `n` Workers of `kind`; those `prestart()` began loading come first. */
-  add(kind: WorkerKind, n: number): void {
+  /** Start loading `n` Workers of `kind`, those `prestart()` began loading first; returns the `n` added. */
+  add(kind: WorkerKind, n: number): Worker[] {
     const list = this.#spares.get(kind) ?? [];
     this.#spares.set(kind, list);
+    const added: Worker[] = [];
     for (let i = 0; i < n; i++) {
-      const early = this === prestarted ? undefined : prestarted.take(kind);
-      if (early) {
-        list.push(early);
-        continue;
+      let spare = this === prestarted ? undefined : prestarted.take(kind);
+      if (!spare) {
+        const made: { worker: Worker; error?: string } = { worker: newWorker(kind) };
+        made.worker.onerror = (ev) => {
+          ev.preventDefault?.();
+          made.error ??= ev.message;
+        };
+        spare = made;
       }
-      const spare: { worker: Worker; error?: string } = { worker: newWorker(kind) };
-      spare.worker.onerror = (ev) => {
-        ev.preventDefault?.();
-        spare.error ??= ev.message;
-      };
       list.push(spare);
+      added.push(spare.worker);
     }
+    return added;
   }
 
   /** A spare Worker of `kind` (with the error its script hit, if any), or undefined when none is left. */
   take(kind: WorkerKind): { worker: Worker; error?: string } | undefined {
     return this.#spares.get(kind)?.shift();
-  }
-
-  /** How many spares of `kind` are left. */
-  count(kind: WorkerKind): number {
-    return this.#spares.get(kind)?.length ?? 0;
-  }
-
-  /** The spare Workers of `kind` left, in the order take() hands them out. */
-  peek(kind: WorkerKind): Worker[] {
-    return (this.#spares.get(kind) ?? []).map((s) => s.worker);
   }
 
   /** Terminate every spare not taken. */
@@ -108,7 +100,5 @@ const prestarted = new SpareWorkers();
  * vmm always ends through exit(), which ends its Workers too.
  */
 export function prestart(kind: WorkerKind, n = 1): Worker[] {
-  const before = prestarted.count(kind);
-  prestarted.add(kind, n);
-  return prestarted.peek(kind).slice(before);
+  return prestarted.add(kind, n);
 }

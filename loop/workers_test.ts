@@ -51,14 +51,15 @@ test("SpareWorkers: startWorker() hands its init to a spare already loading; clo
 test("prestart(): the next machine's SpareWorkers take the Workers it began first, then make their own", () => {
   const [early] = prestart("queue");
   const spares = new SpareWorkers();
-  spares.add("queue", 2);
-  assert.equal(spares.count("queue"), 2);
+  const added = spares.add("queue", 2);
+  assert.equal(added.length, 2);
+  assert.equal(added[0], early, "add() reports the prestarted Worker it took");
   assert.equal(spares.take("queue")?.worker, early, "the prestarted Worker comes first");
   assert.notEqual(spares.take("queue")?.worker, early);
+  assert.equal(spares.take("queue"), undefined, "two spares, both taken");
   const other = new SpareWorkers();
-  other.add("queue", 1);
-  assert.notEqual(other.peek("queue")[0], early, "a prestarted Worker is taken once");
-  early.terminate();
-  spares.close();
-  other.close();
+  const [fresh] = other.add("queue", 1);
+  assert.notEqual(other.take("queue")?.worker, early, "a prestarted Worker is taken once");
+  // Taken spares are the taker's to end.
+  for (const w of [...added, fresh]) w.terminate();
 });
