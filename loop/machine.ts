@@ -33,7 +33,7 @@ import { virtioCmdline, virtioSlot } from "../devices/virtio/device.ts";
 import { CMD, CTL, EXIT_KIND, recordExit, SHARED_BYTES, sharedViews, type SharedViews } from "./shared.ts";
 import { Controller, type RunResult, runResult } from "./control.ts";
 import { Lifecycle, type MachineState, StateError } from "./lifecycle.ts";
-import { joinWorkers, SpareWorkers, startWorker, type WorkerHandle } from "./workers.ts";
+import { joinWorkers, queueWorker, SpareWorkers, startWorker, type WorkerHandle } from "./workers.ts";
 import { syncPages, unwireVirtio, wireVirtio } from "./virtio.ts";
 import type { ControlEvent, ControlInit, QueueInit, VcpuInit, VirtioDeviceInit } from "./messages.ts";
 import type { RestoreOptions, SnapshotSource } from "./snapshot.ts";
@@ -436,7 +436,7 @@ export class Machine {
     for (const device of p.virtio) {
       for (const group of queueGroups(device.spec, device.ioFds.length)) {
         const init: QueueInit = { kind: "queue", device, queues: group, shared, ctlFd, ...mem };
-        starting.push(startWorker("queue", init, undefined, p.spares));
+        starting.push(startWorker(queueWorker(device.spec.kind), init, undefined, p.spares));
       }
     }
     vm.vcpuFds.forEach((vcpuFd, id) => {
@@ -557,7 +557,7 @@ async function build(o: MachineOptions, own: Owner, from?: SnapshotSource): Prom
   const spares = new SpareWorkers();
   own.add(() => spares.close());
   const cpus = o.cpus ?? 1;
-  for (const d of devices) spares.add("queue", queueGroups(d.spec, d.model.queueSizes.length).length);
+  for (const d of devices) spares.add(queueWorker(d.spec.kind), queueGroups(d.spec, d.model.queueSizes.length).length);
   spares.add("vcpu", cpus);
   if (o.virtioCmdline) cmdline = [cmdline, ...specs.map((_, i) => virtioCmdline(i))].join(" ");
   cmdline = [cmdline, o.append ?? ""].join(" ").trim();

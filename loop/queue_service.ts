@@ -11,8 +11,6 @@ import type { GuestMemory } from "../vm/memory.ts";
 import { GuestError, Virtqueue } from "../devices/virtio/ring.ts";
 import type { QueueHandler } from "../devices/virtio/queue_handler.ts";
 import { type MmioTransport, VIRTIO_MMIO_INT_VRING } from "../devices/virtio/mmio.ts";
-import type { DeviceSpec, HandlerContext } from "../devices/virtio/kind.ts";
-import { kindOf } from "../devices/registry.ts";
 import { QPOS } from "./shared.ts";
 
 export interface QueueServiceOptions {
@@ -187,9 +185,4 @@ export class QueueService {
       writeAll(2, new TextEncoder().encode(line + "\n"));
     } catch { /* stderr is gone: nothing else to tell */ }
   }
-}
-
-/** The handler of queue `queue` of a device: its kind's (devices/registry.ts). */
-export function deviceHandler(spec: DeviceSpec, ctx: HandlerContext): QueueHandler {
-  return kindOf(spec).handler(spec, ctx);
 }

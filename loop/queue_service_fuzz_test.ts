@@ -92,7 +92,8 @@ import {
 import { CONSOLE_RX_QUEUE, CONSOLE_TX_QUEUE } from "../devices/console/console.ts";
 import { CONTROL, encodeControl, NR_PORTS, queueRole } from "../devices/stdio/control.ts";
 import { Rng } from "../test/support/fuzz_rng.ts";
-import { deviceHandler, QueueService } from "./queue_service.ts";
+import { QueueService } from "./queue_service.ts";
+import { deviceHandler } from "../devices/registry.ts";
 import { EXIT_KIND } from "./shared.ts";
 
 // ---- guest RAM: a real host mapping between two guard zones ----

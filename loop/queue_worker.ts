@@ -24,19 +24,32 @@
  * A queue the guest broke (a bad chain, rings outside RAM) marks the device
  * DEVICE_NEEDS_RESET, logs one line, and stops being served until the
  * driver resets the device. Nothing a guest writes makes this loop throw.
+ *
+ * This module is the body, not a Worker script: each device kind's folder
+ * has the script of its queue Workers, `devices/<kind>/queue_worker.ts`,
+ * which calls serveQueues() with that kind alone. So a Worker loads its own
+ * kind's modules and no other's: 12 to 31 modules where one script for every
+ * kind loaded 55 (loop/spare_workers.ts queueWorker).
  */
 import { eventfdRead, eventfdSignal, hostView, Poller } from "../ffi/libc.ts";
 import { GuestMemory } from "../vm/memory.ts";
 import { deviceTransport } from "../devices/virtio/device.ts";
 import { DEV, DEVICE_STATE_WORDS, Q, queuePosWord, queueRunWord, recordExit, SHARED_BYTES, sharedViews, VIRTIO_BLOCK_BYTES } from "./shared.ts";
-import { deviceHandler, QueueService } from "./queue_service.ts";
+import { QueueService } from "./queue_service.ts";
 import { workerMain } from "./workers.ts";
 import type { QueueInit } from "./messages.ts";
+import type { DeviceKind } from "../devices/virtio/kind.ts";
 
-workerMain((init: QueueInit) => {
-  const threads = init.queues.map((q) => new QueueThread(init, q));
-  return () => serve(threads);
-});
+/** Run this Worker as the queue Worker of devices of `kind`: the body of each devices/<kind>/queue_worker.ts. */
+export function serveQueues(kind: DeviceKind): void {
+  workerMain((init: QueueInit) => {
+    if (init.device.spec.kind !== kind.kind) {
+      throw new Error(`a ${kind.kind} queue Worker was given a ${init.device.spec.kind} device`);
+    }
+    const threads = init.queues.map((q) => new QueueThread(init, q, kind));
+    return () => serve(threads);
+  });
+}
 
 /**
  * Serve the Worker's queues until each has ended: usually one queue, or
@@ -106,7 +119,7 @@ class QueueThread {
   /** The queue was paused and has not been resumed (taken over from a snapshot starts so, see the constructor). */
   #paused = false;
 
-  constructor(init: QueueInit, queue: number) {
+  constructor(init: QueueInit, queue: number, kind: DeviceKind) {
     this.init = init;
     this.queue = queue;
     const { device } = init;
@@ -128,7 +141,7 @@ class QueueThread {
       transport,
       queue,
       handler: (features, log, restored) =>
-        deviceHandler(device.spec, {
+        kind.handler(device.spec, {
           mem, features, queue, log, state, config, restored,
           end: (kind, code, reason) => this.#end(kind, code, reason),
           configChanged: () => {

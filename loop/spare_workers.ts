@@ -13,17 +13,34 @@
  */
 
 /**
- * The Worker entry points, by path from the repository root. A
- * `bun build --compile` executable must list each as an entry point
- * (scripts/build-exe.ts takes this list), or it fails at run time with
- * ModuleNotFound (PLATFORM.md).
+ * The Worker entry points, by path from the repository root, but for the
+ * queue Workers: each device kind has its own, in its folder
+ * (queueWorkerPath), which loads that kind's modules and no other's. A
+ * `bun build --compile` executable must list every one as an entry point
+ * (devices/registry.ts workerScripts(), which scripts/build-exe.ts takes),
+ * or it fails at run time with ModuleNotFound (PLATFORM.md).
  */
 export const WORKER_ENTRIES = {
   vcpu: "loop/vcpu_worker.ts",
-  queue: "loop/queue_worker.ts",
   control: "loop/control_worker.ts",
 } as const;
-export type WorkerKind = keyof typeof WORKER_ENTRIES;
+/** A Worker script: the vCPU's, the control loop's, or the queue Worker of a device kind (`queue-blk`). */
+export type WorkerKind = keyof typeof WORKER_ENTRIES | `queue-${string}`;
+
+/** The Worker kind that serves queues of devices of `deviceKind` (a DeviceKind's `kind`: "blk"). */
+export function queueWorker(deviceKind: string): WorkerKind {
+  return `queue-${deviceKind}`;
+}
+
+/** Where the queue Worker script of `deviceKind` is: its folder's queue_worker.ts. */
+export function queueWorkerPath(deviceKind: string): string {
+  if (!/^[a-z0-9]+$/.test(deviceKind)) throw new RangeError(`Unknown virtio device kind '${deviceKind}'`);
+  return `devices/${deviceKind}/queue_worker.ts`;
+}
+
+function entryPath(kind: WorkerKind): string {
+  return kind.startsWith("queue-") ? queueWorkerPath(kind.slice("queue-".length)) : WORKER_ENTRIES[kind as keyof typeof WORKER_ENTRIES];
+}
 
 /**
  * In a compiled executable every module is bundled into the entry file at
@@ -32,7 +49,7 @@ export type WorkerKind = keyof typeof WORKER_ENTRIES;
  */
 const compiled = import.meta.url.includes("/$bunfs/");
 export function workerUrl(kind: WorkerKind): URL {
-  const path = WORKER_ENTRIES[kind];
+  const path = entryPath(kind);
   return new URL(compiled ? `./${path}` : `../${path}`, import.meta.url);
 }
 

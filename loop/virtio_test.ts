@@ -67,7 +67,7 @@ import {
   OUT_HEADER,
 } from "../devices/fs/fuse.ts";
 import { requireKvm } from "../test/support/require_kvm.ts";
-import { joinWorkers, startWorker, type WorkerHandle } from "./workers.ts";
+import { joinWorkers, queueWorker, startWorker, type WorkerHandle } from "./workers.ts";
 import { pauseQueues, resumeQueues, startQueues, stopQueues, syncPages, unwireVirtio, wireVirtio } from "./virtio.ts";
 import { EXIT_KIND, mmioPage, Q, QPOS, queuePosWord, queueRunWord, SHARED_BYTES } from "./shared.ts";
 import type { QueueInit, VirtioDeviceInit } from "./messages.ts";
@@ -98,7 +98,7 @@ async function rig(specs: VirtioSpec[], together: number[] = [], withPages = fal
         kind: "queue", device, queues: group, shared, ctlFd: device.ackFd, // ctlFd: anything pollable; the VM never ends here
         memAddr: vm.memAddr, memSize: vm.memSize, regions: vm.regions,
       };
-      workers.push(await startWorker("queue", init));
+      workers.push(await startWorker(queueWorker(device.spec.kind), init));
     }
   }
   const transport = (i: number) => deviceTransport(devs[i], bytes);

@@ -21,7 +21,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import process from "node:process";
-import { WORKER_ENTRIES } from "../loop/workers.ts";
+import { workerScripts } from "../devices/registry.ts";
 import { builtImage, ensureDefaultGuest } from "../guest/build.ts";
 import { writePackagedGuest } from "../guest/packaged.ts";
 const root = fileURLToPath(new URL("..", import.meta.url));
@@ -50,7 +50,7 @@ export function buildExe(outfile = "dist/vmm", opts: BuildExeOptions = {}): stri
       writePackagedGuest(img, join(stage, "guest-image"));
       assets.push("--asset", join(stage, "guest-image"));
     }
-    execFileSync(bun, ["build", "--compile", entry, ...Object.values(WORKER_ENTRIES), ...assets, "--outfile", outfile], {
+    execFileSync(bun, ["build", "--compile", entry, ...workerScripts(), ...assets, "--outfile", outfile], {
       cwd: root,
       stdio: ["ignore", "ignore", "inherit"],
     });

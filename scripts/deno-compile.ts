@@ -32,7 +32,7 @@ import { isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import process from "node:process";
-import { WORKER_ENTRIES } from "../loop/workers.ts";
+import { workerScripts } from "../devices/registry.ts";
 import { builtImage, ensureDefaultGuest } from "../guest/build.ts";
 import { writePackagedGuest } from "../guest/packaged.ts";
 
@@ -64,7 +64,7 @@ export function denoCompile(outfile = "dist/vmm-deno"): string {
     for (const s of SOURCES) cpSync(join(root, s), join(stage, s), { recursive: true, filter: (p) => !skip.test(p) });
     writePackagedGuest(img, join(stage, "guest-image"));
     const deno = process.env.DENO ?? `${root}node_modules/.bin/deno`;
-    const include = [...Object.values(WORKER_ENTRIES), "guest-image"].flatMap((p) => ["--include", p]);
+    const include = [...workerScripts(), "guest-image"].flatMap((p) => ["--include", p]);
     execFileSync(deno, ["compile", "-A", "--no-check", "--no-config", ...include, "--output", out, "bin/vmm.ts"], {
       cwd: stage,
       stdio: ["ignore", "inherit", "inherit"],

@@ -10,27 +10,9 @@ import { GuestMemory, type MemoryRegion } from "./memory.ts";
 import { KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, ramRegions } from "../boot/layout.ts";
 import { vcpuCpuid } from "./cpuid.ts";
 import type { CpuidEntry } from "../ffi/structs.ts";
+import { ConfigError } from "./errors.ts";
 
-/** A configuration vmm cannot run with (bad sizes, missing KVM features). */
-export class ConfigError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "ConfigError";
-  }
-}
-
-/**
- * A snapshot vmm will not restore; the message is one line naming what does
- * not match. Here, beside ConfigError, rather than in vm/snapshot_file.ts,
- * which reads snapshots through `node:` modules: mod.ts exports it, and a
- * library that never restores need not load those.
- */
-export class SnapshotError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "SnapshotError";
-  }
-}
+export { ConfigError, SnapshotError } from "./errors.ts";
 
 export interface VmOptions {
   /** Guest RAM in MiB. */

@@ -26,7 +26,7 @@
 
 import { close, errno, libc, LOCK_EX, LOCK_NB, NativeBuf, O_NONBLOCK, O_RDONLY, O_RDWR, open } from "../../ffi/libc.ts";
 import { E, errnoName, SysError } from "../../ffi/errno.ts";
-import { ConfigError } from "../../vm/vm.ts";
+import { ConfigError } from "../../vm/errors.ts";
 import { VIRTIO_MAX_QUEUES } from "../../loop/shared.ts";
 
 /** The virtio-blk serial (GET_ID answer) is at most 20 bytes (virtio 1.2 §5.2.6). */

@@ -17,7 +17,7 @@ import type { DeviceKind } from "../virtio/kind.ts";
 import { type QueueHandler, serveAll } from "../virtio/queue_handler.ts";
 import { blkConfig, blkFeatures, BlkQueue, VIRTIO_ID_BLOCK } from "./blk.ts";
 import { closeDisk, type Disk, type DriveSpec, openDisk, parseDriveSpec, QUEUES_RANGE, validQueues } from "./disk.ts";
-import { ConfigError } from "../../vm/vm.ts";
+import { ConfigError } from "../../vm/errors.ts";
 
 /**
  * Entries per request queue. seg_max is two less (blkConfig), and Linux

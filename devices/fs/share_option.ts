@@ -22,7 +22,7 @@
  */
 import { hostDirPath } from "../../ffi/fs.ts";
 import { errnoName } from "../../ffi/errno.ts";
-import { ConfigError } from "../../vm/vm.ts";
+import { ConfigError } from "../../vm/errors.ts";
 import type { CacheMode } from "./share.ts";
 
 /** virtio_fs_config.tag: 36 bytes, not NUL-terminated when full (virtio 1.2 §5.11.4). */

@@ -22,7 +22,7 @@ import { Virtqueue } from "../virtio/ring.ts";
 import { type DriverBuffer, DriverQueue } from "../../test/support/driver_queue.ts";
 import { inNetns } from "../../test/support/tap_netns.ts";
 import { describe } from "../registry.ts";
-import { deviceHandler } from "../../loop/queue_service.ts";
+import { deviceHandler } from "../registry.ts";
 import {
   MAX_FRAME,
   NET_FEATURES,

@@ -10,7 +10,7 @@
 import { close } from "../../ffi/libc.ts";
 import { SysError } from "../../ffi/errno.ts";
 import { openTap, validTapName } from "../../ffi/tap.ts";
-import { ConfigError } from "../../vm/vm.ts";
+import { ConfigError } from "../../vm/errors.ts";
 
 /** One `--net` option, parsed but not yet opened. */
 export interface NetSpec {

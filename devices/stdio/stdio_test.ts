@@ -16,7 +16,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { close, EFD_CLOEXEC, EFD_NONBLOCK, eventfd, NativeBuf, O_CLOEXEC, O_CREAT, O_NONBLOCK, O_WRONLY, open, pipe, Poller, read, writeAll } from "../../ffi/libc.ts";
 import { DEVICE_STATE_WORDS } from "../../loop/shared.ts";
-import { deviceHandler } from "../../loop/queue_service.ts";
+import { deviceHandler } from "../registry.ts";
 import { HIGH_GPA, hostGuestMemory } from "../../test/support/host_memory.ts";
 import { DriverQueue } from "../../test/support/driver_queue.ts";
 import { describe } from "../registry.ts";
