@@ -2,8 +2,10 @@
  * Every kind of virtio device vmm has, in the order the guest sees them:
  * disks first (vda, vdb, …), then network cards, entropy, the console, the
  * shared directories. Adding a kind is a folder under devices/ with a
- * `DeviceKind` (devices/virtio/kind.ts) and one line here; the CLI, mod.ts's
- * MachineOptions and the Workers take it from this list.
+ * `DeviceKind` (devices/virtio/kind.ts) in its mod.ts, the script of its
+ * queue Workers in its queue_worker.ts (three lines: serveQueues(itsKind)),
+ * and one line here; the CLI, mod.ts's MachineOptions and the Workers take
+ * it from this list.
  */
 import type { DeviceKind, DeviceModel, DeviceSpec, HandlerContext } from "./virtio/kind.ts";
 import type { QueueHandler } from "./virtio/queue_handler.ts";
