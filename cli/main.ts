@@ -263,7 +263,10 @@ async function makeMachine(opts: MachineOptions, useCache: boolean, verbose: boo
 function report(r: RunResult, verbose: boolean): number {
   if (verbose) {
     // The start-up breakdown matters where there is an init to wait for (vmm run); a bare `vmm boot -v` says only how it ended.
-    if (r.workersMs !== undefined && (r.readyMs !== undefined || r.restored)) printNote(`Workers started after ${r.workersMs} ms`);
+    if (r.readyMs !== undefined || r.restored) {
+      if (r.builtMs !== undefined) printNote(`VM built after ${r.builtMs} ms`);
+      if (r.workersMs !== undefined) printNote(`Workers started after ${r.workersMs} ms`);
+    }
     if (r.readyMs !== undefined) printNote(`guest init ready after ${r.readyMs} ms`);
     printNote(`${r.reason || r.kind.toLowerCase()} (exit ${r.code})`);
   } else if (r.kind === "PANIC") {

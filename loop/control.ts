@@ -46,6 +46,12 @@ export interface RunResult {
   reason: string;
   /** Milliseconds from `startedAt` to the guest init's ready report, if it came. */
   readyMs?: number;
+  /**
+   * Milliseconds from `startedAt` until the VM was built: RAM mapped, the
+   * kernel and initrd (or the snapshot) in it, the devices wired; no Worker
+   * has run it yet.
+   */
+  builtMs?: number;
   /** Milliseconds from `startedAt` until every Worker had reported ready (a vCPU may already be running the guest by then). */
   workersMs?: number;
   /** Present, true, when the machine was made from a snapshot (Machine.fromSnapshot, restore). */

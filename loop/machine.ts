@@ -213,6 +213,7 @@ export class Machine {
   readonly #p: Parts;
   readonly #startedAt: number;
   #workersMs: number | undefined;
+  readonly #builtMs: number;
   #workers: WorkerHandle[] = [];
   /** Set once start() or run() began launching. */
   #launched: Promise<void> | null = null;
@@ -238,6 +239,7 @@ export class Machine {
   private constructor(parts: Parts, own: Owner, startedAt: number) {
     this.#p = parts;
     this.#startedAt = startedAt;
+    this.#builtMs = Date.now() - startedAt; // made right after build()
     this.#own = own;
     this.#ended = new Promise((r) => (this.#resolveEnded = r));
   }
@@ -495,7 +497,7 @@ export class Machine {
     }
     this.#p.specs.length = 0;
     this.#runOwn.release();
-    let r: RunResult = { ...runResult(this.#p.shared, this.#startedAt, ev), workersMs: this.#workersMs, ...(this.#p.restored ? { restored: true } : {}) };
+    let r: RunResult = { ...runResult(this.#p.shared, this.#startedAt, ev), builtMs: this.#builtMs, workersMs: this.#workersMs, ...(this.#p.restored ? { restored: true } : {}) };
     if (late) r = { ...r, code: r.code || 1, kind: "ERROR", reason: `${r.reason}; then ${late} Worker(s) did not end` };
     this.#result = r;
     this.#life.ended();

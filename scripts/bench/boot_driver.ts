@@ -105,6 +105,8 @@ export interface RunSample {
   guestHugeKiB?: number;
   /** vmm -v: "guest init ready after N ms" (from Machine.create to the init's port write). */
   vmmInitReadyMs?: number;
+  /** vmm -v: "VM built after N ms" (from Machine.create to the guest in RAM, before any Worker runs it). */
+  vmmBuiltMs?: number;
   /** `poweroff -f` had to be written again (the first one was lost). */
   resent?: number;
   /** Host CPU (utime + stime, all threads) while the guest sat idle, % of one core. */
@@ -343,11 +345,13 @@ function runOnce(c: Contender, cwd: string, timeoutMs: number, tmp: string, log:
       if (failure) return reject(new Error(failure + tail()));
       if (!tReady) return reject(new Error(`exited (status ${code ?? signal}) before printing '${MARKER}'` + tail()));
       const m = /guest init ready after (\d+) ms/.exec(err);
+      const built = /VM built after (\d+) ms/.exec(err);
       const base = {
         readyMs: tReady - t0,
         peakKiB: peak,
         ...sample,
         ...(m ? { vmmInitReadyMs: Number(m[1]) } : {}),
+        ...(built ? { vmmBuiltMs: Number(built[1]) } : {}),
       };
       if (ignored) {
         return resolve({ ...base, poweroffIgnored: true, note: `ignored 'poweroff -f' on its console for ${GIVE_UP_MS} ms; stopped with SIGTERM` + tail() });

@@ -144,6 +144,7 @@ describe(`end to end on ${RUNTIME}: stock Debian kernel under vmm`, () => {
     const o = outcome("boot");
     assert.match(o.out, /vmm-guest: ready/);
     assert.match(o.out, /guest-says-42/);
+    assert.match(o.err, /VM built after \d+ ms/);
     assert.match(o.err, /Workers started after \d+ ms/);
     assert.match(o.err, /guest init ready after \d+ ms/);
     assert.equal(o.rc, 0, o.err);
