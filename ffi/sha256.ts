@@ -147,13 +147,18 @@ export function hex(bytes: Uint8Array): string {
 }
 
 /**
- * `sha256Hex()` through Web Crypto: native on both runtimes, so cheaper for
+ * `sha256()` through Web Crypto: native on both runtimes, so cheaper for
  * tens of KB on a path that runs at every start, but asynchronous.
  */
-export async function sha256HexAsync(...parts: (Uint8Array | string)[]): Promise<string> {
+export async function sha256Async(...parts: (Uint8Array | string)[]): Promise<Uint8Array> {
   const enc = new TextEncoder();
   const bytes = parts.map((p) => typeof p === "string" ? enc.encode(p) : p);
   const all = new Uint8Array(bytes.reduce((n, b) => n + b.length, 0));
   bytes.reduce((at, b) => (all.set(b, at), at + b.length), 0);
-  return hex(new Uint8Array(await crypto.subtle.digest("SHA-256", all)));
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", all));
+}
+
+/** `sha256Hex()` through Web Crypto (sha256Async). */
+export async function sha256HexAsync(...parts: (Uint8Array | string)[]): Promise<string> {
+  return hex(await sha256Async(...parts));
 }

@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { hex, Sha256, sha256, sha256Hex, sha256HexAsync } from "./sha256.ts";
+import { hex, Sha256, sha256, sha256Async, sha256Hex, sha256HexAsync } from "./sha256.ts";
 
 const ref = (d: Uint8Array | string) => createHash("sha256").update(d).digest("hex");
 
@@ -40,5 +40,6 @@ test("sha256HexAsync() (Web Crypto) gives what sha256Hex() gives, parts and stri
   const d = Uint8Array.from({ length: 300 }, (_, i) => (i * 13) & 0xff);
   assert.equal(await sha256HexAsync(d.subarray(0, 100), "héllo", d.subarray(100)), sha256Hex(d.subarray(0, 100), "héllo", d.subarray(100)));
   assert.equal(await sha256HexAsync(), sha256Hex());
+  assert.deepEqual(await sha256Async(d, "x"), sha256(d, "x"), "sha256Async() gives the bytes sha256() gives");
   assert.equal(hex(new Uint8Array([0, 1, 0xab, 0xff])), "0001abff");
 });

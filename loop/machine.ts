@@ -293,7 +293,7 @@ export class Machine {
     const startedAt = Date.now();
     const own = new Owner();
     try {
-      const from = new (await snapshots()).SnapshotSource(dir);
+      const from = await (await snapshots()).SnapshotSource.open(dir);
       own.add(() => from.close());
       const parts = await build(from.options(o), own, from);
       from.close(); // RAM is mapped: the files are not needed any more

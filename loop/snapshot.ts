@@ -257,13 +257,25 @@ function pwriteAll(fd: number, addr: bigint, len: number, off: number): void {
  * `options()`, then `vm()` once the devices are open, then `apply()`.
  */
 export class SnapshotSource {
-  readonly state: SnapshotState;
+  state!: SnapshotState;
   readonly #memPath: string;
   /** Both files, open from the start: what is read is one snapshot, whatever happens to the directory. */
   #stateFd = -1;
   #memFd = -1;
 
-  constructor(dir: string) {
+  /** Open the snapshot in `dir` and check it; a SnapshotError names what is wrong. */
+  static async open(dir: string): Promise<SnapshotSource> {
+    const src = new SnapshotSource(dir);
+    try {
+      await src.#check(join(dir, STATE_FILE));
+    } catch (e) {
+      src.close();
+      throw e;
+    }
+    return src;
+  }
+
+  private constructor(dir: string) {
     const statePath = join(dir, STATE_FILE);
     this.#memPath = join(dir, MEMORY_FILE);
     try {
@@ -275,16 +287,20 @@ export class SnapshotSource {
       if (!stillThere([[statePath, this.#stateFd], [this.#memPath, this.#memFd]])) {
         throw new SnapshotError(`${dir}: the snapshot changed while it was being read`);
       }
-      const bytes = readFileSync(`/proc/self/fd/${this.#stateFd}`);
-      const s = this.state = decodeSnapshot(bytes, statePath);
-      if (s.sharedLayout !== SHARED_FINGERPRINT) throw new SnapshotError(`${statePath}: its device block layout is not this vmm's`);
-      const size = statSync(`/proc/self/fd/${this.#memFd}`).size;
-      if (size < s.memory.bytes) throw new SnapshotError(`${this.#memPath}: truncated: ${size} bytes, the guest has ${s.memory.bytes}`);
-      if (size > s.memory.bytes) throw new SnapshotError(`${this.#memPath}: ${size} bytes, the guest has ${s.memory.bytes}: not this snapshot's memory`);
     } catch (e) {
       this.close();
       throw e;
     }
+  }
+
+  /** Read the state file through the fd opened above and check it against the memory file. */
+  async #check(statePath: string): Promise<void> {
+    const bytes = readFileSync(`/proc/self/fd/${this.#stateFd}`);
+    const s = this.state = await decodeSnapshot(bytes, statePath);
+    if (s.sharedLayout !== SHARED_FINGERPRINT) throw new SnapshotError(`${statePath}: its device block layout is not this vmm's`);
+    const size = statSync(`/proc/self/fd/${this.#memFd}`).size;
+    if (size < s.memory.bytes) throw new SnapshotError(`${this.#memPath}: truncated: ${size} bytes, the guest has ${s.memory.bytes}`);
+    if (size > s.memory.bytes) throw new SnapshotError(`${this.#memPath}: ${size} bytes, the guest has ${s.memory.bytes}: not this snapshot's memory`);
   }
 
   /** Close the files (the VM's mapping keeps the memory file); safe to call again. */

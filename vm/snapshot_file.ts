@@ -25,7 +25,7 @@
  * edited file a refusal rather than a guest running on wrong registers
  * (Firecracker's snapshot file likewise ends in a CRC64 over the state).
  */
-import { sha256 } from "../ffi/sha256.ts";
+import { sha256, sha256Async } from "../ffi/sha256.ts";
 import pkg from "../package.json" with { type: "json" };
 import type { CpuidEntry } from "../ffi/structs.ts";
 import type { VcpuState } from "./vcpu_state.ts";
@@ -139,7 +139,7 @@ export function encodeSnapshot(s: SnapshotState, vmmVersion = VMM_VERSION): Uint
  * wrong, checked in this order: size, magic, format version, length, hash,
  * vmm version, body shape.
  */
-export function decodeSnapshot(bytes: Uint8Array, what = "snapshot", vmmVersion = VMM_VERSION): SnapshotState {
+export async function decodeSnapshot(bytes: Uint8Array, what = "snapshot", vmmVersion = VMM_VERSION): Promise<SnapshotState> {
   const fail = (why: string) => new SnapshotError(`${what}: ${why}`);
   if (bytes.length < HDR.SIZE) throw fail(`truncated: ${bytes.length} bytes, the header alone is ${HDR.SIZE}`);
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -151,7 +151,10 @@ export function decodeSnapshot(bytes: Uint8Array, what = "snapshot", vmmVersion 
   if (bodyLen > have) throw fail(`truncated: the body should be ${bodyLen} bytes, the file holds ${have}`);
   if (bodyLen < have) throw fail(`${have - bodyLen} bytes after the end of the body`);
   const body = bytes.subarray(HDR.SIZE);
-  const want = sha256(bytes.subarray(0, HDR.SHA256), body);
+  // Web Crypto's native digest: every restore (each `vmm run` from its
+  // snapshot) checks this, and plain TypeScript with its JIT still cold cost
+  // several times as much (ffi/sha256.ts); writing keeps the synchronous one.
+  const want = await sha256Async(bytes.subarray(0, HDR.SHA256), body);
   if (!want.every((b, i) => b === bytes[HDR.SHA256 + i])) throw fail("corrupted or tampered: its SHA-256 does not match");
   // After the hash: a version field someone edited is caught above, not believed here.
   const verBytes = bytes.subarray(HDR.VMM_VERSION, HDR.SHA256);
