@@ -28,7 +28,7 @@
  * This module is the body, not a Worker script: each device kind's folder
  * has the script of its queue Workers, `devices/<kind>/queue_worker.ts`,
  * which calls serveQueues() with that kind alone. So a Worker loads its own
- * kind's modules and no other's: 12 to 31 modules where one script for every
+ * kind's modules and no other's: 19 to 32 modules where one script for every
  * kind loaded 55 (loop/spare_workers.ts queueWorker).
  */
 import { eventfdRead, eventfdSignal, hostView, Poller } from "../ffi/libc.ts";

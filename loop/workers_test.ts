@@ -36,7 +36,7 @@ test("no module a Worker loads imports a node: module (or any package)", () => {
 });
 
 // A queue Worker's script loads its own kind and no other: each kind's
-// modules cost every Worker that loads them (12 to 31 modules a kind, 55
+// modules cost every Worker that loads them (19 to 32 modules a kind, 55
 // when every queue Worker loaded every kind).
 test("each device kind's queue Worker script loads that kind's modules and no other kind's", () => {
   const kinds = DEVICE_KINDS.map((k) => k.kind);
