@@ -7,8 +7,7 @@
  * and one line here; the CLI, mod.ts's MachineOptions and the Workers take
  * it from this list.
  */
-import type { DeviceKind, DeviceModel, DeviceSpec, HandlerContext } from "./virtio/kind.ts";
-import type { QueueHandler } from "./virtio/queue_handler.ts";
+import type { DeviceKind, DeviceModel, DeviceSpec } from "./virtio/kind.ts";
 import { queueWorkerPath, WORKER_ENTRIES } from "../loop/spare_workers.ts";
 import { checkedModel } from "./virtio/device.ts";
 import { type BlkOptions, blkKind, type BlkSpec } from "./blk/mod.ts";
@@ -34,15 +33,6 @@ export function kindOf(spec: DeviceSpec): DeviceKind {
   const k = byName.get(spec.kind);
   if (!k) throw new RangeError(`Unknown virtio device kind '${spec.kind}'`);
   return k;
-}
-
-/**
- * The handler of one queue of a device: its kind's. A queue Worker loads
- * only its own kind and asks it directly (loop/queue_worker.ts); this is for
- * code that holds devices of every kind.
- */
-export function deviceHandler(spec: DeviceSpec, ctx: HandlerContext): QueueHandler {
-  return kindOf(spec).handler(spec, ctx);
 }
 
 /**

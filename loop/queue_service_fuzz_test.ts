@@ -93,7 +93,7 @@ import { CONSOLE_RX_QUEUE, CONSOLE_TX_QUEUE } from "../devices/console/console.t
 import { CONTROL, encodeControl, NR_PORTS, queueRole } from "../devices/stdio/control.ts";
 import { Rng } from "../test/support/fuzz_rng.ts";
 import { QueueService } from "./queue_service.ts";
-import { deviceHandler } from "../devices/registry.ts";
+import { kindOf } from "../devices/registry.ts";
 import { EXIT_KIND } from "./shared.ts";
 
 // ---- guest RAM: a real host mapping between two guard zones ----
@@ -645,7 +645,7 @@ function runCase(f: Fuzz, fx: Fixtures, totals: Totals): void {
       queue,
       handler: (features, log) => {
         const end = (kind: number, _code: number, reason: string) => ends.push({ queue, kind, reason });
-        return counted(deviceHandler(spec, { mem, features, queue, log, end, state, config, configChanged: () => {} }), totals);
+        return counted(kindOf(spec).handler(spec, { mem, features, queue, log, end, state, config, configChanged: () => {} }), totals);
       },
       interrupt: () => interrupts++,
       running: () => running,

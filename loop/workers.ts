@@ -13,7 +13,7 @@ import { NativeBuf } from "../ffi/libc.ts";
 import type { WorkerReady } from "./messages.ts";
 import { newWorker, type SpareWorkers, type WorkerKind } from "./spare_workers.ts";
 
-export { prestart, queueWorker, SpareWorkers, WORKER_ENTRIES, type WorkerKind, workerUrl } from "./spare_workers.ts";
+export { prestart, queueWorker, SpareWorkers, type WorkerKind, workerUrl } from "./spare_workers.ts";
 
 /** A started Worker and the promise of its end. */
 export interface WorkerHandle {

@@ -1,5 +1,5 @@
 /**
- * What every Worker loads (loop/workers.ts WORKER_ENTRIES): the static
+ * What every Worker loads (devices/registry.ts workerScripts()): the static
  * module graph of each entry, read from the sources.
  */
 import { test } from "node:test";

@@ -22,7 +22,7 @@ import { Virtqueue } from "../virtio/ring.ts";
 import { type DriverBuffer, DriverQueue } from "../../test/support/driver_queue.ts";
 import { inNetns } from "../../test/support/tap_netns.ts";
 import { describe } from "../registry.ts";
-import { deviceHandler } from "../registry.ts";
+import { kindOf } from "../registry.ts";
 import {
   MAX_FRAME,
   NET_FEATURES,
@@ -280,7 +280,7 @@ test("tapOffloads() lets the TAP send only what the driver takes: no TSO without
   assert.equal(tapOffloads(NET_FEATURES), TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6);
 });
 
-test("deviceHandler() serves a net device's queue 0 with NetRx and queue 1 with NetTx, logging through the context", () => {
+test("the registry's net kind serves a net device's queue 0 with NetRx and queue 1 with NetTx, logging through the context", () => {
   const [dev, host] = seqpacketPair();
   try {
     const log: string[] = [];
@@ -289,8 +289,8 @@ test("deviceHandler() serves a net device's queue 0 with NetRx and queue 1 with 
       mem: hostGuestMemory(), features: 0n, end: () => {}, log: (l: string) => log.push(l),
       state: new Int32Array(4), config: new Uint8Array(12), configChanged: () => {},
     };
-    assert.ok(deviceHandler(spec, { ...ctx, queue: NET_RX_QUEUE }) instanceof NetRx);
-    assert.ok(deviceHandler(spec, { ...ctx, queue: NET_TX_QUEUE }) instanceof NetTx);
+    assert.ok(kindOf(spec).handler(spec, { ...ctx, queue: NET_RX_QUEUE }) instanceof NetRx);
+    assert.ok(kindOf(spec).handler(spec, { ...ctx, queue: NET_TX_QUEUE }) instanceof NetTx);
     assert.deepEqual(log, [NOT_A_TAP]);
   } finally {
     close(dev);

@@ -16,7 +16,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { close, EFD_CLOEXEC, EFD_NONBLOCK, eventfd, NativeBuf, O_CLOEXEC, O_CREAT, O_NONBLOCK, O_WRONLY, open, pipe, Poller, read, writeAll } from "../../ffi/libc.ts";
 import { DEVICE_STATE_WORDS } from "../../loop/shared.ts";
-import { deviceHandler } from "../registry.ts";
+import { kindOf } from "../registry.ts";
 import { HIGH_GPA, hostGuestMemory } from "../../test/support/host_memory.ts";
 import { DriverQueue } from "../../test/support/driver_queue.ts";
 import { describe } from "../registry.ts";
@@ -78,7 +78,7 @@ class Guest {
   /** DRIVER_OK: every Worker makes its queue's handler, through the device registry; `restored`: Workers of a restored machine. */
   start(restored = false): void {
     this.handlers = this.vqs.map((_, queue) =>
-      deviceHandler(this.spec, {
+      kindOf(this.spec).handler(this.spec, {
         mem: this.mem, features: 0n, queue, state: this.state, config: new Uint8Array(0), restored,
         log: (l) => this.log.push(l), end: () => assert.fail("the stdio console ended the VM"), configChanged() {},
       })
