@@ -12,7 +12,11 @@ export interface ImageFile {
   readonly size: number;
   /** Bytes [offset, offset + len) of the file (len clipped at its end): for headers. */
   read(offset: number, len: number): Uint8Array;
-  /** Bytes [offset, offset + len) of the file into guest RAM at gpa. */
+  /**
+   * Bytes [offset, offset + len) of the file into guest RAM at gpa, which
+   * nothing has written yet (a new VM's, all zeros): where the file has
+   * holes, the RAM may be left as it is (loop/machine.ts reads the data alone).
+   */
   readInto(mem: GuestMemory, gpa: number, len: number, offset: number): void;
 }
 

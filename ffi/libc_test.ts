@@ -12,7 +12,7 @@ import { join } from "node:path";
 import {
   check, close, EFD_CLOEXEC, EFD_NONBLOCK, errno, eventfd, eventfdRead, eventfdSignal, fdLimit, getrandom, hostView, libc,
   dataBlocks, MAP_ANONYMOUS, MAP_SHARED, mmapAnon, mmapGuestRam, mmapGuestRamFrom, NativeBuf, O_CREAT, O_RDONLY, O_RDWR, O_WRONLY, open, pidfdOpen, pipe, POLLIN,
-  Poller, raiseFdLimit, read, writeAll,
+  Poller, preadData, preadFile, raiseFdLimit, read, writeAll,
 } from "./libc.ts";
 import { errnoName, SysError } from "./errno.ts";
 import { runtime } from "./runtime.ts";
@@ -251,5 +251,48 @@ test("mmapGuestRam() gives writable, 2 MiB-aligned memory of the size asked", ()
     assert.ok(flags.length > 0 && flags.every((f) => f.includes("dc")), `guest RAM is MADV_DONTFORK (dc): ${JSON.stringify(flags)}`);
   } finally {
     assert.equal(libc.munmap(addr, BigInt(len)), 0);
+  }
+});
+
+test("preadData() reads a file's data into memory and leaves the memory under its holes as it was; preadFile() reads it all; a file too short is an error naming it", () => {
+  const dir = tempDir();
+  const MiB = 1024 * 1024, len = 3 * MiB;
+  try {
+    const path = join(dir, "vmlinux");
+    const fd = open(path, O_RDWR | O_CREAT, 0o600);
+    const b = NativeBuf.alloc(4096);
+    b.bytes.fill(0xaa);
+    assert.equal(Number(libc.pwrite(fd, b.addr, 4096n, BigInt(MiB))), 4096); // data at 1 MiB, holes around it
+    b.free();
+    close(fd);
+    truncateSync(path, len);
+    const holes = (() => {
+      const r = open(path, O_RDONLY);
+      try {
+        return Number(libc.lseek(r, 0n, 4 /* SEEK_HOLE */)) < len;
+      } finally {
+        close(r);
+      }
+    })();
+    const mem = NativeBuf.alloc(2 * MiB);
+    try {
+      // From 512 KiB of the file, 2 MiB: the data lands 512 KiB into mem.
+      mem.bytes.fill(0xee);
+      preadData(path, mem.addr, 2 * MiB, MiB / 2, "the kernel");
+      const at = MiB / 2;
+      assert.deepEqual([mem.bytes[at], mem.bytes[at + 4095]], [0xaa, 0xaa], "the data is read");
+      if (holes) assert.deepEqual([mem.bytes[0], mem.bytes[at - 1], mem.bytes[at + 4096], mem.bytes[2 * MiB - 1]], [0xee, 0xee, 0xee, 0xee], "holes are not read");
+      mem.bytes.fill(0xee);
+      preadFile(path, mem.addr, 2 * MiB, MiB / 2, "the kernel");
+      assert.deepEqual([mem.bytes[0], mem.bytes[at], mem.bytes[at + 4096], mem.bytes[2 * MiB - 1]], [0, 0xaa, 0, 0], "preadFile reads the holes' zeros");
+      mem.bytes.fill(0);
+      preadData(path, mem.addr, 2 * MiB, MiB / 2, "the kernel");
+      assert.deepEqual(mem.bytes, new Uint8Array(readFileSync(path)).subarray(MiB / 2, MiB / 2 + 2 * MiB), "into zeros, the file's bytes");
+      assert.throws(() => preadData(path, mem.addr, 2 * MiB, 2 * MiB, "the kernel"), /^Error: read the kernel: the file ends at byte 3145728, before the 4194304 it had$/);
+    } finally {
+      mem.free();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -161,6 +161,63 @@ export function writeFileSync(path: string, data: Uint8Array): void {
   else D.writeFileSync(path, data);
 }
 
+/**
+ * The runs of `data` that are not all zeros, as [start, end) byte ranges, in
+ * whole `page`s (the last may be short: it ends with the data).
+ */
+export function nonZeroRuns(data: Uint8Array, page = 4096): [number, number][] {
+  // Eight bytes at a time where the data is aligned to allow it (all of it, for a fresh buffer).
+  const words = data.byteOffset % 8 === 0 ? new BigUint64Array(data.buffer, data.byteOffset, Math.floor(data.length / 8)) : null;
+  const zero = (start: number, end: number) => {
+    let i = start;
+    if (words) for (; i + 8 <= end; i += 8) if (words[i / 8] !== 0n) return false;
+    for (; i < end; i++) if (data[i] !== 0) return false;
+    return true;
+  };
+  const out: [number, number][] = [];
+  for (let at = 0; at < data.length; at += page) {
+    const end = Math.min(data.length, at + page);
+    if (zero(at, end)) continue;
+    const last = out[out.length - 1];
+    if (last && last[1] === at) last[1] = end;
+    else out.push([at, end]);
+  }
+  return out;
+}
+
+/**
+ * writeFileSync() that leaves each all-zero page of `data` a hole in the
+ * file: the data is written run by run at its own offset, and a final
+ * truncate gives the file its size. It reads back the same; what it saves is
+ * disk, and reading zeros: a loader that knows its memory is zero reads the
+ * data alone (ffi/libc.ts preadData). vmm keeps its kernels this way.
+ */
+export function writeSparseFileSync(path: string, data: Uint8Array): void {
+  const runs = nonZeroRuns(data);
+  if (nodeFs) {
+    const fd = nodeFs.openSync(path, "w");
+    try {
+      for (const [start, end] of runs) {
+        for (let at = start; at < end;) at += nodeFs.writeSync(fd, data, at, end - at, at);
+      }
+      nodeFs.ftruncateSync(fd, data.length);
+    } finally {
+      nodeFs.closeSync(fd);
+    }
+    return;
+  }
+  const f = D.openSync(path, { write: true, create: true, truncate: true });
+  try {
+    for (const [start, end] of runs) {
+      f.seekSync(start, D.SeekMode.Start);
+      for (let at = start; at < end;) at += f.writeSync(data.subarray(at, end));
+    }
+    f.truncateSync(data.length);
+  } finally {
+    f.close();
+  }
+}
+
 export function mkdirSync(path: string, o: { recursive?: boolean; mode?: number } = {}): void {
   if (nodeFs) nodeFs.mkdirSync(path, o);
   else D.mkdirSync(path, o);

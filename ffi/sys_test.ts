@@ -11,7 +11,7 @@ import * as path from "node:path";
 import { tmpdir as nodeTmpdir } from "node:os";
 import { fileURLToPath as nodeFileURLToPath } from "node:url";
 import * as sys from "./sys.ts";
-import { close, O_RDONLY, open } from "./libc.ts";
+import { close, dataExtents, O_RDONLY, open } from "./libc.ts";
 import { graph } from "../test/support/module_graph.ts";
 
 function withDir(f: (dir: string) => void): void {
@@ -137,4 +137,43 @@ test("vmm boot's and vmm run's modules, and mod.ts's, load no node: module befor
   }
   // The walk sees a module that does import one.
   assert.ok(graph("guest/build.ts").get("guest/build.ts")?.includes("node:child_process"));
+});
+
+test("nonZeroRuns() gives the whole pages that hold any data, adjacent ones merged, the last cut at the data's end", () => {
+  const page = 4096;
+  const d = new Uint8Array(5 * page + 100);
+  assert.deepEqual(sys.nonZeroRuns(d), [], "all zeros");
+  d[page + 7] = 1; // page 1
+  d[2 * page] = 2; // page 2, next to it
+  d[5 * page + 99] = 3; // the short last page
+  assert.deepEqual(sys.nonZeroRuns(d), [[page, 3 * page], [5 * page, 5 * page + 100]]);
+  // A view that starts off an 8-byte boundary takes the byte-by-byte way, with the same answer.
+  const odd = new Uint8Array(d.length + 3);
+  odd.set(d, 3);
+  assert.deepEqual(sys.nonZeroRuns(odd.subarray(3)), [[page, 3 * page], [5 * page, 5 * page + 100]]);
+  assert.deepEqual(sys.nonZeroRuns(new Uint8Array(0)), []);
+});
+
+test("writeSparseFileSync() writes what reads back the same, its zero pages holes where the file system has them; it replaces a longer file", () => {
+  withDir((dir) => {
+    const f = path.join(dir, "vmlinux"), MiB = 1024 * 1024;
+    fs.writeFileSync(f, new Uint8Array(8 * MiB).fill(0x55)); // longer, and no holes: all of it must go
+    const d = new Uint8Array(4 * MiB + 10);
+    d.fill(0xaa, 0, 4096);
+    d.fill(0xbb, 3 * MiB, 3 * MiB + 5);
+    d[d.length - 1] = 0xcc;
+    sys.writeSparseFileSync(f, d);
+    assert.deepEqual(new Uint8Array(fs.readFileSync(f)), d);
+    const fd = open(f, O_RDONLY);
+    try {
+      const extents = dataExtents(fd, 0, d.length, f);
+      // A file system without holes reports all of the file as data.
+      if (extents.length > 1 || extents[0][1] < d.length) {
+        assert.deepEqual(extents, [[0, 4096], [3 * MiB, 3 * MiB + 4096], [4 * MiB, d.length]]);
+        assert.ok(fs.statSync(f).blocks * 512 < MiB, `${fs.statSync(f).blocks} blocks for 12 KiB of data`);
+      }
+    } finally {
+      close(fd);
+    }
+  });
 });

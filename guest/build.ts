@@ -30,6 +30,7 @@ import { type CpioEntry, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, writeCpio } from ".
 import { staticElf64 } from "./elf.ts";
 import { LZ4_LEGACY_MAGIC, lz4LegacyDecode } from "./lz4.ts";
 import { HDR, HDRS_MAGIC } from "../boot/bzimage.ts";
+import { writeSparseFileSync } from "../ffi/sys.ts";
 import {
   defaultCacheDir,
   type Flavour,
@@ -134,7 +135,7 @@ function ensure(fl: Flavour, opts: BuildOptions): GuestImage {
     writeAtomic(img.kernel, kernel);
     const vmlinux = join(dir, "vmlinux");
     try {
-      writeAtomic(vmlinux, extractVmlinux(kernel, dir));
+      writeAtomic(vmlinux, extractVmlinux(kernel, dir), writeSparseFileSync); // zero pages as holes (ffi/libc.ts preadData)
       img.vmlinux = vmlinux;
     } catch (e) {
       rmSync(vmlinux, { force: true });
@@ -427,10 +428,10 @@ function writeManifest(cache: string, name: string, m: Manifest): void {
   if (readIf(join(cache, `${name}.json`)) !== text) writeAtomic(join(cache, `${name}.json`), new TextEncoder().encode(text));
 }
 
-function writeAtomic(path: string, data: Uint8Array): void {
+function writeAtomic(path: string, data: Uint8Array, write: (path: string, data: Uint8Array) => void = writeFileSync): void {
   mkdirSync(dirname(path), { recursive: true });
   const tmp = `${path}.tmp-${process.pid}`;
-  writeFileSync(tmp, data);
+  write(tmp, data);
   renameSync(tmp, path);
 }
 

@@ -32,6 +32,7 @@ import process from "node:process";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { type GuestImage, vmlinuxInProcess } from "./build.ts";
 import { cacheRoots } from "../loop/cache_entries.ts";
+import { writeSparseFileSync } from "../ffi/sys.ts";
 import {
   findUnpacked,
   INITRD_NAME,
@@ -131,7 +132,7 @@ export function unpackGuest(dir: string, opts: UnpackOptions = {}): GuestImage {
         }
         writeFileSync(join(tmp, out), data);
         const elf = out === KERNEL_NAME ? vmlinuxOf(data) : undefined;
-        if (elf) writeFileSync(join(tmp, VMLINUX_NAME), elf);
+        if (elf) writeSparseFileSync(join(tmp, VMLINUX_NAME), elf); // zero pages as holes (ffi/libc.ts preadData)
       }
       try {
         renameSync(tmp, final);

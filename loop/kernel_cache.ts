@@ -34,7 +34,7 @@
  * used in the last EVICT_GRACE_MS: the loader opens the file again for each
  * piece it reads, so another vmm may still be reading it.
  */
-import { env as processEnv, existsSync, join, mkdirSync, pid, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "../ffi/sys.ts";
+import { env as processEnv, existsSync, join, mkdirSync, pid, readFileSync, renameSync, rmSync, statSync, writeSparseFileSync } from "../ffi/sys.ts";
 import { close, NativeBuf, O_RDONLY, open, read } from "../ffi/libc.ts";
 import { HDR, HDRS_MAGIC } from "../boot/bzimage.ts";
 import { KERNEL_START } from "../boot/layout.ts";
@@ -108,7 +108,7 @@ export async function unpackedKernel(path: string, cacheDir?: string | null): Pr
   const tmp = join(cache, `.${key}.tmp-${pid()}`);
   try {
     mkdirSync(tmp, { recursive: true });
-    writeFileSync(join(tmp, VMLINUX), elf);
+    writeSparseFileSync(join(tmp, VMLINUX), elf); // zero pages as holes: the loader skips them (ffi/libc.ts preadData)
     try {
       renameSync(tmp, dir);
     } catch (e) {

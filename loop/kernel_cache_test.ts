@@ -5,11 +5,12 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gzipSync, zstdCompressSync } from "node:zlib";
 import { makeBzImage, makeVmlinux } from "../test/support/tiny_kernel.ts";
+import { close, dataExtents, O_RDONLY, open } from "../ffi/libc.ts";
 import { EVICT_GRACE_MS, KEEP_KERNELS, kernelCacheDir, unpackedKernel } from "./kernel_cache.ts";
 
 const ELF = makeVmlinux(new Uint8Array([0xf4]));
@@ -43,6 +44,31 @@ test("unpackedKernel(): a bzImage's gzip'd ELF kernel is unpacked once, then use
     assert.deepEqual(again, { path: first.path, fresh: false });
     assert.equal(statSync(again.path).ino, ino, "not written again");
     assert.deepEqual(readdirSync(cache), [readdirSync(cache)[0]], "one entry, no temporary directory left");
+  });
+});
+
+test("unpackedKernel(): the cached kernel's zero pages are holes, which the loader need not read (ffi/libc.ts preadData)", async () => {
+  await withDir(async (dir) => {
+    const padded = new Uint8Array(ELF.length + 64 * 1024); // the ELF, then 16 pages of zeros
+    padded.set(ELF);
+    const k = await unpackedKernel(bzImage(dir, "vmlinuz", gzipSync(padded)), join(dir, "cache"));
+    assert.ok(k);
+    assert.deepEqual(new Uint8Array(readFileSync(k.path)), padded, "byte for byte");
+    // A file system without holes reports all of a file as data: then there is nothing to check.
+    const probe = join(dir, "probe");
+    writeFileSync(probe, "");
+    truncateSync(probe, 1 << 20);
+    const extents = (path: string) => {
+      const fd = open(path, O_RDONLY);
+      try {
+        return dataExtents(fd, 0, statSync(path).size, path);
+      } finally {
+        close(fd);
+      }
+    };
+    if (extents(probe).length === 0) {
+      assert.deepEqual(extents(k.path), [[0, Math.ceil(ELF.length / 4096) * 4096]], "data only where the ELF is");
+    }
   });
 });
 
@@ -126,7 +152,7 @@ test("unpackedKernel(): the cache keeps the kernels used last, but not one used 
 });
 
 test("kernelCacheDir(): $VMM_KERNEL_CACHE, else kernels/ in the first cache root that can be written", async () => {
-  await withDir(async (dir) => {
+  await withDir((dir) => {
     writeFileSync(join(dir, "file"), "not a directory");
     const ro = join(dir, "file", "cache"); // cannot be made: a path through a file
     assert.equal(kernelCacheDir({ VMM_KERNEL_CACHE: join(dir, "k") }), join(dir, "k"));

@@ -17,7 +17,7 @@
  */
 import { fstatSync } from "../ffi/sys.ts";
 import {
-  close as closeFd, EFD_CLOEXEC, EFD_NONBLOCK, eventfd, eventfdSignal, hostView, libc, mmapAnon, mmapFd, NativeBuf, O_RDONLY, open, preadFile, SIGINT,
+  close as closeFd, EFD_CLOEXEC, EFD_NONBLOCK, eventfd, eventfdSignal, hostView, libc, mmapAnon, mmapFd, NativeBuf, O_RDONLY, open, preadData, preadFile, SIGINT,
   SIGTERM, SIGUSR1, SIGUSR2,
 } from "../ffi/libc.ts";
 import { acquireKickSignal, releaseKickSignal, signalPipe } from "../ffi/signals.ts";
@@ -173,8 +173,9 @@ function load(what: string, v: string | Uint8Array): ImageSource {
         buf.free();
       }
     },
+    // Into a new VM's RAM, all zeros still: the file's holes need no reading.
     readInto(mem, gpa, len, offset) {
-      preadFile(v, mem.hostAddress(gpa, len), len, offset, name);
+      preadData(v, mem.hostAddress(gpa, len), len, offset, name);
     },
   };
 }
