@@ -21,7 +21,7 @@
  * names another QEMU build, VMM_NESTED_TCG_THREAD=single runs L1's vCPUs on
  * one host thread (no multi-threaded TCG), VMM_NESTED_DEBUG=1 copies L1's
  * console to stderr as it comes, VMM_NESTED_HANG_S moves the hang watcher's
- * 200 s (`hangWatch`), VMM_NESTED_FROZEN_S the 90 s without L1's heartbeat
+ * 200 s (`hangWatch`; NestedOptions.hangS), VMM_NESTED_FROZEN_S the 90 s without L1's heartbeat
  * after which L1 counts as frozen (`BEAT`), VMM_NESTED_SMP sets L1's CPUs (2), VMM_NESTED_APPEND
  * adds to L1's command line (`kvm_amd.npt=0`: guest/init.sh hands module
  * parameters to insmod).
@@ -60,6 +60,13 @@ export interface NestedOptions {
    * it off, so that tracing costs no contender any time.
    */
   kvmRecorder?: boolean;
+  /**
+   * How old a vmm process is when the hang watcher (`hangWatch`) looks at
+   * it; default 200 s (VMM_NESTED_HANG_S). It must be shorter than the
+   * bounds the script's own tests put on a vmm, or a guest whose CR3 L1 lost
+   * fails its test as a hang before the watcher can give L1 up (`LOST`).
+   */
+  hangS?: number;
 }
 
 export interface NestedResult {
@@ -159,7 +166,7 @@ export async function runNested(script: string, opts: NestedOptions = {}): Promi
   try {
     const initrd = join(dir, "initrd.cpio");
     const base = readFileSync(img.initrd);
-    const extra = writeCpio(runFiles(script, cwd, shares, opts.env ?? {}, opts.kvmRecorder ?? true));
+    const extra = writeCpio(runFiles(script, cwd, shares, opts.env ?? {}, opts.kvmRecorder ?? true, opts.hangS ?? Number(process.env.VMM_NESTED_HANG_S || 200)));
     writeFileSync(initrd, concatInitrd(base, extra));
     const qmp = join(dir, "qmp.sock");
     const records = join(dir, "records");
@@ -250,7 +257,9 @@ function hangWatch(afterS: number): string {
     '    age=$(ps -o etimes= -p $p | tr -d " ")',
     `    [ "\${age:-0}" -ge ${afterS} ] && [ ! -e /tmp/.vmm-nested/seen/$p ] || continue`,
     "    touch /tmp/.vmm-nested/seen/$p",
-    `    { ${dump}; } >>/proc/$p/fd/2 2>&1`,
+    // To a file first: a stderr that is a socket (Bun's child processes) cannot be opened
+    // through /proc, and the check must run, and mark a lost CR3, all the same.
+    `    { ${dump}; } >/tmp/.vmm-nested/seen/$p 2>&1; cat /tmp/.vmm-nested/seen/$p 2>/dev/null >>/proc/$p/fd/2`,
     "  done",
     "done ) &",
   ].join("\n");
@@ -305,7 +314,7 @@ function takeRecords(dir: string): string[] {
 }
 
 /** `/vmm/run.sh` for L1's init, and the script's wrapper that runs in the chroot. */
-function runFiles(script: string, cwd: string, shares: string[], env: Record<string, string>, recorder: boolean): CpioEntry[] {
+function runFiles(script: string, cwd: string, shares: string[], env: Record<string, string>, recorder: boolean, hangS: number): CpioEntry[] {
   const path = [`${REPO}/node_modules/.bin`, "/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];
   const wrap = [
     "export HOME=/tmp/home",
@@ -318,7 +327,7 @@ function runFiles(script: string, cwd: string, shares: string[], env: Record<str
     'mkdir -p "$HOME"',
     `cd ${q(cwd)} || exit 125`,
     ...(recorder ? [kvmRecorder()] : []),
-    hangWatch(Number(process.env.VMM_NESTED_HANG_S || 200)),
+    hangWatch(hangS),
     `exec /bin/sh -c ${q(script)}`,
   ];
   const R = "/mnt/root";
