@@ -25,7 +25,7 @@ const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.sta
 // with /dev/kvm runs all of it (loop/machine_test.ts).
 env.VMM_SOAK_VMS ??= "20";
 // The hang watcher looks at a vmm 45 s old, not 200: these files' vmm
-// processes live seconds, and bound them at 90 to 180 s. A guest whose CR3
+// processes live seconds, and bound them at 90 to 180 s. A guest whose state
 // L1 lost (test/support/nested.ts LOST) must be found, and L1 given up,
 // before that bound fails its test as a hang: it struck
 // loop/console_input_kvm_test.ts's 3 KiB echo in about 2 of 100 runs here.

@@ -63,8 +63,8 @@ export interface NestedOptions {
   /**
    * How old a vmm process is when the hang watcher (`hangWatch`) looks at
    * it; default 200 s (VMM_NESTED_HANG_S). It must be shorter than the
-   * bounds the script's own tests put on a vmm, or a guest whose CR3 L1 lost
-   * fails its test as a hang before the watcher can give L1 up (`LOST`).
+   * bounds the script's own tests put on a vmm, or a guest whose state L1
+   * lost fails its test as a hang before the watcher can give L1 up (`LOST`).
    */
   hangS?: number;
 }
@@ -102,17 +102,23 @@ const EXIT_RE = /\n@@vmm-nested: exit (\d+)@@\n/;
  */
 const BEAT = "\n@@vmm-nested: alive@@\n";
 /**
- * The hang watcher's word (hangWatch) that L1's KVM lost a guest's CR3: the
- * guest's vCPU loops, about 8,000 times a second, on a page fault it cannot
- * be given, because the walk to its handler reads the top-level page table
- * at the guest's CR3, 4 GiB past the guest's RAM, and no entry in guest
- * memory points there. vmm never writes CR3 into a running guest, and the
- * guest loads only its own tables; the register comes back wrong from the
- * emulated SVM below (QEMU's TCG, no NRIPS or decode assists, with L1's
- * kvm-amd). It struck once a full suite or so, in a different scenario
- * each time. L1 is given up as broken, as for a freeze.
+ * The word of the hang watcher (hangWatch) or the flight recorder
+ * (kvmRecorder) that L1's KVM lost a guest's state, after the line that says
+ * how (`vmm-nested: lost: …`). The emulated SVM below (QEMU's TCG, no NRIPS
+ * or decode assists, with L1's kvm-amd) now and then gives a guest back
+ * L1's own registers: its RIP is L1's, just past the VMRUN instruction in
+ * kvm_amd's `__svm_vcpu_run` (test/support/l1_state.ts shows how that was
+ * found). The guest then either loops, about 8,000 times a second, on a
+ * page fault it cannot be given, because the walk to its handler reads the
+ * top-level page table at a CR3 4 GiB past its RAM that no entry in guest
+ * memory points at (the "lost CR3"), or triple-faults, where it has no
+ * usable IDT or the fault recurs. vmm never writes CR3 or RIP into a
+ * running guest. It struck once a full suite or so, in a different
+ * scenario each time. L1 is given up as broken, as for a freeze.
  */
-const LOST = "@@vmm-nested: L1 lost a guest's CR3@@";
+const LOST = "@@vmm-nested: L1 lost a guest's state@@";
+/** How the line before `LOST` begins. */
+const LOST_WHY = "vmm-nested: lost: ";
 const HEARTBEAT_S = 5;
 /**
  * No heartbeat for this long means L1's kernel no longer runs its tasks: the
@@ -190,7 +196,8 @@ export async function runNested(script: string, opts: NestedOptions = {}): Promi
         // vmm, so the script runs again in a fresh L1, in `attempts` L1s at
         // most (2: one retry); the last one's failure fails. A hang of vmm or of a guest is not one (L1 still beats)
         // and is never run again, except the one loop the hang watcher shows
-        // to be a CR3 lost below the guest (LOST). The script must not depend on what a
+        // to be a guest's state lost below it (LOST), and the triple fault the flight
+        // recorder shows to be that too. The script must not depend on what a
         // cut-short run left in rw shares.
         process.stderr.write(`vmm-nested: ${e.message}\nvmm-nested: booting a fresh L1 and running the script again\n`);
         retried = e.message.split("; console ends:")[0];
@@ -238,6 +245,8 @@ function hangWatch(afterS: number): string {
     'case "$last" in *"reason npf"*) i2=$(echo "$last" | sed -n "s/.*info2 \\(0x[0-9a-f]*\\).*/\\1/p");' +
     ` if [ -n "$i2" ] && [ $(( i2 >> 32 )) -gt 0 ]; then timeout 120 bun ${q(REPO)}/test/support/guest_scan.ts $p $i2;` +
     ' [ $? -eq 3 ] && [ "${inj:-0}" -ge 1000 ] && lost=1; fi ;; esac',
+    // Or the last exit's RIP is L1's own, past its VMRUN (l1_state.ts).
+    `[ -n "$last" ] && { echo "$last" >/tmp/.vmm-nested/seen/last-$p; timeout 120 bun ${q(REPO)}/test/support/l1_state.ts /tmp/.vmm-nested/seen/last-$p; [ $? -eq 3 ] && lost=1; }`,
     'echo "-- its threads (tid, state, CPU time (the first row: the whole process), wait channel):"',
     "ps -L -o tid=,stat=,time=,wchan:28=,comm= -p $p",
     // Kernel stacks, less the runtimes' idle pools (all in futex_wait).
@@ -247,7 +256,7 @@ function hangWatch(afterS: number): string {
     // tables under a running guest: how much of it L1 has done since boot.
     `echo "-- L1 page moves since its boot: $(grep -E '^(pgmigrate_success|compact_success|thp_split_pmd|thp_collapse_alloc) ' /proc/vmstat | tr '\\n' ' ')"`,
     // To the console (fd 9), for runNested: the headline, then the marker.
-    `[ -n "$lost" ] && printf 'vmm-nested: vmm (pid %s): %s; the last exit: %s\\n%s\\n' $p "$ev" "$last" ${q(LOST)} >&9`,
+    `[ -n "$lost" ] && printf '${LOST_WHY}vmm (pid %s): %s; the last exit: %s\\n%s\\n' $p "$ev" "$last" ${q(LOST)} >&9`,
   ].join("; ");
   return [
     "mkdir -p /tmp/.vmm-nested/seen",
@@ -258,7 +267,7 @@ function hangWatch(afterS: number): string {
     `    [ "\${age:-0}" -ge ${afterS} ] && [ ! -e /tmp/.vmm-nested/seen/$p ] || continue`,
     "    touch /tmp/.vmm-nested/seen/$p",
     // To a file first: a stderr that is a socket (Bun's child processes) cannot be opened
-    // through /proc, and the check must run, and mark a lost CR3, all the same.
+    // through /proc, and the check must run, and mark a lost state, all the same.
     `    { ${dump}; } >/tmp/.vmm-nested/seen/$p 2>&1; cat /tmp/.vmm-nested/seen/$p 2>/dev/null >>/proc/$p/fd/2`,
     "  done",
     "done ) &",
@@ -296,8 +305,10 @@ function kvmRecorder(): string {
     "  echo 1 >$T/tracing_on; : >/tmp/.vmm-nested/recording",
     "  ( n=0; while sleep 1; do",
     '    [ "$(cat $T/tracing_on)" = 0 ] || continue',
-    `    n=$((n + 1)); tail -n ${RECORD_LINES} $T/trace >"/tmp/.vmm-nested/records/shutdown-$(printf %03d $n).txt"`,
+    `    n=$((n + 1)); f=/tmp/.vmm-nested/records/shutdown-$(printf %03d $n).txt; tail -n ${RECORD_LINES} $T/trace >$f`,
     "    : >$T/trace; echo 1 >$T/tracing_on",
+    // A guest that ran on L1's own registers (LOST) says nothing of vmm.
+    `    why=$(timeout 120 bun ${q(REPO)}/test/support/l1_state.ts $f); [ $? -eq 3 ] && printf '${LOST_WHY}a guest triple-faulted (%s): %s\\n%s\\n' $(basename $f) "$why" ${q(LOST)}`,
     "  done ) &",
     "fi",
   ].join("\n");
@@ -531,8 +542,8 @@ function boot(args: string[], timeoutMs: number, frozenMs: number, qmp: string):
       const tail = () => text.slice(-2000) + decode(err).slice(-500);
       if (ended === "frozen") return reject(new NestedHostError(`${frozenWhy}; console ends:\n${tail()}`));
       if (ended === "lost") {
-        const why = text.split("\n").findLast((l) => l.startsWith("vmm-nested: vmm (pid")) ?? "";
-        return reject(new NestedHostError(`L1's KVM lost a guest's CR3 (${why.slice("vmm-nested: ".length)}); console ends:\n${tail()}`));
+        const why = text.split("\n").findLast((l) => l.startsWith(LOST_WHY)) ?? "";
+        return reject(new NestedHostError(`L1's KVM lost a guest's state (${why.slice(LOST_WHY.length)}); console ends:\n${tail()}`));
       }
       if (ended === "timeout") return reject(new Error(`Nested run timed out after ${timeoutMs} ms; console ends:\n${tail()}`));
       const start = text.indexOf(START + "\n");

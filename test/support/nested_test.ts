@@ -15,6 +15,7 @@ import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { ensureDefaultGuest } from "../../guest/build.ts";
 import { S_IFREG, writeCpio } from "../../guest/cpio.ts";
 import { concatInitrd } from "../../guest/command.ts";
@@ -29,6 +30,7 @@ const KVM_API_PROBE = [
   'console.log("KVM_GET_API_VERSION=" + c.ioctl(fd, 0xae00, 0));',
 ].join(" ");
 
+const REPO = fileURLToPath(new URL("../..", import.meta.url)).replace(/\/$/, "");
 const tier = e2eTier();
 const nested = nestedAvailable();
 console.log(`e2e tier: ${tier.tier} (${tier.why})`);
@@ -98,7 +100,13 @@ for (const { how, play, why } of [
   { how: "whose heartbeat stops is given up as frozen", play: "kill -STOP $(cat /tmp/.vmm-nested/beat.pid); sleep 300", why: /^L1 froze: no heartbeat for 1[5-9] s.*L1's CPUs: CPU#0 .*RIP=[0-9a-f]+.*CPU#1 / },
   { how: "whose kernel panics is given up as dead", play: "echo c >/proc/sysrq-trigger; sleep 300", why: /^L1 died: QEMU ended \(status 0\) \d+ s into the script, without its exit status/ },
   // The hang watcher's two lines, as it writes them when a guest's CR3 is lost below it.
-  { how: "whose hang watcher finds a guest's CR3 lost is given up", play: `printf 'vmm-nested: vmm (pid 7): played\\n@@vmm-nested: L1 lost a guest'"'"'s CR3@@\\n'; sleep 300`, why: /^L1's KVM lost a guest's CR3 \(vmm \(pid 7\): played\)$/ },
+  { how: "whose hang watcher finds a guest's CR3 lost is given up", play: `printf 'vmm-nested: lost: vmm (pid 7): played\\n@@vmm-nested: L1 lost a guest'"'"'s state@@\\n'; sleep 300`, why: /^L1's KVM lost a guest's state \(vmm \(pid 7\): played\)$/ },
+  // A real guest that triple-faults at L1's own VMRUN code, as one given L1's registers does.
+  {
+    how: "whose flight recorder finds a guest triple-faulted on L1's registers is given up",
+    play: `bun ${REPO}/test/support/l1_state.ts --guest /tmp/jump.bz && bun ${REPO}/bin/vmm.ts boot --kernel /tmp/jump.bz; echo "vmm: $?"; sleep 300`,
+    why: /^L1's KVM lost a guest's state \(a guest triple-faulted \(shutdown-\d+\.txt\): the guest's RIP is L1's own, in __svm_vcpu_run 0x[0-9a-f]+-0x[0-9a-f]+: 0x[0-9a-f]+ \(\d+ events\)\)$/,
+  },
 ]) {
   test(`an L1 ${how}, and the script runs again in a fresh L1`, {
     skip: !nested.ok && `nested KVM unavailable: ${nested.why}`,
