@@ -119,30 +119,40 @@ export function signalPipe(signals: number[]): SignalPipe {
 /**
  * The vCPU kick signal: a handler that only returns, so the signal
  * interrupts KVM_RUN (an ignored signal would not). Shared by every machine
- * of the process: the first `acquireKickSignal` installs it, the last
- * `releaseKickSignal` puts back what was there and unmaps the code.
+ * of the process: the first `acquireKickSignal` installs it, and it then
+ * stays for the life of the process, as QEMU's and Firecracker's do.
+ *
+ * Why it is never put back: a kick can still be on its way when the last
+ * machine closes. `pthread_kill` leaves the signal pending on the vCPU's
+ * thread, which takes it the next time it runs; a thread the scheduler has
+ * not run again since (its loop over, its Worker ending) takes it after
+ * the machine is gone. With the old action back, that is SIG_DFL on Bun,
+ * which ends the process ("User defined signal 1": CI lost a test run in
+ * the nested host that way), and the inspector's start on Deno. A handler
+ * that only returns makes that late kick, and any SIGUSR1 sent to the
+ * process afterwards, nothing. It costs one page, mapped once.
  */
-let kick: { sig: number; users: number; page: bigint; old: Uint8Array } | null = null;
+let kick: { sig: number; users: number; page: bigint } | null = null;
 
 export function acquireKickSignal(sig: number): void {
   if (kick) {
     if (kick.sig !== sig) throw new Error(`The vCPU kick signal is ${kick.sig}, not ${sig}`);
-    kick.users++;
+    // Installed again when no machine held it: whatever took the signal meanwhile loses it.
+    if (kick.users++ === 0) sigaction(sig, kick.page);
     return;
   }
   if (sig in CLAIMABLE) runtime.claimSignals([CLAIMABLE[sig as 10]]);
   const page = codePage(RET);
   try {
-    kick = { sig, users: 1, page, old: sigaction(sig, page) };
+    sigaction(sig, page);
   } catch (e) {
     libc.munmap(page, BigInt(PAGE));
     throw e;
   }
+  kick = { sig, users: 1, page };
 }
 
+/** A machine is done with the kick signal; the handler stays (see `kick`). */
 export function releaseKickSignal(): void {
-  if (!kick || --kick.users > 0) return;
-  restoreAction(kick.sig, kick.old);
-  libc.munmap(kick.page, BigInt(PAGE));
-  kick = null;
+  if (kick && kick.users > 0) kick.users--;
 }

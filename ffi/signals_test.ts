@@ -73,3 +73,46 @@ releaseKickSignal();
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("a kick that lands after the last machine released the signal does nothing, and the next machine has the handler again", () => {
+  // CI lost a run of Bun's tests to a kick that its vCPU thread took after
+  // the machine was gone, when SIGUSR1 was SIG_DFL again.
+  const dir = mkdtempSync(join(tmpdir(), "vmm-sig-"));
+  try {
+    const url = (p: string) => JSON.stringify(new URL(p, import.meta.url).href);
+    writeFileSync(
+      join(dir, "w.ts"),
+      `import { libc } from ${url("./libc.ts")};
+self.onmessage = () => self.postMessage(libc.pthread_self());
+`,
+    );
+    writeFileSync(
+      join(dir, "main.ts"),
+      `import { acquireKickSignal, releaseKickSignal } from ${url("./signals.ts")};
+import { libc, NativeBuf, SIGUSR1 } from ${url("./libc.ts")};
+const handler = () => { const b = NativeBuf.alloc(152); libc.sigaction(SIGUSR1, 0n, b.addr); return b.view.getBigUint64(0, true); };
+acquireKickSignal(SIGUSR1);
+const ours = handler();
+const w = new Worker(new URL("./w.ts", import.meta.url).href, { type: "module" });
+const tid = await new Promise<bigint>((r) => { w.onmessage = (e) => r(BigInt(e.data)); w.postMessage(0); });
+releaseKickSignal();
+console.log(handler() === ours ? "kept" : "put back");
+libc.pthread_kill(tid, SIGUSR1); // to the Worker's thread, as the control loop kicks a vCPU
+libc.pthread_kill(libc.pthread_self(), SIGUSR1);
+await new Promise((r) => setTimeout(r, 500));
+acquireKickSignal(SIGUSR1);
+console.log(handler() === ours ? "again" : "other");
+releaseKickSignal();
+w.terminate();
+console.log("survived");
+`,
+    );
+    const [cmd, args] = scriptCommand(join(dir, "main.ts"));
+    const r = spawnSync(cmd, args, { encoding: "utf8", timeout: 30_000 });
+    assert.equal(r.signal, null, `the process died of ${r.signal}`);
+    assert.equal(r.stdout, "kept\nagain\nsurvived\n", r.stderr);
+    assert.equal(r.stderr, "");
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
