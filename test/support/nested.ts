@@ -280,8 +280,19 @@ function hangWatch(afterS: number): string {
  * the monitor (port and MMIO accesses, MSRs, control registers).
  */
 const RECORDED = ["kvm_exit", "kvm_page_fault", "kvm_inj_exception", "kvm_inj_virq", "kvm_userspace_exit", "kvm_pio", "kvm_mmio", "kvm_msr", "kvm_cr"];
+/**
+ * A kprobe on L1's `svm_handle_exit(vcpu)`, which runs for each exit before
+ * the kvm_exit event: the exit code, RIP and CR3 in the guest's VMCB. The
+ * save area's layout is AMD's (CR3 at 0x550, RIP at 0x578 from the VMCB's
+ * start, the exit code at 0x70); where `struct vcpu_svm` keeps its VMCB
+ * pointer (0x1998) is the build's, read from `svm_get_cpl` in Debian
+ * 6.1.0-57's kvm-amd.ko. Another build may keep it elsewhere, so a reader
+ * trusts a line only where its RIP is kvm_exit's for the same exit
+ * (test/support/l1_state.ts).
+ */
+const VMCB_PROBE = "p:vmm/vmcb kvm_amd:svm_handle_exit exit=+0x70(+0x1998(%di)):x32 rip=+0x578(+0x1998(%di)):x64 cr3=+0x550(+0x1998(%di)):x64";
 /** How much of the record before a shutdown is kept: about the guest's last 20 ms under nested KVM. */
-const RECORD_LINES = 150;
+const RECORD_LINES = 200;
 
 /**
  * L1's flight recorder, for the rare guest that triple-faults in a full
@@ -301,6 +312,9 @@ function kvmRecorder(): string {
     "if [ -w $T/events/kvm/kvm_exit/trigger ]; then",
     "  echo 2048 >$T/buffer_size_kb",
     `  for e in ${RECORDED.join(" ")}; do echo 1 >$T/events/kvm/$e/enable; done`,
+    // Where L1's VMCB says the guest is at each exit, before kvm_exit's line:
+    // its RIP and CR3, which no KVM event shows (see VMCB_PROBE).
+    `  echo ${q(VMCB_PROBE)} >>$T/kprobe_events 2>/dev/null && echo 1 >$T/events/vmm/vmcb/enable`,
     "  echo 'traceoff if exit_reason == 127' >$T/events/kvm/kvm_exit/trigger",
     "  echo 1 >$T/tracing_on; : >/tmp/.vmm-nested/recording",
     "  ( n=0; while sleep 1; do",
