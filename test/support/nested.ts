@@ -285,11 +285,10 @@ const RECORDED = ["kvm_exit", "kvm_page_fault", "kvm_inj_exception", "kvm_inj_vi
  * the kvm_exit event: the exit code, RIP, CR3, CR0, CR4 and EFER in the
  * guest's VMCB. The save area's layout is AMD's (from the VMCB's start:
  * EFER 0x4d0, CR4 0x548, CR3 0x550, CR0 0x558, RIP 0x578; the exit code at
- * 0x70); where `struct vcpu_svm` keeps its VMCB
- * pointer (0x1998) is the build's, read from `svm_get_cpl` in Debian
- * 6.1.0-57's kvm-amd.ko. Another build may keep it elsewhere, so a reader
- * trusts a line only where its RIP is kvm_exit's for the same exit
- * (test/support/l1_state.ts).
+ * 0x70); where `struct vcpu_svm` keeps its VMCB pointer (0x1998) is the
+ * build's, read from `svm_get_cpl` in Debian 6.1.0-57's kvm-amd.ko. Another
+ * build may keep it elsewhere, so a reader of a record trusts a line only
+ * where its RIP is kvm_exit's for the same exit, and nothing acts on it.
  */
 const VMCB_PROBE = "p:vmm/vmcb kvm_amd:svm_handle_exit exit=+0x70(+0x1998(%di)):x32 rip=+0x578(+0x1998(%di)):x64 cr3=+0x550(+0x1998(%di)):x64 cr0=+0x558(+0x1998(%di)):x64 cr4=+0x548(+0x1998(%di)):x64 efer=+0x4d0(+0x1998(%di)):x64";
 /** How much of the record before a shutdown is kept: about the guest's last 20 ms under nested KVM. */
